@@ -1,0 +1,3 @@
+from kpgen.cli import main
+
+main()
