@@ -1,0 +1,119 @@
+"""Random integer-IR objects for tests: valid by the rules of docs/quantization.md, with optional extremes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kpgen import golden
+from kpgen.ir import DenseQ, KPMatrixQ, LSTMLayerQ, ModelQ, Requant
+
+Factors = tuple[int, int, int, int]  # (m1, n1, m2, n2)
+
+
+def t_shift_for(b: np.ndarray, bits: int = 16) -> int:
+    """Smallest shift with rsr(128 * max_q sum_j |B[q, j]|, shift) inside `bits` bits (T never saturates)."""
+    worst = 128 * int(np.abs(b.astype(np.int64)).sum(axis=1).max(initial=0))
+    limit = (1 << (bits - 1)) - 1
+    s = 0
+    while int(golden.rsr(worst, s)) > limit:
+        s += 1
+    return s
+
+
+def random_factors(rng: np.random.Generator, rows: int, cols: int) -> Factors:
+    """A random (m1, n1, m2, n2) with m1*m2 = rows and n1*n2 = cols (dimension-1 factors included)."""
+    m1 = int(rng.choice([d for d in range(1, rows + 1) if rows % d == 0]))
+    n1 = int(rng.choice([d for d in range(1, cols + 1) if cols % d == 0]))
+    return (m1, n1, rows // m1, cols // n1)
+
+
+def random_int8(rng: np.random.Generator, shape: tuple[int, ...], mode: str = "random", lo: int = -127) -> np.ndarray:
+    """int8 array: 'random' uniform in lo..127, 'min' all -128, 'max' all 127, 'extreme' random picks of -128/127."""
+    if mode == "random":
+        return rng.integers(lo, 128, size=shape).astype(np.int8)
+    if mode == "min":
+        return np.full(shape, -128, np.int8)
+    if mode == "max":
+        return np.full(shape, 127, np.int8)
+    if mode == "extreme":
+        return rng.choice(np.array([-128, 127], np.int8), size=shape)
+    raise ValueError(mode)
+
+
+def random_kp(rng: np.random.Generator, f: Factors, mode: str = "random") -> KPMatrixQ:
+    """int8 KP factors (values -127..127, or extremes) with the t_shift the spec prescribes."""
+    m1, n1, m2, n2 = f
+    a = random_int8(rng, (m1, n1), mode)
+    b = random_int8(rng, (m2, n2), mode)
+    if mode == "extreme":  # factors never hold -128 (symmetric quantization)
+        a = np.where(a < 0, -127, a).astype(np.int8)
+        b = np.where(b < 0, -127, b).astype(np.int8)
+    elif mode == "min":
+        a[...] = -127
+        b[...] = -127
+    return KPMatrixQ(a=a, b=b, t_shift=t_shift_for(b), a_scale=0.01, b_scale=0.01)
+
+
+def random_requant(rng: np.random.Generator, shift_lo: int = 20, shift_hi: int = 40) -> Requant:
+    """A multiplier mult / 2**shift with mult in [2**30, 2**31) and shift drawn from shift_lo..shift_hi."""
+    return Requant(mult=int(rng.integers(1 << 30, 1 << 31)), shift=int(rng.integers(shift_lo, shift_hi + 1)))
+
+
+def random_layer(
+    rng: np.random.Generator,
+    input_size: int,
+    hidden_size: int,
+    x_factors: Factors | None = None,
+    h_factors: Factors | None = None,
+    *,
+    mode: str = "random",
+    cell_frac: int | None = None,
+) -> LSTMLayerQ:
+    """A random valid LSTMLayerQ; mode 'extreme': extreme weights, tiny shifts, huge biases (saturating gates)."""
+    h4 = 4 * hidden_size
+    fx = x_factors or random_factors(rng, h4, input_size)
+    fh = h_factors or random_factors(rng, h4, hidden_size)
+    if fx[0] * fx[2] != h4 or fx[1] * fx[3] != input_size or fh[0] * fh[2] != h4 or fh[1] * fh[3] != hidden_size:
+        raise ValueError("factor shapes do not match the layer")
+    if mode == "extreme":
+        rq_x, rq_h = random_requant(rng, 1, 24), random_requant(rng, 1, 24)
+        bias = rng.choice(np.array([-(1 << 31), -(1 << 20), 0, 1 << 20, (1 << 31) - 1], np.int64), size=h4)
+    else:
+        rq_x, rq_h = random_requant(rng, 28, 36), random_requant(rng, 28, 36)
+        bias = rng.integers(-3 * 4096, 3 * 4096, size=h4)
+    return LSTMLayerQ(
+        input_size=input_size,
+        hidden_size=hidden_size,
+        wx=random_kp(rng, fx, mode),
+        wh=random_kp(rng, fh, mode),
+        rq_x=rq_x,
+        rq_h=rq_h,
+        bias=bias.astype(np.int32),
+        cell_frac=int(rng.integers(0, 16)) if cell_frac is None else cell_frac,
+        input_scale=1 / 128,
+    )
+
+
+def random_model(
+    rng: np.random.Generator, input_size: int, hidden_sizes: tuple[int, ...], num_classes: int, mode: str = "random"
+) -> ModelQ:
+    """A random stacked ModelQ with real sigmoid/tanh tables and a random int8 head."""
+    layers = []
+    prev = input_size
+    for hs in hidden_sizes:
+        layers.append(random_layer(rng, prev, hs, mode=mode))
+        prev = hs
+    head = DenseQ(
+        weight=random_int8(rng, (num_classes, prev)),
+        bias=rng.integers(-(1 << 16), 1 << 16, size=num_classes).astype(np.int32),
+        out_scale=1e-4,
+    )
+    return ModelQ(
+        input_size=input_size,
+        num_classes=num_classes,
+        input_scale=1 / 64,
+        layers=tuple(layers),
+        head=head,
+        sigmoid_table=golden.make_table("sigmoid"),
+        tanh_table=golden.make_table("tanh"),
+    )

@@ -1,0 +1,271 @@
+"""Build runtime_c/ into a host shared library and call its kernels from numpy through ctypes.
+
+Two builds: the portable path, and the DSP path compiled for the host against a stand-in <arm_acle.h>
+(`HOST_ACLE_H`) whose intrinsics follow the Armv7E-M instruction semantics, so the DSP loops are
+checked bit for bit without a target. The static inline helpers of kp_common.h are exported through
+a small shim (`SHIM_C`) that works on whole arrays.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from kpgen.ir import LSTMLayerQ
+
+RUNTIME_DIR = Path(__file__).resolve().parents[1] / "runtime_c"
+CFLAGS = ["-O2", "-std=c99", "-shared", "-fPIC", "-Wall", "-Wextra", "-Wconversion", "-Wshadow", "-Werror", "-pedantic"]
+
+SHIM_C = r"""
+#include "kpgen_runtime.h"
+
+void kpt_rsr32_n(const int32_t *v, int32_t n, int32_t s, int32_t *out)
+{ for (int32_t k = 0; k < n; k++) { out[k] = kp_rsr32(v[k], s); } }
+
+void kpt_sat8_n(const int32_t *v, int32_t n, int8_t *out)
+{ for (int32_t k = 0; k < n; k++) { out[k] = kp_sat8(v[k]); } }
+
+void kpt_sat16_n(const int32_t *v, int32_t n, int16_t *out)
+{ for (int32_t k = 0; k < n; k++) { out[k] = kp_sat16(v[k]); } }
+
+void kpt_sat32_n(const int64_t *v, int32_t n, int32_t *out)
+{ for (int32_t k = 0; k < n; k++) { out[k] = kp_sat32(v[k]); } }
+
+void kpt_requantize_n(const int32_t *acc, int32_t n, int32_t mult, int32_t shift, int32_t *out)
+{ for (int32_t k = 0; k < n; k++) { out[k] = kp_requantize(acc[k], mult, shift); } }
+
+void kpt_sigmoid_n(const int16_t *z, int32_t n, const int16_t *table, int16_t *out)
+{ for (int32_t k = 0; k < n; k++) { out[k] = kp_sigmoid_s16(z[k], table); } }
+
+void kpt_tanh_n(const int16_t *z, int32_t n, const int16_t *table, int16_t *out)
+{ for (int32_t k = 0; k < n; k++) { out[k] = kp_tanh_s16(z[k], table); } }
+
+int32_t kpt_sizeof_lstm_params(void) { return (int32_t)sizeof(kp_lstm_params_s8); }
+
+int32_t kpt_dsp_path(void)
+{
+#if defined(__ARM_FEATURE_DSP)
+    return 1;
+#else
+    return 0;
+#endif
+}
+"""
+
+HOST_ACLE_H = r"""
+#ifndef KP_HOST_ARM_ACLE_H
+#define KP_HOST_ARM_ACLE_H
+/* Host stand-in for the ACLE intrinsics the runtime uses, with the Armv7E-M semantics (little-endian). */
+#include <stdint.h>
+
+/* SXTB16: sign-extend bytes 0 and 2 into the low and high halfwords. */
+static inline int32_t __sxtb16(int32_t w)
+{
+    const uint32_t u = (uint32_t)w;
+    const uint32_t lo = (uint32_t)(int32_t)(int8_t)(u & 0xFFu) & 0xFFFFu;
+    const uint32_t hi = (uint32_t)(int32_t)(int8_t)((u >> 16) & 0xFFu) & 0xFFFFu;
+    return (int32_t)(lo | (hi << 16));
+}
+
+/* SMLAD: acc + lo(x) * lo(y) + hi(x) * hi(y), signed halfwords, wrapping modulo 2^32. */
+static inline int32_t __smlad(int32_t x, int32_t y, int32_t acc)
+{
+    const uint32_t ux = (uint32_t)x;
+    const uint32_t uy = (uint32_t)y;
+    const int32_t xl = (int16_t)(ux & 0xFFFFu);
+    const int32_t xh = (int16_t)(ux >> 16);
+    const int32_t yl = (int16_t)(uy & 0xFFFFu);
+    const int32_t yh = (int16_t)(uy >> 16);
+    return (int32_t)((uint32_t)acc + (uint32_t)(xl * yl) + (uint32_t)(xh * yh));
+}
+#endif
+"""
+
+I8, I16, I32, I64 = ctypes.c_int8, ctypes.c_int16, ctypes.c_int32, ctypes.c_int64
+P8, P16, P32, P64 = (ctypes.POINTER(t) for t in (I8, I16, I32, I64))
+
+
+def build_runtime(out_dir: Path, dsp_emulated: bool = False, cc: str = "cc") -> Path:
+    """Compile runtime_c/*.c plus the shim into out_dir/libkpgen_runtime[_dsp].so with the strict flags."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shim = out_dir / "kpt_shim.c"
+    shim.write_text(SHIM_C)
+    extra: list[str] = []
+    if dsp_emulated:
+        inc = out_dir / "host_acle"
+        inc.mkdir(exist_ok=True)
+        (inc / "arm_acle.h").write_text(HOST_ACLE_H)
+        extra = ["-D__ARM_FEATURE_DSP=1", f"-I{inc}"]
+    lib = out_dir / ("libkpgen_runtime_dsp.so" if dsp_emulated else "libkpgen_runtime.so")
+    sources = sorted(str(p) for p in RUNTIME_DIR.glob("*.c"))
+    cmd = [cc, *CFLAGS, *extra, f"-I{RUNTIME_DIR}", *sources, str(shim), "-o", str(lib)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"building the runtime failed:\n{' '.join(cmd)}\n{res.stderr}")
+    return lib
+
+
+def _arr(a: np.ndarray, dtype: type) -> np.ndarray:
+    """C-contiguous copy-if-needed of a with the exact dtype."""
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def _p(a: np.ndarray, ptype: type) -> ctypes._Pointer:
+    """ctypes pointer to a's data (the caller keeps a alive)."""
+    return a.ctypes.data_as(ptype)
+
+
+class LSTMParams(ctypes.Structure):
+    """Mirror of kp_lstm_params_s8."""
+
+    _fields_ = [
+        ("input_size", I32), ("hidden_size", I32),
+        ("ax", P8), ("ax_rows", I32), ("ax_cols", I32),
+        ("bx", P8), ("bx_rows", I32), ("bx_cols", I32),
+        ("tx_shift", I32),
+        ("ah", P8), ("ah_rows", I32), ("ah_cols", I32),
+        ("bh", P8), ("bh_rows", I32), ("bh_cols", I32),
+        ("th_shift", I32),
+        ("mult_x", I32), ("shift_x", I32), ("mult_h", I32), ("shift_h", I32),
+        ("bias", P32),
+        ("cell_frac", I32),
+        ("sigmoid_table", P16), ("tanh_table", P16),
+    ]  # fmt: skip
+
+
+class Runtime:
+    """numpy-facing wrappers over the C kernels of one built library."""
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        self.lib = lib
+        lib.kp_matvec_s8.argtypes = [P8, I32, I32, P8, I32, I32, P8, I32, P16, P32]
+        lib.kp_matvec_s8.restype = None
+        lib.kp_fc_s8.argtypes = [P8, P32, I32, I32, P8, P32]
+        lib.kp_fc_s8.restype = None
+        lib.kp_lstm_step_s8.argtypes = [ctypes.POINTER(LSTMParams), P8, P8, P16, P32, P32, P16]
+        lib.kp_lstm_step_s8.restype = None
+        lib.kp_sigmoid_s16.argtypes = [I16, P16]
+        lib.kp_sigmoid_s16.restype = I16
+        lib.kp_tanh_s16.argtypes = [I16, P16]
+        lib.kp_tanh_s16.restype = I16
+        lib.kpt_rsr32_n.argtypes = [P32, I32, I32, P32]
+        lib.kpt_sat8_n.argtypes = [P32, I32, P8]
+        lib.kpt_sat16_n.argtypes = [P32, I32, P16]
+        lib.kpt_sat32_n.argtypes = [P64, I32, P32]
+        lib.kpt_requantize_n.argtypes = [P32, I32, I32, I32, P32]
+        lib.kpt_sigmoid_n.argtypes = [P16, I32, P16, P16]
+        lib.kpt_tanh_n.argtypes = [P16, I32, P16, P16]
+        for f in ("rsr32", "sat8", "sat16", "sat32", "requantize", "sigmoid", "tanh"):
+            getattr(lib, f"kpt_{f}_n").restype = None
+        lib.kpt_sizeof_lstm_params.restype = I32
+        lib.kpt_dsp_path.restype = I32
+
+    @property
+    def dsp_path(self) -> bool:
+        """True when the library was built with __ARM_FEATURE_DSP (host-emulated intrinsics)."""
+        return bool(self.lib.kpt_dsp_path())
+
+    def matvec(self, a: np.ndarray, b: np.ndarray, x: np.ndarray, t_shift: int) -> np.ndarray:
+        """kp_matvec_s8 on one vector x (n1*n2,) -> int32 (m1*m2,)."""
+        a, b, x = _arr(a, np.int8), _arr(b, np.int8), _arr(x, np.int8)
+        (m1, n1), (m2, n2) = a.shape, b.shape
+        assert x.shape == (n1 * n2,)
+        t = np.full(n1 * m2, 0x5A5A, np.int16)  # poisoned: the kernel must write every slot it reads
+        y = np.zeros(m1 * m2, np.int32)
+        self.lib.kp_matvec_s8(_p(a, P8), m1, n1, _p(b, P8), m2, n2, _p(x, P8), t_shift, _p(t, P16), _p(y, P32))
+        return y
+
+    def fc(self, w: np.ndarray, bias: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """kp_fc_s8 on one vector x (cols,) -> int32 (rows,)."""
+        w, bias, x = _arr(w, np.int8), _arr(bias, np.int32), _arr(x, np.int8)
+        rows, cols = w.shape
+        out = np.zeros(rows, np.int32)
+        self.lib.kp_fc_s8(_p(w, P8), _p(bias, P32), rows, cols, _p(x, P8), _p(out, P32))
+        return out
+
+    def _map(
+        self, fn: str, v: np.ndarray, in_t: type, in_p: type, out_t: type, out_p: type, *args: object
+    ) -> np.ndarray:
+        """Call an elementwise shim fn(in, n, *args, out) on the flattened v."""
+        v = _arr(v, in_t).ravel()
+        out = np.zeros(v.size, out_t)
+        getattr(self.lib, fn)(_p(v, in_p), v.size, *args, _p(out, out_p))
+        return out
+
+    def rsr32(self, v: np.ndarray, s: int) -> np.ndarray:
+        """kp_rsr32 elementwise on int32 values."""
+        return self._map("kpt_rsr32_n", v, np.int32, P32, np.int32, P32, s)
+
+    def sat8(self, v: np.ndarray) -> np.ndarray:
+        """kp_sat8 elementwise on int32 values."""
+        return self._map("kpt_sat8_n", v, np.int32, P32, np.int8, P8)
+
+    def sat16(self, v: np.ndarray) -> np.ndarray:
+        """kp_sat16 elementwise on int32 values."""
+        return self._map("kpt_sat16_n", v, np.int32, P32, np.int16, P16)
+
+    def sat32(self, v: np.ndarray) -> np.ndarray:
+        """kp_sat32 elementwise on int64 values."""
+        return self._map("kpt_sat32_n", v, np.int64, P64, np.int32, P32)
+
+    def requantize(self, acc: np.ndarray, mult: int, shift: int) -> np.ndarray:
+        """kp_requantize elementwise on int32 accumulators."""
+        return self._map("kpt_requantize_n", acc, np.int32, P32, np.int32, P32, mult, shift)
+
+    def sigmoid(self, z: np.ndarray, table: np.ndarray) -> np.ndarray:
+        """kp_sigmoid_s16 elementwise."""
+        tab = _arr(table, np.int16)
+        return self._map("kpt_sigmoid_n", z, np.int16, P16, np.int16, P16, _p(tab, P16))
+
+    def tanh(self, z: np.ndarray, table: np.ndarray) -> np.ndarray:
+        """kp_tanh_s16 elementwise."""
+        tab = _arr(table, np.int16)
+        return self._map("kpt_tanh_n", z, np.int16, P16, np.int16, P16, _p(tab, P16))
+
+    def lstm(self, layer: LSTMLayerQ, sigmoid_table: np.ndarray, tanh_table: np.ndarray) -> CLSTM:
+        """A C-side LSTM layer with its own state and scratch."""
+        return CLSTM(self, layer, sigmoid_table, tanh_table)
+
+
+class CLSTM:
+    """One layer's kp_lstm_params_s8, state (h, c) and scratch, stepped through the C kernel."""
+
+    def __init__(self, rt: Runtime, layer: LSTMLayerQ, sigmoid_table: np.ndarray, tanh_table: np.ndarray) -> None:
+        self.rt = rt
+        hs = layer.hidden_size
+        # Keep every array referenced by the struct alive for the object's lifetime.
+        self._keep = [
+            _arr(layer.wx.a, np.int8), _arr(layer.wx.b, np.int8), _arr(layer.wh.a, np.int8), _arr(layer.wh.b, np.int8),
+            _arr(layer.bias, np.int32), _arr(sigmoid_table, np.int16), _arr(tanh_table, np.int16),
+        ]  # fmt: skip
+        ax, bx, ah, bh, bias, sig, tanh = self._keep
+        self.params = LSTMParams(
+            layer.input_size, hs,
+            _p(ax, P8), ax.shape[0], ax.shape[1],
+            _p(bx, P8), bx.shape[0], bx.shape[1],
+            layer.wx.t_shift,
+            _p(ah, P8), ah.shape[0], ah.shape[1],
+            _p(bh, P8), bh.shape[0], bh.shape[1],
+            layer.wh.t_shift,
+            layer.rq_x.mult, layer.rq_x.shift, layer.rq_h.mult, layer.rq_h.shift,
+            _p(bias, P32),
+            layer.cell_frac,
+            _p(sig, P16), _p(tanh, P16),
+        )  # fmt: skip
+        self.h = np.zeros(hs, np.int8)
+        self.c = np.zeros(hs, np.int16)
+        self.acc_x = np.zeros(4 * hs, np.int32)
+        self.acc_h = np.zeros(4 * hs, np.int32)
+        self.t = np.zeros(max(ax.shape[1] * bx.shape[0], ah.shape[1] * bh.shape[0]), np.int16)
+
+    def step(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Advance one step on int8 x; returns copies of the new (h, c)."""
+        x = _arr(x, np.int8)
+        self.rt.lib.kp_lstm_step_s8(
+            ctypes.byref(self.params), _p(x, P8), _p(self.h, P8), _p(self.c, P16),
+            _p(self.acc_x, P32), _p(self.acc_h, P32), _p(self.t, P16),
+        )  # fmt: skip
+        return self.h.copy(), self.c.copy()

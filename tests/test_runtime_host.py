@@ -1,0 +1,203 @@
+"""The C runtime built for the host, against the golden model: bit-exact (np.array_equal), both code paths."""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from factories import random_int8, random_layer, random_model, t_shift_for
+from kpgen import golden
+from runtime_ctypes import CFLAGS, RUNTIME_DIR, LSTMParams, Runtime
+
+SIG = golden.make_table("sigmoid")
+TANH = golden.make_table("tanh")
+I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
+MODES = ("random", "min", "max", "extreme")
+
+
+@pytest.fixture(scope="module", params=["portable", "dsp"])
+def rt(request: pytest.FixtureRequest) -> Runtime:
+    """The runtime library, once per code path (the DSP path runs on host stand-ins for the intrinsics)."""
+    lib: ctypes.CDLL = request.getfixturevalue("runtime_lib" if request.param == "portable" else "runtime_lib_dsp")
+    runtime = Runtime(lib)
+    assert runtime.dsp_path == (request.param == "dsp")
+    return runtime
+
+
+def test_params_struct_layout(rt: Runtime) -> None:
+    assert rt.lib.kpt_sizeof_lstm_params() == ctypes.sizeof(LSTMParams)
+
+
+# ------------------------------------------------------------------------------------------ scalar helpers
+
+
+def test_rsr_sat_helpers(rt: Runtime) -> None:
+    rng = np.random.default_rng(1)
+    v = np.concatenate([rng.integers(I32_MIN, I32_MAX, 2000, endpoint=True), [I32_MIN, I32_MIN + 1, -1, 0, 1, I32_MAX]])
+    v = v.astype(np.int32)
+    for s in range(32):
+        assert np.array_equal(rt.rsr32(v, s), golden.rsr(v, s)), s
+    small = np.concatenate([v, np.arange(-70000, 70000, 7)]).astype(np.int32)
+    assert np.array_equal(rt.sat8(small), golden.sat(small, 8))
+    assert np.array_equal(rt.sat16(small), golden.sat(small, 16))
+    wide = np.array([-(1 << 62), I32_MIN - 1, I32_MIN, 0, I32_MAX, I32_MAX + 1, 1 << 62], np.int64)
+    assert np.array_equal(rt.sat32(wide), golden.sat(wide, 32))
+
+
+def test_requantize(rt: Runtime) -> None:
+    rng = np.random.default_rng(2)
+    acc_rand = rng.integers(I32_MIN, I32_MAX, 500, endpoint=True).astype(np.int32)
+    acc_edge = np.array([I32_MIN, I32_MIN + 1, -(1 << 30), -2, -1, 0, 1, 2, 1 << 30, I32_MAX - 1, I32_MAX], np.int32)
+    mults = [1 << 30, (1 << 30) + 1, (1 << 31) - 1] + [int(m) for m in rng.integers(1 << 30, 1 << 31, 6)]
+    for mult in mults:
+        for shift in list(range(1, 63)):
+            acc = acc_edge if shift % 4 else np.concatenate([acc_edge, acc_rand])
+            got = rt.requantize(acc, mult, shift)
+            assert np.array_equal(got, golden.kp_requantize(acc, mult, shift)), (mult, shift)
+
+
+# ----------------------------------------------------------------------------------------------- activations
+
+
+@pytest.mark.parametrize("kind", ["sigmoid", "tanh"])
+def test_activation_exhaustive(rt: Runtime, kind: str) -> None:
+    z = np.arange(-32768, 32768, dtype=np.int64).astype(np.int16)
+    tab = golden.make_table(kind)
+    c_fn, g_fn = (rt.sigmoid, golden.kp_sigmoid_s16) if kind == "sigmoid" else (rt.tanh, golden.kp_tanh_s16)
+    assert np.array_equal(c_fn(z, tab), g_fn(z, tab))
+    # any table, including falling segments and full-range jumps, interpolates identically
+    rng = np.random.default_rng(5)
+    wild = rng.integers(-32768, 32768, 257).astype(np.int16)
+    wild[:4] = [-32768, 32767, -32768, 32767]
+    assert np.array_equal(c_fn(z, wild), g_fn(z, wild))
+    assert int(rt.lib.kp_sigmoid_s16(-32768, SIG.ctypes.data_as(ctypes.POINTER(ctypes.c_int16)))) == int(SIG[0])
+
+
+# ---------------------------------------------------------------------------------------------- KP mat-vec
+
+
+def _matvec_cases(rng: np.random.Generator, n: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
+    """(a, b, x, t_shift) with factor dims 1..16, every mode of weights and inputs, spec and saturating shifts."""
+    cases = []
+    for k in range(n):
+        m1, n1, m2, n2 = (int(v) for v in rng.integers(1, 17, 4))
+        if k < 16:  # walk every n1 and n2 remainder mod 4, including dimension-1 factors
+            n1, n2 = k + 1, 16 - k
+        wmode, xmode = MODES[k % 4], MODES[(k // 4) % 4]
+        a = random_int8(rng, (m1, n1), wmode, lo=-128)
+        b = random_int8(rng, (m2, n2), wmode, lo=-128)
+        x = random_int8(rng, (n1 * n2,), xmode, lo=-128)
+        t_shift = t_shift_for(b) if k % 3 else int(rng.integers(0, 12))  # the latter may saturate T
+        cases.append((a, b, x, t_shift))
+    return cases
+
+
+def test_matvec_random_shapes(rt: Runtime) -> None:
+    rng = np.random.default_rng(3)
+    for a, b, x, t_shift in _matvec_cases(rng, 300):
+        got = rt.matvec(a, b, x, t_shift)
+        assert np.array_equal(got, golden.kp_matvec_s8(a, b, x, t_shift)), (a.shape, b.shape, t_shift)
+
+
+@pytest.mark.parametrize("n1", [golden.MAX_N1, golden.MAX_N1 - 1, golden.MAX_N1 - 2, golden.MAX_N1 - 3])
+@pytest.mark.parametrize("sign", [-1, 1])
+def test_matvec_int32_limit(rt: Runtime, n1: int, sign: int) -> None:
+    """Largest |y| the quantizer allows: n1 = 511, |A| = 128, |T| = 32768 (and every tail length)."""
+    a = np.full((2, n1), -128, np.int8)
+    b = np.full((3, 5), 127 if sign > 0 else -128, np.int8)
+    x = np.full(n1 * 5, -128, np.int8)
+    for t_shift in (0, t_shift_for(b)):
+        got = rt.matvec(a, b, x, t_shift)
+        assert np.array_equal(got, golden.kp_matvec_s8(a, b, x, t_shift))
+    assert np.abs(got.astype(np.int64)).max() > 1 << 30
+
+
+# ------------------------------------------------------------------------------------------------------ fc
+
+
+def test_fc(rt: Runtime) -> None:
+    rng = np.random.default_rng(4)
+    for k in range(120):
+        rows, cols = int(rng.integers(1, 20)), int(rng.integers(1, 40))
+        w = random_int8(rng, (rows, cols), MODES[k % 4], lo=-128)
+        x = random_int8(rng, (cols,), MODES[(k // 4) % 4], lo=-128)
+        bias = rng.integers(-(1 << 24), 1 << 24, rows).astype(np.int32)
+        assert np.array_equal(rt.fc(w, bias, x), golden.kp_fc_s8(w, bias, x)), (rows, cols)
+
+
+# ---------------------------------------------------------------------------------------------------- LSTM
+
+
+@pytest.mark.parametrize("mode", ["random", "extreme"])
+@pytest.mark.parametrize("seed", range(10))
+def test_lstm_steps(rt: Runtime, seed: int, mode: str) -> None:
+    """Several time steps of one layer: h and c equal after every step; every cell_frac over the seeds."""
+    rng = np.random.default_rng(200 + seed)
+    isz, hsz = int(rng.integers(1, 17)), int(rng.integers(1, 17))
+    cell_frac = (seed * 2 + (mode == "extreme")) % 16
+    layer = random_layer(rng, isz, hsz, mode=mode, cell_frac=cell_frac)
+    cl = rt.lstm(layer, SIG, TANH)
+    h, c = np.zeros(hsz, np.int8), np.zeros(hsz, np.int16)
+    for t in range(8):
+        x = random_int8(rng, (isz,), MODES[t % 4], lo=-128)
+        h, c = golden.kp_lstm_step_s8(layer, x, h, c, SIG, TANH)
+        hc, cc = cl.step(x)
+        assert np.array_equal(hc, h) and np.array_equal(cc, c), (t, layer.wx.a.shape, layer.wx.b.shape)
+
+
+def test_lstm_dimension_one_factors(rt: Runtime) -> None:
+    """Kronecker factors with a 1 in every position, so A or B degenerates to a row, column or scalar."""
+    rng = np.random.default_rng(9)
+    hsz, isz = 4, 6
+    for fx, fh in [((1, 1, 16, 6), (16, 4, 1, 1)), ((16, 6, 1, 1), (1, 4, 16, 1)), ((4, 1, 4, 6), (1, 1, 16, 4))]:
+        layer = random_layer(rng, isz, hsz, fx, fh)
+        cl = rt.lstm(layer, SIG, TANH)
+        h, c = np.zeros(hsz, np.int8), np.zeros(hsz, np.int16)
+        for _ in range(5):
+            x = random_int8(rng, (isz,), "random", lo=-128)
+            h, c = golden.kp_lstm_step_s8(layer, x, h, c, SIG, TANH)
+            hc, cc = cl.step(x)
+            assert np.array_equal(hc, h) and np.array_equal(cc, c)
+
+
+def test_stacked_model_with_head(rt: Runtime) -> None:
+    """Two stacked layers and the head through the C kernels equal golden.run_model's whole trace."""
+    rng = np.random.default_rng(12)
+    model = random_model(rng, 10, (12, 8), 5)
+    xq = rng.integers(-127, 128, (3, 9, 10)).astype(np.int8)
+    trace = golden.run_model(model, xq)
+    for s in range(xq.shape[0]):
+        layers = [rt.lstm(layer, model.sigmoid_table, model.tanh_table) for layer in model.layers]
+        for t in range(xq.shape[1]):
+            inp = xq[s, t]
+            for k, cl in enumerate(layers):
+                h, c = cl.step(inp)
+                assert np.array_equal(h, trace.hidden[k][s, t]) and np.array_equal(c, trace.cell[k][s, t])
+                inp = h
+        logits = rt.fc(model.head.weight, model.head.bias, inp)
+        assert np.array_equal(logits, trace.logits[s])
+
+
+# ------------------------------------------------------------------------------------------- cross builds
+
+
+@pytest.mark.parametrize("cpu,dsp", [("cortex-m4", True), ("cortex-m0plus", False)])
+def test_arm_build_warning_free(tmp_path, cpu: str, dsp: bool) -> None:
+    """Every kernel compiles for Cortex-M with the strict flags; on M4 the DSP path (SMLAD) is the one built."""
+    gcc = shutil.which("arm-none-eabi-gcc")
+    if gcc is None:
+        pytest.skip("arm-none-eabi-gcc not installed")
+    flags = [f for f in CFLAGS if f not in ("-shared", "-fPIC")]
+    asm = []
+    for src in sorted(RUNTIME_DIR.glob("*.c")):
+        out = tmp_path / (src.stem + ".s")
+        res = subprocess.run([gcc, *flags, f"-mcpu={cpu}", "-mthumb", "-S", str(src), "-o", str(out)],
+                             capture_output=True, text=True)  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        asm.append(out.read_text())
+    text = "\n".join(asm)
+    assert ("smlad" in text) == dsp
