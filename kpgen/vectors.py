@@ -1,0 +1,57 @@
+"""Test vectors for the firmware and the results the integer reference expects for them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from kpgen import KpgenError, golden
+from kpgen.ir import ModelQ
+
+FNV_OFFSET = 2166136261
+FNV_PRIME = 16777619
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the firmware must reproduce for each sample."""
+
+    inputs: np.ndarray  # int8 [N, T, I]
+    scores: np.ndarray  # int32 [N, C]
+    digests: np.ndarray  # uint32 [N, T]: running digest of every layer's h and c after each step
+    labels: np.ndarray  # int64 [N], -1 where unknown
+
+
+def _fnv_bytes(d: np.ndarray, byte_cols: np.ndarray) -> np.ndarray:
+    """FNV-1a over the columns of byte_cols [N, K] (uint8 values), one running digest per row."""
+    for k in range(byte_cols.shape[1]):
+        d = ((d ^ byte_cols[:, k]) * FNV_PRIME) & 0xFFFFFFFF
+    return d
+
+
+def state_digests(trace: golden.GoldenTrace) -> np.ndarray:
+    """Running FNV-1a digest after each step over every layer's h (int8) then c (int16, little-endian)."""
+    n, steps = trace.hidden[0].shape[:2]
+    d = np.full(n, FNV_OFFSET, dtype=np.uint64)
+    out = np.empty((n, steps), dtype=np.uint32)
+    for t in range(steps):
+        for h, c in zip(trace.hidden, trace.cell):
+            hb = h[:, t].astype(np.int64) & 0xFF
+            cu = c[:, t].astype(np.int64) & 0xFFFF
+            cb = np.stack([cu & 0xFF, cu >> 8], axis=2).reshape(n, -1)
+            d = _fnv_bytes(d, hb.astype(np.uint64))
+            d = _fnv_bytes(d, cb.astype(np.uint64))
+        out[:, t] = d
+    return out
+
+
+def expected_for(model: ModelQ, xq: np.ndarray, labels: np.ndarray | None = None) -> Expected:
+    if xq.ndim != 3 or xq.shape[2] != model.input_size:
+        raise KpgenError(
+            f"test vectors have shape {xq.shape}, expected [samples, steps, {model.input_size}]; "
+            "give sequences with the model's input size"
+        )
+    trace = golden.run_model(model, xq)
+    lab = np.full(len(xq), -1, dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
+    return Expected(inputs=xq, scores=trace.logits.astype(np.int32), digests=state_digests(trace), labels=lab)
