@@ -5,19 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from kpgen import golden
+from kpgen.quant import t_shift_for
 from kpgen.ir import DenseQ, KPMatrixQ, LSTMLayerQ, ModelQ, Requant
 
 Factors = tuple[int, int, int, int]  # (m1, n1, m2, n2)
-
-
-def t_shift_for(b: np.ndarray, bits: int = 16) -> int:
-    """Smallest shift with rsr(128 * max_q sum_j |B[q, j]|, shift) inside `bits` bits (T never saturates)."""
-    worst = 128 * int(np.abs(b.astype(np.int64)).sum(axis=1).max(initial=0))
-    limit = (1 << (bits - 1)) - 1
-    s = 0
-    while int(golden.rsr(worst, s)) > limit:
-        s += 1
-    return s
 
 
 def random_factors(rng: np.random.Generator, rows: int, cols: int) -> Factors:
