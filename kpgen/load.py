@@ -1,0 +1,281 @@
+"""Load a kpgen checkpoint (docs/checkpoint.md) into the float IR; the only module downstream code needs torch for.
+
+Files are read with `torch.load(weights_only=True)` only: a checkpoint is data, never code. Every problem
+with the file is a KpgenError of one line, prefixed with the file name, naming the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import re
+import warnings
+import zipfile
+from pathlib import Path
+from typing import NoReturn
+
+import numpy as np
+
+from kpgen import KpgenError
+from kpgen.ir import Calibration, DenseF, KPMatrixF, LSTMLayerF, ModelF
+
+FORMAT = "kpgen-checkpoint"
+SUPPORTED_VERSIONS = (1,)
+DOC = "docs/checkpoint.md"
+TOP_KEYS = ("format", "version", "arch", "state_dict", "calibration")
+ARCH_INT_KEYS = ("input_size", "hidden_size", "num_layers", "num_classes")
+# What torch.load raises on empty, truncated, corrupt or non-torch files (after UnpicklingError is handled).
+DAMAGED_FILE_ERRORS = (RuntimeError, EOFError, KeyError, ValueError, IndexError, zipfile.BadZipFile, OSError)
+
+
+class _Checker:
+    """Raises KpgenError messages that all start with the checkpoint's file name."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def fail(self, problem: str, fix: str) -> NoReturn:
+        raise KpgenError(f"{self.path}: {problem}; {fix}")
+
+    def require(self, ok: bool, problem: str, fix: str) -> None:
+        if not ok:
+            self.fail(problem, fix)
+
+
+def _unpickling_problem(err: Exception) -> tuple[str, str]:
+    """(problem, fix) for an UnpicklingError raised by torch.load(weights_only=True)."""
+    m = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+    if m:
+        return (
+            f"the checkpoint contains pickled Python objects ({m.group(1)}), which weights_only loading refuses",
+            f"save a plain dict of tensors, strings and numbers as documented in {DOC} "
+            "(e.g. model.state_dict(), not the model)",
+        )
+    return (
+        "is not a torch checkpoint that weights_only loading can read",
+        f"save it with torch.save as documented in {DOC}",
+    )
+
+
+def read_raw(path: str | os.PathLike) -> object:
+    """torch.load(weights_only=True) with every failure turned into a one-line KpgenError."""
+    import torch
+
+    chk = _Checker(str(path))
+    p = Path(path)
+    chk.require(p.exists(), "no such file", "check the path, or train one with `kpgen train -o model.pt`")
+    chk.require(p.is_file(), "is not a regular file", "give the path of a .pt checkpoint file")
+    chk.require(p.stat().st_size > 0, "is empty (0 bytes)", "train or copy the checkpoint again")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        chk.fail(*_unpickling_problem(e))
+    except PermissionError as e:
+        chk.fail(f"cannot be read ({e.strerror or e})", "check the file's permissions")
+    except DAMAGED_FILE_ERRORS as e:
+        chk.fail(
+            f"is not a torch checkpoint, or is truncated or corrupt ({_first_line(e)})",
+            "re-save it with torch.save or copy it again",
+        )
+
+
+def _first_line(err: Exception) -> str:
+    """The gist of a torch.load exception, short enough for a one-line message."""
+    text = str(err).strip()
+    gist = text.splitlines()[0].split(". ")[0][:120] if text else ""
+    return f"{type(err).__name__}: {gist}" if gist else type(err).__name__
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _scalar(v: object) -> object:
+    """A 0-d tensor as its Python number; anything else unchanged."""
+    return v.item() if getattr(v, "ndim", None) == 0 and hasattr(v, "item") else v
+
+
+def _check_top(chk: _Checker, raw: object) -> dict:
+    """Format, version and top-level keys."""
+    chk.require(
+        isinstance(raw, dict),
+        f"holds a {type(raw).__name__}, not a dict",
+        f"save the checkpoint dict described in {DOC}",
+    )
+    if "format" not in raw and raw and all(hasattr(v, "shape") for v in raw.values()):
+        chk.fail("is a bare state_dict, not a kpgen checkpoint", f"wrap it with arch and calibration as in {DOC}")
+    chk.require("format" in raw, "has no 'format' key, so it is not a kpgen checkpoint", f"see {DOC}")
+    chk.require(
+        raw.get("format") == FORMAT,
+        f"format is {raw.get('format')!r}, expected {FORMAT!r}",
+        f"save the checkpoint dict described in {DOC}",
+    )
+    version = raw.get("version")
+    chk.require(
+        version in SUPPORTED_VERSIONS and _is_int(version),
+        f"checkpoint version {version!r} is not supported (this kpgen reads {', '.join(map(str, SUPPORTED_VERSIONS))})",
+        "re-export it with this kpgen version or upgrade kpgen",
+    )
+    if "calibration" not in raw:
+        chk.fail(
+            "missing calibration",
+            f"add 'calibration' with input_absmax and cell_absmax measured on training data ({DOC})",
+        )
+    missing = [k for k in TOP_KEYS if k not in raw]
+    chk.require(not missing, f"missing top-level key(s) {', '.join(missing)}", f"add them as documented in {DOC}")
+    for key in ("arch", "state_dict", "calibration"):
+        chk.require(isinstance(raw[key], dict), f"'{key}' is a {type(raw[key]).__name__}, not a dict", f"see {DOC}")
+    chk.require(isinstance(raw.get("meta", {}), dict), "'meta' is not a dict", f"see {DOC}")
+    return raw
+
+
+def _factor_pair(chk: _Checker, value: object, where: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """[[m1, n1], [m2, n2]] with positive ints."""
+    try:
+        (m1, n1), (m2, n2) = value  # type: ignore[misc]
+        ok = all(_is_int(v) and v > 0 for v in (m1, n1, m2, n2))
+    except (TypeError, ValueError):
+        ok = False
+    chk.require(ok, f"{where} is {value!r}, not [[m1, n1], [m2, n2]] with positive ints", f"see {DOC}")
+    return (m1, n1), (m2, n2)
+
+
+def _check_arch(chk: _Checker, arch: dict) -> dict:
+    """Sizes and per-layer factor shapes; every product must match its matrix."""
+    missing = [k for k in ("cell", *ARCH_INT_KEYS, "wx_factors", "wh_factors") if k not in arch]
+    chk.require(not missing, f"arch is missing key(s) {', '.join(missing)}", f"add them as documented in {DOC}")
+    chk.require(arch["cell"] == "lstm", f"arch.cell {arch['cell']!r} is not supported", "use cell 'lstm'")
+    for k in ARCH_INT_KEYS:
+        chk.require(_is_int(arch[k]) and arch[k] > 0, f"arch.{k} is {arch[k]!r}, not a positive int", f"see {DOC}")
+    n_layers, hid = arch["num_layers"], arch["hidden_size"]
+    out = {"wx": [], "wh": []}
+    for name in ("wx", "wh"):
+        fs = arch[f"{name}_factors"]
+        chk.require(
+            isinstance(fs, (list, tuple)) and len(fs) == n_layers,
+            f"arch.{name}_factors must list one [[m1, n1], [m2, n2]] per layer ({n_layers})",
+            f"see {DOC}",
+        )
+        for k, f in enumerate(fs):
+            (m1, n1), (m2, n2) = _factor_pair(chk, f, f"arch.{name}_factors[{k}]")
+            rows, cols = 4 * hid, (arch["input_size"] if name == "wx" and k == 0 else hid)
+            chk.require(
+                m1 * m2 == rows and n1 * n2 == cols,
+                f"layer {k} {name} factors ({m1}x{n1}) (x) ({m2}x{n2}) make a {m1 * m2}x{n1 * n2} matrix "
+                f"but the layer needs {rows}x{cols}",
+                f"choose factors with m1*m2 = {rows} and n1*n2 = {cols}",
+            )
+            out[name].append(((m1, n1), (m2, n2)))
+    return out
+
+
+def expected_shapes(arch: dict, factors: dict) -> dict[str, tuple[int, ...]]:
+    """state_dict key -> shape, for a validated arch."""
+    hid, n_cls = arch["hidden_size"], arch["num_classes"]
+    shapes: dict[str, tuple[int, ...]] = {}
+    for k in range(arch["num_layers"]):
+        for name in ("wx", "wh"):
+            a, b = factors[name][k]
+            shapes[f"layers.{k}.{name}.a"] = a
+            shapes[f"layers.{k}.{name}.b"] = b
+        shapes[f"layers.{k}.bias"] = (4 * hid,)
+    shapes["head.weight"] = (n_cls, hid)
+    shapes["head.bias"] = (n_cls,)
+    return shapes
+
+
+def _check_tensors(chk: _Checker, sd: dict, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """Exactly the expected tensors, with the expected shapes, floating point and finite."""
+    import torch
+
+    missing = [k for k in shapes if k not in sd]
+    chk.require(not missing, f"state_dict is missing tensor(s) {', '.join(missing)}", f"names and shapes are in {DOC}")
+    extra = sorted(str(k) for k in sd if k not in shapes)
+    chk.require(
+        not extra,
+        f"state_dict has unexpected tensor(s) {', '.join(extra)}",
+        f"remove them; a KP-LSTM layer has exactly the tensors listed in {DOC}",
+    )
+    arrays = {}
+    for key, shape in shapes.items():
+        t = sd[key]
+        where = f"state_dict[{key!r}]"
+        chk.require(isinstance(t, torch.Tensor), f"{where} is a {type(t).__name__}, not a tensor", f"see {DOC}")
+        chk.require(
+            tuple(t.shape) == tuple(shape),
+            f"{where} has shape {tuple(t.shape)}, expected {tuple(shape)} from arch",
+            "make arch match the trained model",
+        )
+        chk.require(t.is_floating_point(), f"{where} has dtype {t.dtype}, not floating point", "save float weights")
+        a = t.detach().to(torch.float64).numpy().copy()
+        chk.require(bool(np.isfinite(a).all()), f"{where} contains NaN or inf", "retrain the model or fix the weights")
+        arrays[key] = a
+    return arrays
+
+
+def _check_calibration(chk: _Checker, cal: dict, n_layers: int) -> Calibration:
+    """input_absmax and cell_absmax (gate_absmax optional), positive and finite."""
+    fix = f"record them on training data as in {DOC}"
+
+    def positive(v: object) -> bool:
+        return _is_number(v) and math.isfinite(v) and v > 0
+
+    for key in ("input_absmax", "cell_absmax"):
+        chk.require(key in cal, f"calibration is missing {key}", fix)
+    x_max = _scalar(cal["input_absmax"])
+    chk.require(positive(x_max), f"calibration.input_absmax is {x_max!r}, not a positive number", fix)
+    per_layer = {}
+    for key in ("cell_absmax", "gate_absmax"):
+        v = cal.get(key)
+        if key == "gate_absmax" and (v is None or (isinstance(v, (list, tuple)) and not v)):
+            per_layer[key] = ()
+            continue
+        vals = [_scalar(x) for x in v] if isinstance(v, (list, tuple)) else None
+        chk.require(
+            vals is not None and len(vals) == n_layers and all(positive(x) for x in vals),
+            f"calibration.{key} is {v!r}, not {n_layers} positive number(s), one per layer",
+            fix,
+        )
+        per_layer[key] = tuple(float(x) for x in vals)
+    return Calibration(float(x_max), per_layer["cell_absmax"], per_layer["gate_absmax"])
+
+
+def checkpoint_to_ir(raw: object, name: str = "<checkpoint>") -> ModelF:
+    """Validate a checkpoint dict (as torch.load returns it) and convert it to the float IR."""
+    chk = _Checker(name)
+    ck = _check_top(chk, raw)
+    arch = ck["arch"]
+    factors = _check_arch(chk, arch)
+    w = _check_tensors(chk, ck["state_dict"], expected_shapes(arch, factors))
+    calibration = _check_calibration(chk, ck["calibration"], arch["num_layers"])
+    hid = arch["hidden_size"]
+    layers = tuple(
+        LSTMLayerF(
+            input_size=arch["input_size"] if k == 0 else hid,
+            hidden_size=hid,
+            wx=KPMatrixF(w[f"layers.{k}.wx.a"], w[f"layers.{k}.wx.b"]),
+            wh=KPMatrixF(w[f"layers.{k}.wh.a"], w[f"layers.{k}.wh.b"]),
+            bias=w[f"layers.{k}.bias"],
+        )
+        for k in range(arch["num_layers"])
+    )
+    return ModelF(
+        input_size=arch["input_size"],
+        num_classes=arch["num_classes"],
+        layers=layers,
+        head=DenseF(w["head.weight"], w["head.bias"]),
+        calibration=calibration,
+        meta=dict(ck.get("meta", {})),
+    )
+
+
+def load_checkpoint(path: str | os.PathLike) -> ModelF:
+    """Read, validate and convert a kpgen checkpoint file to a float ModelF (numpy float64)."""
+    return checkpoint_to_ir(read_raw(path), str(path))

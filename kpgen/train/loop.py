@@ -1,0 +1,246 @@
+"""Train a KP-LSTM classifier, calibrate it on the training set, and package it as a kpgen checkpoint."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kpgen import KpgenError, datasets
+from kpgen.nn import KPLSTMClassifier
+
+CHECKPOINT_FORMAT = "kpgen-checkpoint"
+CHECKPOINT_VERSION = 1
+
+# The configuration of `make demo`: about 1.5 minutes on 2 CPU cores, 96-97% on the 1,000 held-out digits
+# (seeds 0, 1, 2: 96.4%, 96.6%, 97.0%). Each matrix is compressed about 30x and 100x.
+DEFAULT_CONFIG: dict = {
+    "dataset": "mnist",
+    "hidden_size": 128,
+    "wx_factors": [[16, 2], [32, 14]],  # Wx 512x28  = (16x2) (x) (32x14):  14,336 -> 480 weights (30x)
+    "wh_factors": [[16, 8], [32, 16]],  # Wh 512x128 = (16x8) (x) (32x16): 65,536 -> 640 weights (102x)
+    "num_layers": 1,
+    "epochs": 60,
+    "batch_size": 128,
+    "lr": 2e-2,  # peak; one epoch of linear warm-up, then cosine decay
+    "seed": 0,
+    "max_shift": 2,  # training images shifted by up to 2 rows and 2 columns (augmentation)
+    "weight_decay": 0.0,
+}
+
+
+def set_determinism(seed: int, threads: int = 2) -> None:
+    """Seed torch and fix the thread count so a seed gives the same model on this machine."""
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+
+
+def random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
+    """Translate each (T, F) sample by up to max_shift steps and features, filling with zeros."""
+    if max_shift <= 0:
+        return x
+    b, t, f = x.shape
+    s = max_shift
+    padded = nn.functional.pad(x, (s, s, s, s))
+    dy = torch.randint(-s, s + 1, (b, 1), generator=gen)
+    dx = torch.randint(-s, s + 1, (b, 1), generator=gen)
+    rows = torch.arange(t) + s + dy  # (B, T)
+    cols = torch.arange(f) + s + dx  # (B, F)
+    return padded[torch.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def lr_at(step: int, total: int, base: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 2% of the base rate."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    p = (step - warmup) / max(1, total - warmup)
+    return base * (0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * p)))
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
+    """Top-1 accuracy of model on (x, y)."""
+    model.eval()
+    correct = 0
+    for k in range(0, len(x), batch_size):
+        correct += int((model(x[k : k + batch_size]).argmax(-1) == y[k : k + batch_size]).sum())
+    return correct / max(1, len(x))
+
+
+@torch.no_grad()
+def calibrate(model: KPLSTMClassifier, x: torch.Tensor, batch_size: int = 500) -> dict:
+    """Ranges on x: max |input|, and per layer max |c_t| and max |z_t| over every step."""
+    model.eval()
+    cell = [0.0] * model.num_layers
+    gate = [0.0] * model.num_layers
+    for k in range(0, len(x), batch_size):
+        _, traces = model(x[k : k + batch_size], return_trace=True)
+        for i, tr in enumerate(traces):
+            cell[i] = max(cell[i], float(tr.cells.abs().max()))
+            gate[i] = max(gate[i], float(tr.gates.abs().max()))
+    return {"input_absmax": float(x.abs().max()), "cell_absmax": cell, "gate_absmax": gate}
+
+
+def plain(value: object) -> object:
+    """value as weights_only-loadable data: tensors, str, int, float, bool, lists and dicts (subclasses unwrapped)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone().contiguous()
+    for kind in (bool, int, float, str):  # bool before int; str subclasses such as TorchVersion become str
+        if isinstance(value, kind):
+            return kind(value)
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # numpy scalars
+        return plain(value.item())
+    if isinstance(value, dict):
+        return {plain(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if value is None:
+        return None
+    raise TypeError(f"checkpoint values must be tensors, str, int, float, bool, lists or dicts, not {type(value)}")
+
+
+def make_checkpoint(model: KPLSTMClassifier, calibration: dict, meta: dict) -> dict:
+    """The plain-dict checkpoint documented in docs/checkpoint.md."""
+    pairs = lambda fs: [[list(a), list(b)] for a, b in fs]  # noqa: E731
+    ckpt = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "arch": {
+            "cell": "lstm",
+            "input_size": model.input_size,
+            "hidden_size": model.hidden_size,
+            "num_layers": model.num_layers,
+            "num_classes": model.num_classes,
+            "wx_factors": pairs(model.wx_factors),
+            "wh_factors": pairs(model.wh_factors),
+        },
+        "state_dict": dict(model.state_dict()),
+        "calibration": calibration,
+        "meta": meta,
+    }
+    return plain(ckpt)
+
+
+def save_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:
+    """torch.save into a temporary file next to path, then rename: no half-written checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "xb") as f:  # created with the umask's permissions, unlike mkstemp's 0600
+            torch.save(ckpt, f)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def train_model(
+    dataset: str = DEFAULT_CONFIG["dataset"],
+    hidden_size: int = DEFAULT_CONFIG["hidden_size"],
+    wx_factors: Sequence = DEFAULT_CONFIG["wx_factors"],
+    wh_factors: Sequence = DEFAULT_CONFIG["wh_factors"],
+    num_layers: int = DEFAULT_CONFIG["num_layers"],
+    epochs: int = DEFAULT_CONFIG["epochs"],
+    batch_size: int = DEFAULT_CONFIG["batch_size"],
+    lr: float = DEFAULT_CONFIG["lr"],
+    seed: int = DEFAULT_CONFIG["seed"],
+    max_shift: int = DEFAULT_CONFIG["max_shift"],
+    weight_decay: float = DEFAULT_CONFIG["weight_decay"],
+    max_train: int | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Train a KP-LSTM classifier on `dataset`, calibrate on its training set, return the checkpoint dict.
+
+    wx_factors / wh_factors: one pair [[m1, n1], [m2, n2]] or one pair per layer. max_train keeps only the
+    first max_train training samples (for smoke tests).
+    """
+    t0 = time.perf_counter()
+    set_determinism(seed)
+    split = datasets.load(dataset, seed=seed)
+    x_tr, y_tr = torch.from_numpy(split.x_train), torch.from_numpy(split.y_train)
+    if max_train is not None:
+        x_tr, y_tr = x_tr[:max_train], y_tr[:max_train]
+    x_te, y_te = torch.from_numpy(split.x_test), torch.from_numpy(split.y_test)
+    try:
+        model = KPLSTMClassifier(
+            split.num_features, hidden_size, split.num_classes, wx_factors, wh_factors, num_layers=num_layers
+        )
+    except (ValueError, TypeError) as e:
+        raise KpgenError(f"bad model shape: {e}") from None
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    loss_fn = nn.CrossEntropyLoss()
+    gen = torch.Generator().manual_seed(seed)
+    n = len(x_tr)
+    per_epoch = math.ceil(n / batch_size)
+    total = epochs * per_epoch
+    step = 0
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(n, generator=gen)
+        running = 0.0
+        for k in range(0, n, batch_size):
+            idx = order[k : k + batch_size]
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, total, lr, warmup=per_epoch)
+            loss = loss_fn(model(random_shift(x_tr[idx], max_shift, gen)), y_tr[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            running += loss.item() * len(idx)
+            step += 1
+        if epoch == epochs - 1 or (epoch + 1) % 5 == 0:
+            log(f"epoch {epoch + 1}/{epochs}  loss {running / n:.4f}  test acc {accuracy(model, x_te, y_te):.4f}")
+    test_acc = accuracy(model, x_te, y_te)
+    calibration = calibrate(model, x_tr)
+    meta = {
+        "dataset": dataset,
+        "seq_len": split.seq_len,
+        "float_test_accuracy": float(test_acc),
+        "epochs": int(epochs),
+        "seed": int(seed),
+        "train_seconds": float(time.perf_counter() - t0),
+        "torch_version": str(torch.__version__),
+    }
+    log(f"float test accuracy {test_acc:.4f} on {len(x_te)} held-out samples, {meta['train_seconds']:.1f} s")
+    return make_checkpoint(model, calibration, meta)
+
+
+def parse_factors(text: str) -> list[list[int]]:
+    """'32x4,16x7' -> [[32, 4], [16, 7]] (A's shape, then B's); ValueError if malformed."""
+    try:
+        a, b = (tuple(int(v) for v in part.lower().split("x")) for part in text.split(","))
+        (m1, n1), (m2, n2) = a, b
+    except ValueError:
+        raise ValueError(f"factor shapes {text!r} are not of the form M1xN1,M2xN2 (e.g. 32x4,16x7)") from None
+    return [[m1, n1], [m2, n2]]
+
+
+def parameter_report(ckpt: dict) -> str:
+    """One line: KP weights against dense weights for every matrix."""
+    arch = ckpt["arch"]
+    parts = []
+    for i, (fx, fh) in enumerate(zip(arch["wx_factors"], arch["wh_factors"])):
+        for name, ((m1, n1), (m2, n2)) in (("wx", fx), ("wh", fh)):
+            dense, kp = m1 * m2 * n1 * n2, m1 * n1 + m2 * n2
+            parts.append(f"L{i}.{name} {m1 * m2}x{n1 * n2}: {dense} -> {kp} ({dense / kp:.0f}x)")
+    return "; ".join(parts)
+
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "train_model",
+    "save_checkpoint",
+    "make_checkpoint",
+    "calibrate",
+    "accuracy",
+    "parse_factors",
+    "parameter_report",
+]

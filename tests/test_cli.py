@@ -1,0 +1,113 @@
+"""The command line: help, and every user mistake as one line on stderr with exit status 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from kpgen.cli import main
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mnist-kplstm.pt"
+
+
+def _invoke(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def _one_line_error(res, *words: str) -> None:
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("kpgen: error: ") or lines[0].startswith("Error: ")
+    for w in words:
+        assert w in lines[0]
+    assert "Traceback" not in res.output
+
+
+def test_help_lists_commands() -> None:
+    res = _invoke("--help")
+    assert res.exit_code == 0
+    for cmd in ("train", "emit", "run", "boards"):
+        assert cmd in res.output
+
+
+def test_emit_help_documents_every_option() -> None:
+    res = _invoke("emit", "--help")
+    for opt in ("--board", "--out", "--name", "--samples", "--vectors", "--force"):
+        assert opt in res.output
+
+
+def test_boards_lists_m4() -> None:
+    res = _invoke("boards")
+    assert res.exit_code == 0 and "m4" in res.output and "mps2-an386" in res.output
+
+
+def test_missing_checkpoint(tmp_path: Path) -> None:
+    res = _invoke("emit", str(tmp_path / "nope.pt"), "--board", "m4", "-o", str(tmp_path / "out"))
+    _one_line_error(res, "nope.pt")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_board(tmp_path: Path) -> None:
+    res = _invoke("emit", str(EXAMPLE), "--board", "z80", "-o", str(tmp_path / "out"))
+    _one_line_error(res, "z80", "m4")
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_output_needs_force(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    res = _invoke("emit", str(EXAMPLE), "--board", "m4", "-o", str(out))
+    _one_line_error(res, "--force")
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_corrupt_checkpoint(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"this is not a torch file")
+    res = _invoke("emit", str(bad), "--board", "m4", "-o", str(tmp_path / "out"))
+    _one_line_error(res, "bad.pt")
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_on_a_directory_kpgen_did_not_write(tmp_path: Path) -> None:
+    res = _invoke("run", str(tmp_path))
+    _one_line_error(res, "kpgen emit")
+
+
+def test_bad_vectors_file(tmp_path: Path) -> None:
+    v = tmp_path / "v.npz"
+    v.write_bytes(b"garbage")
+    res = _invoke("emit", str(EXAMPLE), "--board", "m4", "-o", str(tmp_path / "out"), "--vectors", str(v))
+    _one_line_error(res, "v.npz")
+
+
+def test_real_entry_point_exit_status(tmp_path: Path) -> None:
+    """The installed console script behaves like the in-process runner: exit 2, one line, no traceback."""
+    proc = subprocess.run([sys.executable, "-m", "kpgen", "emit", str(tmp_path / "x.pt"), "--board", "m4"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("kpgen: error: ")
+
+
+def test_train_defaults_are_the_demo_config() -> None:
+    """`kpgen train` with no options trains exactly DEFAULT_CONFIG (the README's demo)."""
+    from kpgen.train import DEFAULT_CONFIG
+
+    cmd = main.commands["train"]
+    ctx = cmd.make_context("train", [])
+    for key, value in DEFAULT_CONFIG.items():
+        if key in ctx.params:
+            assert ctx.params[key] == value, key
+    missing = set(DEFAULT_CONFIG) - set(ctx.params)
+    assert missing <= {"max_shift", "weight_decay"}  # left at train_model's defaults, which equal DEFAULT_CONFIG's
+
+
+def test_train_refuses_bad_factors(tmp_path: Path) -> None:
+    res = _invoke("train", "-o", str(tmp_path / "m.pt"), "--wx-factors", "16by2")
+    assert res.exit_code == 2 and "factor shapes" in res.output
