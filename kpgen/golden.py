@@ -13,8 +13,10 @@ import numpy as np
 
 from kpgen.ir import LSTMLayerQ, ModelQ
 
-TABLE_SIZE = 257  # entries of each activation table (256 segments over Q3.12)
+TABLE_SIZE = 1024  # entries of each activation table: one per 64 steps of Q3.12 (1/64)
+TABLE_SHIFT = 6  # entry of z (Q3.12) = (z + 32768) >> TABLE_SHIFT
 MAX_N1 = 511  # largest n1 for which the second KP product provably fits int32
+MAX_N2 = 65535  # largest n2 for which X B^T plus its rounding term provably fits int32
 
 _I64 = np.int64
 
@@ -46,8 +48,9 @@ def sat(v: np.ndarray | int, bits: int) -> np.ndarray:
 
 
 def make_table(kind: str) -> np.ndarray:
-    """257-entry int16 table of sigmoid or tanh at z_k = (256k - 32768) / 4096, in Q0.15."""
-    z = (256.0 * np.arange(TABLE_SIZE, dtype=np.float64) - 32768.0) / 4096.0
+    """1024-entry int16 table of sigmoid or tanh in Q0.15: entry k is the function at the centre of the
+    k-th run of 64 Q3.12 inputs, z_k = (64k + 31.5 - 32768) / 4096, rounded half to even and clamped."""
+    z = ((1 << TABLE_SHIFT) * np.arange(TABLE_SIZE, dtype=np.float64) + ((1 << TABLE_SHIFT) - 1) / 2 - 32768.0) / 4096.0
     if kind == "sigmoid":
         f = 1.0 / (1.0 + np.exp(-z))
     elif kind == "tanh":
@@ -93,30 +96,76 @@ def kp_matvec_s8(a: np.ndarray, b: np.ndarray, x: np.ndarray, t_shift: int, t_bi
 
 
 def kp_requantize(acc: np.ndarray | int, mult: int, shift: int) -> np.ndarray:
-    """sat32((acc * mult + 2**(shift-1)) >> shift) in int64; mult in [2**30, 2**31), shift in [1, 62]; int32."""
+    """sat32((acc * mult + 2**(shift-1)) >> shift) in int64; mult in [1, 2**31), shift in [1, 62]; int32.
+
+    The quantizer's gate requantizers use shift <= 32 only, with |acc| < 2**(shift-1) guaranteed
+    (`check_kernel_limits`): then the C kernels compute the same number as one rounding high multiply,
+    (acc * 2**(32-shift) * mult + 2**31) >> 32 (SMMULR).
+    """
     if not (1 <= shift <= 62):
         raise ValueError(f"kp_requantize: shift {shift} outside 1..62")
     return sat(rsr(_i64(acc) * _I64(mult), shift), 32).astype(np.int32)
 
 
-def _interp(z: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """Table interpolation shared by sigmoid and tanh: Q3.12 int16 in, Q0.15 int16 out."""
-    u = _i64(z) + 32768
-    k = u >> 8
-    r = u & 255
-    tab = _i64(table)
-    t0 = tab[k]
-    return (t0 + (((tab[k + 1] - t0) * r + 128) >> 8)).astype(np.int16)
+def kp_t_bound(b: np.ndarray, t_shift: int, t_bits: int = 16) -> np.ndarray:
+    """Largest |T[i, q]| kp_matvec_s8 can produce for any int8 input, per row q of B (int64 [m2])."""
+    s = 128 * np.sum(np.abs(_i64(b)), axis=1)  # |x| <= 128
+    t = np.maximum(rsr(s, t_shift), -rsr(-s, t_shift))
+    return np.minimum(t, 1 << (t_bits - 1))
+
+
+def kp_acc_bound(a: np.ndarray, b: np.ndarray, t_shift: int, t_bits: int = 16) -> int:
+    """Largest |y| kp_matvec_s8 can produce for any int8 input: max_p sum_i |A[p, i]| * max_q bound(T[., q])."""
+    if a.size == 0 or b.size == 0:
+        return 0
+    return int(np.max(np.sum(np.abs(_i64(a)), axis=1))) * int(np.max(kp_t_bound(b, t_shift, min(t_bits, 63))))
+
+
+GATE_SHIFT_MAX = 32  # gate requantizers: shift 1..32 (one 32x32 -> high 32 multiply in C)
+
+
+def kernel_limits(layer: LSTMLayerQ) -> list[str]:
+    """What keeps a layer inside the C kernels' int32 arithmetic; each violated rule as a sentence (empty: fits).
+
+    1. A has at most MAX_N1 columns (the sum of A T fits int32), B at most MAX_N2 (|X B^T| < 2**30, so
+       its rounding term cannot overflow).
+    2. Each gate requantizer has mult in 1..2**31-1 and shift in 1..32, and the worst-case accumulator
+       satisfies |acc| * 2**(32-shift) < 2**31, so acc can be scaled to one 32-bit multiply operand.
+    3. |bias| + worst |requantize(ax)| + worst |requantize(ah)| < 2**31: the gate sum fits int32.
+    Under these rules every intermediate of the C kernels equals the int64 one here.
+    """
+    problems = []
+    worst = abs(int(np.max(np.abs(_i64(layer.bias)), initial=0)))
+    for name, m, rq in (("Wx", layer.wx, layer.rq_x), ("Wh", layer.wh, layer.rq_h)):
+        if m.a.shape[1] > MAX_N1 or m.b.shape[1] > MAX_N2:
+            problems.append(f"{name}: factors of {m.a.shape[1]} and {m.b.shape[1]} columns, more than {MAX_N1} and {MAX_N2}")
+            continue
+        if not (1 <= rq.mult < 2**31 and 1 <= rq.shift <= GATE_SHIFT_MAX):
+            problems.append(f"{name}: requantizer {rq.mult}/2**{rq.shift} outside mult 1..2**31-1, shift 1..32")
+            continue
+        bound = kp_acc_bound(m.a, m.b, m.t_shift)
+        if bound << (GATE_SHIFT_MAX - rq.shift) >= 2**31:
+            problems.append(f"{name}: accumulator bound {bound} times 2**{GATE_SHIFT_MAX - rq.shift} leaves int32")
+            continue
+        worst += int(rsr(_I64(bound) * _I64(rq.mult), rq.shift))
+    if not problems and worst >= 2**31:
+        problems.append(f"the gate sum can reach {worst}, outside int32")
+    return problems
+
+
+def _lookup(z: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Table look-up shared by sigmoid and tanh: Q3.12 int16 in, table[(z + 32768) >> 6] (Q0.15 int16) out."""
+    return np.asarray(table)[(_i64(z) + 32768) >> TABLE_SHIFT].astype(np.int16)
 
 
 def kp_sigmoid_s16(z: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """Sigmoid of Q3.12 int16 z as Q0.15 int16, by linear interpolation in the 257-entry table."""
-    return _interp(z, table)
+    """Sigmoid of Q3.12 int16 z as Q0.15 int16: the entry of the 1024-entry table for z's run of 64 inputs."""
+    return _lookup(z, table)
 
 
 def kp_tanh_s16(z: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """Tanh of Q3.12 int16 z as Q0.15 int16, by linear interpolation in the 257-entry table."""
-    return _interp(z, table)
+    """Tanh of Q3.12 int16 z as Q0.15 int16: the entry of the 1024-entry table for z's run of 64 inputs."""
+    return _lookup(z, table)
 
 
 def kp_lstm_step_s8(

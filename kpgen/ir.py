@@ -86,7 +86,8 @@ class ModelF:
 
 @dataclass(frozen=True)
 class Requant:
-    """Fixed-point multiplier: y = (acc * mult + 2**(shift-1)) >> shift, mult in [2**30, 2**31), shift in [1, 62]."""
+    """Fixed-point multiplier: y = (acc * mult + 2**(shift-1)) >> shift. The gate requantizers have mult in
+    [1, 2**31) and shift in [1, 32] (quant.requant_gate; docs/quantization.md)."""
 
     mult: int
     shift: int
@@ -138,8 +139,8 @@ class ModelQ:
     input_scale: float  # x_int8 = clamp(round(x / input_scale), -127, 127)
     layers: tuple[LSTMLayerQ, ...]
     head: DenseQ
-    sigmoid_table: np.ndarray  # int16 (257,)
-    tanh_table: np.ndarray  # int16 (257,)
+    sigmoid_table: np.ndarray  # int16 (1024,): kpgen.golden.make_table
+    tanh_table: np.ndarray  # int16 (1024,)
     meta: dict = field(default_factory=dict)
 
     @property

@@ -1,5 +1,5 @@
 /*
- * kp_activation_s16.h - sigmoid and tanh by table interpolation, Q3.12 int16 in, Q0.15 int16 out.
+ * kp_activation_s16.h - sigmoid and tanh by table look-up, Q3.12 int16 in, Q0.15 int16 out.
  */
 #ifndef KP_ACTIVATION_S16_H
 #define KP_ACTIVATION_S16_H
@@ -10,14 +10,22 @@
 extern "C" {
 #endif
 
+#define KP_ACT_TABLE_SIZE 1024 /* entries per table: one per 64 Q3.12 inputs */
+#define KP_ACT_SHIFT 6
+
 /*
- * Sigmoid of z (Q3.12, the full int16 range -8..8) as Q0.15. table: the 257-entry sigmoid table
- * (tab[k] = f((256k - 32768) / 4096) in Q0.15, from kpgen.golden.make_table).
- * u = z + 32768, k = u >> 8, r = u & 255: out = tab[k] + (((tab[k+1] - tab[k]) * r + 128) >> 8).
+ * f(z) = table[(z + 32768) >> 6] (docs/quantization.md, "Activations"); table: 1024 int16 entries from
+ * kpgen.golden.make_table. mid = table + 512, so the entry is mid[z >> 6]: one shift and one load.
  */
+static inline int32_t kp_act_s16(int32_t z, const int16_t *mid)
+{
+    return mid[z >> KP_ACT_SHIFT];
+}
+
+/* Sigmoid of z (Q3.12, the full int16 range -8..8) as Q0.15; table: the 1024-entry sigmoid table. */
 int16_t kp_sigmoid_s16(int16_t z, const int16_t *table);
 
-/* Tanh of z (Q3.12) as Q0.15; the same interpolation on the 257-entry tanh table. */
+/* Tanh of z (Q3.12) as Q0.15; table: the 1024-entry tanh table. */
 int16_t kp_tanh_s16(int16_t z, const int16_t *table);
 
 #ifdef __cplusplus

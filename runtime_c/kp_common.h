@@ -1,13 +1,48 @@
 /*
- * kp_common.h - integer helpers shared by the kpgen int8 kernels.
+ * kp_common.h - integer helpers and code-path selection shared by the kpgen int8 kernels.
  *
  * The arithmetic follows docs/quantization.md; kpgen/golden.py is the reference. Right shifts of
- * negative values are arithmetic (GCC defines them so).
+ * negative values are arithmetic (GCC defines them so). Three code paths compute the same bits:
+ *   portable  plain C (Cortex-M0/M0+/M3, and the host)
+ *   KP_DSP    Armv7E-M / Armv8-M DSP instructions (SMLAD, SXTB16, SMMLAR, SSAT) via <arm_acle.h>
+ *   KP_MVE    Helium (Armv8.1-M MVE) via <arm_mve.h>, for the matrix kernels; the rest uses KP_DSP
+ * Packed operands are little-endian int32 words (kpgen/layout.py): byte k of a word is bits 8k..8k+7.
  */
 #ifndef KP_COMMON_H
 #define KP_COMMON_H
 
 #include <stdint.h>
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "kpgen runtime: packed weights are little-endian words; big-endian targets are not supported"
+#endif
+
+#if defined(__ARM_FEATURE_DSP)
+#include <arm_acle.h>
+#define KP_DSP 1
+#endif
+
+#if defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 1) && !defined(KP_NO_MVE)
+#include <arm_mve.h>
+#define KP_MVE 1
+#endif
+
+/* GCC's pre-register-allocation scheduler spills the DSP inner loops, and on Helium its SLP vectorizer routes
+ * four scalar sums through the stack: both off for the hot kernels (-O2 only). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(KP_MVE) && !defined(__OPTIMIZE_SIZE__)
+#define KP_HOT __attribute__((optimize("no-schedule-insns", "no-tree-slp-vectorize")))
+#elif defined(__GNUC__) && !defined(__clang__) && defined(KP_DSP) && !defined(__OPTIMIZE_SIZE__)
+#define KP_HOT __attribute__((optimize("no-schedule-insns")))
+#else
+#define KP_HOT
+#endif
+
+/* A pipeline stage: kept out of line so a per-function instruction profile shows it by name. */
+#if defined(__GNUC__)
+#define KP_STAGE __attribute__((noinline))
+#else
+#define KP_STAGE
+#endif
 
 /*
  * Round-shift-right: (v + 2^(s-1)) >> s for s in 1..31 (round half up), v for s == 0.
@@ -33,6 +68,29 @@ static inline int16_t kp_sat16(int32_t v)
     return (int16_t)(v < INT16_MIN ? INT16_MIN : (v > INT16_MAX ? INT16_MAX : v));
 }
 
+/* Clamp to int16 / int8 with SSAT where the core has it (GCC does not emit it for the plain clamp). */
+static inline int32_t kp_ssat16(int32_t v)
+{
+#if defined(KP_DSP) && (defined(__arm__) || defined(__thumb__))
+    return (int32_t)__builtin_arm_ssat(v, 16); /* <arm_acle.h>'s __ssat macro trips -Wsign-conversion */
+#elif defined(KP_DSP)
+    return __ssat(v, 16);
+#else
+    return kp_sat16(v);
+#endif
+}
+
+static inline int32_t kp_ssat8(int32_t v)
+{
+#if defined(KP_DSP) && (defined(__arm__) || defined(__thumb__))
+    return (int32_t)__builtin_arm_ssat(v, 8);
+#elif defined(KP_DSP)
+    return __ssat(v, 8);
+#else
+    return kp_sat8(v);
+#endif
+}
+
 /* Clamp a 64-bit value to the int32 range. */
 static inline int32_t kp_sat32(int64_t v)
 {
@@ -41,8 +99,8 @@ static inline int32_t kp_sat32(int64_t v)
 
 /*
  * Requantize an int32 accumulator by the real multiplier mult / 2^shift:
- * sat32((acc * mult + 2^(shift-1)) >> shift) in int64.
- * mult in [2^30, 2^31), shift in 1..62, so |acc * mult| < 2^62 and the rounding term cannot overflow.
+ * sat32((acc * mult + 2^(shift-1)) >> shift) in int64, for mult in 1..2^31-1 and shift in 1..62.
+ * The general form; the LSTM gates use kp_mulhr below.
  */
 static inline int32_t kp_requantize(int32_t acc, int32_t mult, int32_t shift)
 {
@@ -51,16 +109,173 @@ static inline int32_t kp_requantize(int32_t acc, int32_t mult, int32_t shift)
     return kp_sat32((prod + half) >> shift);
 }
 
-#if defined(__ARM_FEATURE_DSP)
+/* The low and high int16 of a word holding an int16 pair, and the pair (lo, hi) as a word. */
+static inline int32_t kp_lo16(int32_t w)
+{
+    return (int32_t)(int16_t)(uint16_t)((uint32_t)w & 0xFFFFu);
+}
+
+static inline int32_t kp_hi16(int32_t w)
+{
+    return w >> 16;
+}
+
+static inline int32_t kp_pack16(int32_t lo, int32_t hi)
+{
+    return (int32_t)(((uint32_t)lo & 0xFFFFu) | ((uint32_t)hi << 16));
+}
+
 /*
- * Rotate right by 8 bits (one ROR). Stands in for ACLE's __ror, which GCC 12's <arm_acle.h> lacks.
- * GCC 12 does not fold it into SXTB16's rotate operand, so __sxtb16(kp_ror8(w)) is ROR + SXTB16.
+ * An int16 that may live inside int32 words: the int16 vectors are int32 scratch words (loaded a pair at a
+ * time), and a few kernels store single elements into them. may_alias tells GCC and Clang so.
  */
-static inline int32_t kp_ror8(int32_t w)
+#if defined(__GNUC__)
+typedef int16_t kp_half_t __attribute__((may_alias));
+#else
+typedef int16_t kp_half_t;
+#endif
+
+/* acc * 2^l for an acc the quantizer guarantees to stay in int32 (no undefined signed shift). */
+static inline int32_t kp_scale_pow2(int32_t acc, int32_t l)
+{
+    return (int32_t)((uint32_t)acc << l);
+}
+
+#if defined(KP_DSP) && (defined(__arm__) || defined(__thumb__))
+/* SXTB16 of the word rotated right by 8: bytes 1 and 3 sign-extended to an int16 pair (one instruction). */
+static inline int32_t kp_sxtb16_ror8(int32_t w)
+{
+    int32_t r;
+    __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(w));
+    return r;
+}
+
+/* c + ((a * b + 2^31) >> 32): SMMLAR, the 64-bit product rounded to its high word, plus c (mod 2^32). */
+static inline int32_t kp_mlahr(int32_t a, int32_t b, int32_t c)
+{
+    int32_t r;
+    __asm__("smmlar %0, %1, %2, %3" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+    return r;
+}
+
+/* Two consecutive words with one post-indexed LDRD: *a = p[0], *b = p[1]; returns p + 2 (p 4-aligned). */
+typedef struct {
+    int32_t w[2];
+} kp_word2_t;
+
+static inline const int32_t *kp_ld2(const int32_t *p, int32_t *a, int32_t *b)
+{
+    int32_t x, y;
+    __asm__("ldrd %0, %1, [%2], #8" : "=&r"(x), "=&r"(y), "+r"(p) : "m"(*(const kp_word2_t *)p));
+    *a = x;
+    *b = y;
+    return p;
+}
+
+/* p[0] = a, p[1] = b with one post-indexed STRD; returns p + 2 (p 4-aligned). */
+static inline int32_t *kp_st2(int32_t *p, int32_t a, int32_t b)
+{
+    __asm__("strd %2, %3, [%1], #8" : "=m"(*(kp_word2_t *)p), "+r"(p) : "r"(a), "r"(b));
+    return p;
+}
+#else
+static inline const int32_t *kp_ld2(const int32_t *p, int32_t *a, int32_t *b)
+{
+    *a = p[0];
+    *b = p[1];
+    return p + 2;
+}
+
+static inline int32_t *kp_st2(int32_t *p, int32_t a, int32_t b)
+{
+    p[0] = a;
+    p[1] = b;
+    return p + 2;
+}
+#if defined(KP_DSP)
+/* Host builds with stand-in intrinsics (tests): the same operations in C. */
+static inline int32_t kp_sxtb16_ror8(int32_t w)
 {
     const uint32_t u = (uint32_t)w;
-    return (int32_t)((u >> 8) | (u << 24));
+    return __sxtb16((int32_t)((u >> 8) | (u << 24)));
 }
 #endif
+#if defined(__ARM_ARCH_6M__) || defined(KP_MUL16)
+/*
+ * Armv6-M has no 32 x 32 -> 64 multiply (a library call): the same number from four 16 x 16 products
+ * (KP_MUL16 selects this on any target, for the host tests).
+ * a*b + 2^31 = 2^32 (ah bh + (m1 >> 16) + (m2 >> 16)) + 2^16 t + (lo & 0xFFFF), t = (m1 & 0xFFFF) +
+ * (m2 & 0xFFFF) + (lo >> 16) + 2^15, with m1 = ah bl, m2 = al bh, lo = al bl (al, bl the unsigned low halves);
+ * every term fits 32 bits and the floor of the quotient by 2^32 is the first term plus t >> 16.
+ */
+static inline int32_t kp_mlahr(int32_t a, int32_t b, int32_t c)
+{
+    const int32_t ah = a >> 16, bh = b >> 16;
+    const uint32_t al = (uint32_t)a & 0xFFFFu, bl = (uint32_t)b & 0xFFFFu;
+    const int32_t m1 = ah * (int32_t)bl;
+    const int32_t m2 = (int32_t)al * bh;
+    const uint32_t lo = al * bl;
+    const uint32_t t = ((uint32_t)m1 & 0xFFFFu) + ((uint32_t)m2 & 0xFFFFu) + (lo >> 16) + 0x8000u;
+    const int32_t hi = ah * bh + (m1 >> 16) + (m2 >> 16) + (int32_t)(t >> 16);
+    return (int32_t)((uint32_t)c + (uint32_t)hi);
+}
+#else
+static inline int32_t kp_mlahr(int32_t a, int32_t b, int32_t c)
+{
+    const int64_t hi = ((int64_t)a * (int64_t)b + ((int64_t)1 << 31)) >> 32;
+    return (int32_t)((uint32_t)c + (uint32_t)(int32_t)hi);
+}
+#endif
+#endif
+
+/*
+ * The gate requantizer of docs/quantization.md in 32-bit arithmetic: rsr(acc * mult, shift) for shift in
+ * 1..32 and |acc| < 2^(shift-1) (kpgen.golden.kernel_limits), as c + SMMULR(acc * 2^(32-shift), mult).
+ */
+static inline int32_t kp_gate_rq(int32_t acc, int32_t mult, int32_t shift, int32_t c)
+{
+    return kp_mlahr(kp_scale_pow2(acc, 32 - shift), mult, c);
+}
+
+/*
+ * Position of element i in a packed int16 vector that a matrix of cols_p padded columns multiplies.
+ * DSP path: within each group of 4, order (0, 2, 1, 3), so that one word holds (v[i], v[i+2]) and the next
+ * (v[i+1], v[i+3]): the pairs SXTB16 makes of four int8 weights (bytes 0, 2) and of the word rotated by 8
+ * (bytes 1, 3). Two-column matrices, the portable path and Helium use the natural order. The order swaps
+ * bits 0 and 1 of i, so it is its own inverse.
+ */
+static inline int32_t kp_vslot(int32_t i, int32_t cols_p)
+{
+#if defined(KP_DSP) && !defined(KP_MVE)
+    if (cols_p > 2) {
+        return (i & ~(int32_t)3) | ((i & 1) << 1) | ((i >> 1) & 1);
+    }
+#else
+    (void)cols_p;
+#endif
+    return i;
+}
+
+/*
+ * The same for the vectors of the rows kernel (A T with m2 > 1): the DSP order on every core with SMLAD, Helium
+ * cores included (that kernel uses SMLAD there too), the natural order on the others.
+ */
+static inline int32_t kp_vslot_rows(int32_t i, int32_t cols_p)
+{
+#if defined(KP_DSP)
+    if (cols_p > 2) {
+        return (i & ~(int32_t)3) | ((i & 1) << 1) | ((i >> 1) & 1);
+    }
+#else
+    (void)cols_p;
+#endif
+    return i;
+}
+
+/* Padded column count of a packed matrix: 2 for one or two columns, else a multiple of 4 (kpgen.layout). */
+static inline int32_t kp_cols_padded(int32_t cols)
+{
+    return cols <= 2 ? 2 : (cols + 3) & ~(int32_t)3;
+}
 
 #endif /* KP_COMMON_H */

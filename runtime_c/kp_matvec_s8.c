@@ -1,106 +1,496 @@
 /*
  * kp_matvec_s8.c - Kronecker-product matrix-vector product (see kp_matvec_s8.h).
+ *
+ The multiply-accumulates run on factors packed by kpgen.layout:
+ *   kp_blocks_dot  an int8 matrix in 4-row blocks times one int16 vector: the dense matrix-vector product,
+ *                  and A T when T has one column (m2 == 1). Four accumulators share each vector load.
+ *                  Also X B^T: B in blocks against each widened row of X, rounded into T.
+ *   kp_dot_words   int16 x int16 dot products: A T for m2 > 1 (a row of A widened once, against the m2 rows
+ *                  of T^T).
+ * The stages are separate functions so an instruction profile names them:
+ *   kp_dense_x_s16   dense mode, step 1: x widened (times b00, rounded) into the int16 vector
+ *   kp_kron_xbt_s8   step 1 (Kronecker): X widened, T^T = rsr(B X^T) rounded and saturated into int16
+ *   kp_kron_at_s8    step 2: A T, and the dense matrix-vector product
  */
 #include "kp_matvec_s8.h"
 
+#include <string.h>
+
 #include "kp_common.h"
 
-#if defined(__ARM_FEATURE_DSP)
-#include <arm_acle.h>
-#include <string.h>
+/* Forced inlining specialises the kernels per call site; a size build (-Os) lets the compiler share them. */
+#if defined(__GNUC__) && !defined(__OPTIMIZE_SIZE__)
+#define KP_INLINE static inline __attribute__((always_inline))
+#else
+#define KP_INLINE static inline
 #endif
 
-#if defined(__ARM_FEATURE_DSP)
 /*
- * Slot of T[i] inside one row of the scratch. Full groups of four are stored as (0, 2, 1, 3) so that one
- * 32-bit load gives the int16 pair (T[i], T[i+2]) and the next (T[i+1], T[i+3]): the same pairing as
- * SXTB16 of four int8 weights (bytes 0, 2) and of the same word rotated by 8 (bytes 1, 3).
- * The tail (i >= n1 rounded down to 4) is stored in order.
+ * out (cols_p / 2 words) = the int16 vector a matrix with cols_p padded columns multiplies, in the path's
+ * order (kp_vslot): element j = sat16(rsr(x[j] * mul, shift)) for j < n, zero padding after.
  */
-static inline int32_t kp_t_slot(int32_t i, int32_t n1_4)
+KP_INLINE void kp_widen(const int8_t *x, int32_t n, int32_t cols_p, int32_t mul, int32_t shift, int32_t *out)
 {
-    if (i >= n1_4) {
-        return i;
+    int32_t k = 0;
+    const int32_t words = cols_p >> 1;
+    if (mul == 1 && shift == 0) {
+#if defined(KP_MVE)
+        for (; k < words; k += 4) {
+            const int32_t left = n - 2 * k;
+            const int16x8_t v = vldrbq_z_s16(x + 2 * k, vctp16q((uint32_t)(left > 0 ? left : 0)));
+            vstrwq_p_s32(out + k, vreinterpretq_s32_s16(v), vctp32q((uint32_t)(words - k)));
+        }
+        return;
+#elif defined(KP_DSP)
+        if (cols_p > 2 && n >= 4) {
+            const int8_t *const xend = x + (n & ~(int32_t)3);
+            const int8_t *xp = x;
+            int32_t *op = out;
+            do {
+                int32_t xw;
+                memcpy(&xw, xp, 4);
+                xp += 4;
+                op[0] = __sxtb16(xw);            /* (x[4g], x[4g+2]) */
+                op[1] = kp_sxtb16_ror8(xw);      /* (x[4g+1], x[4g+3]) */
+                op += 2;
+            } while (xp != xend);
+            k = (n & ~(int32_t)3) >> 1;
+        }
+#endif
     }
-    switch (i & 3) {
-    case 1:
-        return i + 1;
-    case 2:
-        return i - 1;
-    default:
-        return i;
+    for (; k < words; k++) {
+        const int32_t j0 = kp_vslot(2 * k, cols_p);
+        const int32_t j1 = kp_vslot(2 * k + 1, cols_p);
+        const int32_t e0 = j0 < n ? kp_sat16(kp_rsr32((int32_t)x[j0] * mul, shift)) : 0;
+        const int32_t e1 = j1 < n ? kp_sat16(kp_rsr32((int32_t)x[j1] * mul, shift)) : 0;
+        out[k] = kp_pack16(e0, e1);
     }
 }
+
+/*
+ * Row r of an int8 matrix packed in rows (kpgen.layout.pack_rows), widened to cols_p / 2 words in the rows
+ * kernel's order (kp_vslot_rows): the DSP pairs of SXTB16 on every core that has them, Helium ones included.
+ */
+KP_INLINE void kp_widen_row(const int32_t *w, int32_t r, int32_t cols_p, int32_t *v)
+{
+    int32_t k;
+    if (cols_p == 2) {
+#if defined(KP_DSP)
+        const int32_t word = w[r >> 1];
+        v[0] = (r & 1) ? kp_sxtb16_ror8(word) : __sxtb16(word);
+#else
+        const int8_t *b = (const int8_t *)(w + (r >> 1)) + (r & 1);
+        v[0] = kp_pack16(b[0], b[2]);
+#endif
+        return;
+    }
+    w += r * (cols_p >> 2);
+#if defined(KP_DSP)
+    {
+        const int32_t *const end = w + (cols_p >> 2);
+        (void)k;
+        do {
+            const int32_t word = *w++;
+            v[0] = __sxtb16(word);
+            v[1] = kp_sxtb16_ror8(word);
+            v += 2;
+        } while (w != end);
+    }
+#else
+    {
+        const int8_t *b = (const int8_t *)w;
+        for (k = 0; k < (cols_p >> 1); k++) {
+            v[k] = kp_pack16(b[2 * k], b[2 * k + 1]);
+        }
+    }
+#endif
+}
+
+/* T from an X B^T sum: sat16(rsr(d, ts)), with half = 2^(ts-1) (0 for ts == 0); |d| < 2^30 (kernel_limits). */
+KP_INLINE int32_t kp_t_round(int32_t d, int32_t half, int32_t ts)
+{
+    return kp_ssat16((d + half) >> ts);
+}
+
+/*
+ * Dot product of two int16 vectors of `words` words (pairs): sum over k of lo(m[k]) * lo(v[k]) + hi(m[k]) *
+ * hi(v[k]), exact in int32. DSP (Helium cores too: the rows kernel's short dot products gain nothing from
+ * predicated vector loads): SMLAD per word, unrolled for 1, 2, 4 and 8 words.
+ */
+KP_INLINE int32_t kp_dot_words(const int32_t *m, const int32_t *v, int32_t words)
+{
+    int32_t k, d = 0;
+#if defined(KP_DSP)
+    switch (words) {
+    case 1:
+        return __smuad(m[0], v[0]);
+    case 2:
+        return __smlad(m[1], v[1], __smuad(m[0], v[0]));
+    case 4:
+        return __smlad(m[3], v[3], __smlad(m[2], v[2], __smlad(m[1], v[1], __smuad(m[0], v[0]))));
+    case 8:
+        d = __smlad(m[3], v[3], __smlad(m[2], v[2], __smlad(m[1], v[1], __smuad(m[0], v[0]))));
+        return __smlad(m[7], v[7], __smlad(m[6], v[6], __smlad(m[5], v[5], __smlad(m[4], v[4], d))));
+    default:
+        break;
+    }
+    for (k = 0; k + 2 <= words; k += 2) {
+        d = __smlad(m[k], v[k], d);
+        d = __smlad(m[k + 1], v[k + 1], d);
+    }
+    if (k < words) {
+        d = __smlad(m[k], v[k], d);
+    }
+#else
+    for (k = 0; k < words; k++) {
+        d += kp_lo16(m[k]) * kp_lo16(v[k]) + kp_hi16(m[k]) * kp_hi16(v[k]);
+    }
+#endif
+    return d;
+}
+
+#if defined(KP_DSP)
+/* One row of a DSP chunk: 8 int8 weights (two words) against the vector words v0..v3 (slot order). */
+#define KP_ROW8(acc)                                                                                          \
+    do {                                                                                                      \
+        int32_t w0_, w1_;                                                                                     \
+        wp = kp_ld2(wp, &w0_, &w1_);                                                                          \
+        acc = __smlad(__sxtb16(w0_), v0, acc);                                                                \
+        acc = __smlad(kp_sxtb16_ror8(w0_), v1, acc);                                                          \
+        acc = __smlad(__sxtb16(w1_), v2, acc);                                                                \
+        acc = __smlad(kp_sxtb16_ror8(w1_), v3, acc);                                                          \
+    } while (0)
+
+/* One row of a 4-column DSP chunk. */
+#define KP_ROW4(acc)                                                                                          \
+    do {                                                                                                      \
+        const int32_t w0_ = *wp++;                                                                            \
+        acc = __smlad(__sxtb16(w0_), v0, acc);                                                                \
+        acc = __smlad(kp_sxtb16_ror8(w0_), v1, acc);                                                          \
+    } while (0)
 #endif
 
 /*
- * T is kept transposed: t_scratch[q*n1 + slot(i)] = T[i][q], so the second product walks A's row p
- * and T's column q contiguously.
- *
- * Portable path: plain int32 multiply-accumulate.
- * DSP path (__ARM_FEATURE_DSP, e.g. Cortex-M4/M7/M33): four int8 at a time, read with memcpy (no
- * unaligned pointer casts); SXTB16 (after ROR #8 for the odd bytes) widens int8 pairs to int16 pairs and
- * SMLAD does two 16 x 16 multiply-accumulates. Step 1 is int8 x int8 on both sides; step 2 pairs the
- * widened A bytes with int16 pairs of T loaded directly (see kp_t_slot). Odd tails run the portable
- * loop. Every sum is an exact int32 sum of the same products, so both paths give the same bits.
+ * The blocks kernel: y[r] = sum_c W[r][c] * v[c] for r < rows, W (rows x cols int8) packed by
+ * kpgen.layout.pack_blocks, v the int16 vector (cols_padded(cols) elements in kp_vslot order). With t_mode
+ * (X B^T) the sums are rounded into T instead: t_out[r * t_stride] = sat16(rsr(y[r], ts)).
+ * Two-column matrices (all paths): per block, SXTB16 of word 0 is row 0's (c0, c1), rotated row 1's, and
+ * word 1 holds rows 2 and 3; one SMUAD per row against the vector word. Otherwise a block is a run of
+ * chunks (8 columns, the last maybe 4) with each row's bytes contiguous:
+ *   DSP: per row word, SXTB16 gives bytes (0, 2), SXTB16 ROR #8 bytes (1, 3); SMLAD with the vector pairs.
+ *   Helium: VLDRB.S16 of a row's 8 bytes, VMLADAVA.S16 against the vector's 8 lanes (predicated 4-col tail).
+ * Every path sums the same products exactly in int32, so all give the same bits.
  */
-void kp_matvec_s8(const int8_t *a, int32_t m1, int32_t n1, const int8_t *b, int32_t m2, int32_t n2,
-                  const int8_t *x, int32_t t_shift, int16_t *t_scratch, int32_t *y)
+#if defined(KP_MVE)
+typedef struct {
+    int8_t b[16];
+} kp_bytes16_t;
+#endif
+
+/* The four sums of one block of a matrix with more than 2 padded columns (see kp_blocks_dot), from init. */
+KP_INLINE void kp_block_sums(const int32_t *w, int32_t cols_p, const int32_t *v, int32_t init, int32_t *s)
 {
-    int32_t i, j, p, q;
-#if defined(__ARM_FEATURE_DSP)
-    const int32_t n1_4 = n1 & ~(int32_t)3;
-#endif
-
-    /* 1. T = X B^T, rounded into int16. */
-    for (i = 0; i < n1; i++) {
-        const int8_t *xi = x + i * n2;
-#if defined(__ARM_FEATURE_DSP)
-        const int32_t slot = kp_t_slot(i, n1_4);
+    int32_t a0 = init, a1 = init, a2 = init, a3 = init;
+#if defined(KP_MVE)
+    const int8_t *wp8 = (const int8_t *)w;
+    const int32_t *vp = v;
+    int32_t k;
+    /*
+     * One asm loop (DLS/LE) per block: VLDRW of the vector chunk, then per row VLDRB.S16 with write-back (a
+     * low register, l) and VMLADAVA.S16 into an even register (Te). GCC 12 spends two more instructions per chunk on the same
+     * intrinsics (register moves around the even-register constraint).
+     */
+    k = cols_p >> 3;
+    if (k > 0) {
+        __asm__ volatile("dls lr, %[n]\n"
+                         "1:\n\t"
+                         "vldrw.u32 q0, [%[vp]], #16\n\t"
+                         "vldrb.s16 q1, [%[wp]], #8\n\tvmlava.s16 %[a0], q1, q0\n\t"
+                         "vldrb.s16 q1, [%[wp]], #8\n\tvmlava.s16 %[a1], q1, q0\n\t"
+                         "vldrb.s16 q1, [%[wp]], #8\n\tvmlava.s16 %[a2], q1, q0\n\t"
+                         "vldrb.s16 q1, [%[wp]], #8\n\tvmlava.s16 %[a3], q1, q0\n\t"
+                         "le lr, 1b"
+                         : [a0] "+Te"(a0), [a1] "+Te"(a1), [a2] "+Te"(a2), [a3] "+Te"(a3), [wp] "+l"(wp8),
+                           [vp] "+r"(vp)
+                         : [n] "r"(k)
+                         : "q0", "q1", "lr", "memory");
+    }
+    if (cols_p & 4) { /* rows of 4 bytes: 8 are loaded, lanes 4..7 meet zeros (the layout pads one word) */
+        const int16x8_t vv = vreinterpretq_s16_s32(vldrwq_z_s32(vp, vctp32q(2)));
+        __asm__("vldrb.s16 q1, [%[wp]], #4\n\tvmlava.s16 %[a0], q1, %q[vv]\n\t"
+                "vldrb.s16 q1, [%[wp]], #4\n\tvmlava.s16 %[a1], q1, %q[vv]\n\t"
+                "vldrb.s16 q1, [%[wp]], #4\n\tvmlava.s16 %[a2], q1, %q[vv]\n\t"
+                "vldrb.s16 q1, [%[wp]], #4\n\tvmlava.s16 %[a3], q1, %q[vv]"
+                : [a0] "+Te"(a0), [a1] "+Te"(a1), [a2] "+Te"(a2), [a3] "+Te"(a3), [wp] "+l"(wp8)
+                : [vv] "w"(vv), "m"(*(const kp_bytes16_t *)wp8)
+                : "q1");
+    }
+#elif defined(KP_DSP)
+    const int32_t *wp = w;
+    const int32_t *vp = v;
+    uint32_t k = (uint32_t)cols_p >> 3;
+    for (; k != 0; k--) {
+        int32_t v0, v1, v2, v3;
+        vp = kp_ld2(vp, &v0, &v1);
+        vp = kp_ld2(vp, &v2, &v3);
+        KP_ROW8(a0);
+        KP_ROW8(a1);
+        KP_ROW8(a2);
+        KP_ROW8(a3);
+    }
+    if (cols_p & 4) {
+        const int32_t v0 = vp[0];
+        const int32_t v1 = vp[1];
+        KP_ROW4(a0);
+        KP_ROW4(a1);
+        KP_ROW4(a2);
+        KP_ROW4(a3);
+    }
 #else
-        const int32_t slot = i;
-#endif
-        for (q = 0; q < m2; q++) {
-            const int8_t *bq = b + q * n2;
-            int32_t sum = 0;
-            j = 0;
-#if defined(__ARM_FEATURE_DSP)
-            for (; j + 4 <= n2; j += 4) {
-                int32_t xw, bw;
-                memcpy(&xw, xi + j, 4);
-                memcpy(&bw, bq + j, 4);
-                sum = __smlad(__sxtb16(xw), __sxtb16(bw), sum);
-                sum = __smlad(__sxtb16(kp_ror8(xw)), __sxtb16(kp_ror8(bw)), sum);
-            }
-#endif
-            for (; j < n2; j++) {
-                sum += (int32_t)xi[j] * (int32_t)bq[j];
-            }
-            t_scratch[q * n1 + slot] = kp_sat16(kp_rsr32(sum, t_shift));
+    /* Portable: the vector's int16 elements read in place (natural order), one multiply-add per weight. */
+    const int8_t *wp8 = (const int8_t *)w;
+    const kp_half_t *vh = (const kp_half_t *)v;
+    const kp_half_t *const vend = vh + cols_p;
+    while (vh != vend) {
+        const int32_t width = vend - vh < 8 ? 4 : 8;
+        int32_t j;
+        for (j = 0; j < width; j++) {
+            const int32_t e = vh[j];
+            a0 += wp8[j] * e;
+            a1 += wp8[width + j] * e;
+            a2 += wp8[2 * width + j] * e;
+            a3 += wp8[3 * width + j] * e;
         }
+        wp8 += 4 * width;
+        vh += width;
     }
+#endif
+    s[0] = a0;
+    s[1] = a1;
+    s[2] = a2;
+    s[3] = a3;
+}
 
-    /* 2. Y = A T, read out row-major. */
-    for (p = 0; p < m1; p++) {
-        const int8_t *ap = a + p * n1;
-        for (q = 0; q < m2; q++) {
-            const int16_t *tq = t_scratch + q * n1;
-            int32_t sum = 0;
-            i = 0;
-#if defined(__ARM_FEATURE_DSP)
-            for (; i < n1_4; i += 4) {
-                int32_t aw, t02, t13;
-                memcpy(&aw, ap + i, 4);
-                memcpy(&t02, tq + i, 4);     /* T[i], T[i+2] */
-                memcpy(&t13, tq + i + 2, 4); /* T[i+1], T[i+3] */
-                sum = __smlad(__sxtb16(aw), t02, sum);
-                sum = __smlad(__sxtb16(kp_ror8(aw)), t13, sum);
-            }
+/* The four sums of one block of a 2-column matrix (word 0: rows 0 and 1, word 1: rows 2 and 3). */
+KP_INLINE void kp_block_sums2(const int32_t *w, int32_t v, int32_t init, int32_t *s)
+{
+#if defined(KP_DSP)
+    const int32_t w0 = w[0];
+    const int32_t w1 = w[1];
+    s[0] = __smlad(__sxtb16(w0), v, init);
+    s[1] = __smlad(kp_sxtb16_ror8(w0), v, init);
+    s[2] = __smlad(__sxtb16(w1), v, init);
+    s[3] = __smlad(kp_sxtb16_ror8(w1), v, init);
+#else
+    const int8_t *b8 = (const int8_t *)w;
+    const int32_t e0 = kp_lo16(v);
+    const int32_t e1 = kp_hi16(v);
+    s[0] = init + b8[0] * e0 + b8[2] * e1;
+    s[1] = init + b8[1] * e0 + b8[3] * e1;
+    s[2] = init + b8[4] * e0 + b8[6] * e1;
+    s[3] = init + b8[5] * e0 + b8[7] * e1;
 #endif
-            for (; i < n1; i++) {
-                sum += (int32_t)ap[i] * (int32_t)tq[i];
-            }
-            y[p * m2 + q] = sum;
+}
+
+/* Store the first n (1..4) of the sums s0..s3: int32 at y[0..n), or with t_mode rounded into T at
+ * t_out[k * t_stride]. Scalars, not an array, so that the sums stay in registers. */
+KP_INLINE void kp_block_store(int32_t s0, int32_t s1, int32_t s2, int32_t s3, int32_t n, int32_t *y,
+                              int32_t t_mode, kp_half_t *t_out, int32_t t_stride, int32_t ts)
+{
+    if (t_mode) {
+        t_out[0] = (int16_t)kp_ssat16(s0 >> ts);
+        if (n > 1) {
+            t_out[t_stride] = (int16_t)kp_ssat16(s1 >> ts);
+        }
+        if (n > 2) {
+            t_out[2 * t_stride] = (int16_t)kp_ssat16(s2 >> ts);
+        }
+        if (n > 3) {
+            t_out[3 * t_stride] = (int16_t)kp_ssat16(s3 >> ts);
+        }
+    } else {
+        y[0] = s0;
+        if (n > 1) {
+            y[1] = s1;
+        }
+        if (n > 2) {
+            y[2] = s2;
+        }
+        if (n > 3) {
+            y[3] = s3;
         }
     }
+}
+
+KP_INLINE void kp_blocks_dot(const int32_t *w, int32_t rows, int32_t cols, const int32_t *v, int32_t *y,
+                             int32_t t_mode, kp_half_t *t_out, int32_t t_stride, int32_t ts)
+{
+    const int32_t cols_p = kp_cols_padded(cols);
+    const int32_t init = t_mode && ts > 0 ? (int32_t)1 << (ts - 1) : 0; /* T's rounding term as the start */
+    const int32_t *const w_full = w + (rows >> 2) * cols_p;              /* a block is cols_p words */
+    int32_t s[4];
+    if (cols_p == 2) {
+        const int32_t vv = v[0];
+        for (; w != w_full; w += 2, y += 4, t_out += 4 * t_stride) {
+            kp_block_sums2(w, vv, init, s);
+            kp_block_store(s[0], s[1], s[2], s[3], 4, y, t_mode, t_out, t_stride, ts);
+        }
+        if (rows & 3) {
+            kp_block_sums2(w, vv, init, s);
+            kp_block_store(s[0], s[1], s[2], s[3], rows & 3, y, t_mode, t_out, t_stride, ts);
+        }
+        return;
+    }
+    for (; w != w_full; w += cols_p, y += 4, t_out += 4 * t_stride) {
+        kp_block_sums(w, cols_p, v, init, s);
+        kp_block_store(s[0], s[1], s[2], s[3], 4, y, t_mode, t_out, t_stride, ts);
+    }
+    if (rows & 3) {
+        kp_block_sums(w, cols_p, v, init, s);
+        kp_block_store(s[0], s[1], s[2], s[3], rows & 3, y, t_mode, t_out, t_stride, ts);
+    }
+}
+
+/* Dense mode, step 1: T = sat16(rsr(x * b00, t_shift)) as the int16 vector A multiplies. */
+static KP_STAGE void kp_dense_x_s16(const int8_t *x, int32_t n, int32_t b00, int32_t t_shift, int32_t *tv)
+{
+    kp_widen(x, n, kp_cols_padded(n), b00, t_shift, tv);
+}
+
+/* Where column i of T sits in a row of T^T: the blocks kernel's order for m2 == 1, else the rows kernel's. */
+KP_INLINE int32_t kp_tslot(int32_t i, int32_t n1_p, int32_t m2)
+{
+    return m2 == 1 ? kp_vslot(i, n1_p) : kp_vslot_rows(i, n1_p);
+}
+
+/*
+ * Step 1: T^T[q][kp_tslot(i)] = sat16(rsr(B[q] . X[i], t_shift)): each row of X widened to int16 once, then
+ * the blocks kernel runs B (packed in blocks) against it, rounding each sum into its element of T^T (a column
+ * of T^T per row of X). The padding columns of T^T (i >= n1) are zero.
+ * Scratch: T^T (m2 rows of n1_p / 2 words), then one widened row of X (or of A, in step 2).
+ */
+static KP_STAGE KP_HOT void kp_kron_xbt_s8(const kp_kron_s8 *w, const int8_t *x, int32_t *tv)
+{
+    const int32_t n1 = w->n1;
+    const int32_t n2 = w->n2;
+    const int32_t m2 = w->m2;
+    const int32_t n1_p = kp_cols_padded(n1);
+    const int32_t n2_p = kp_cols_padded(n2);
+    int32_t *const row = tv + m2 * (n1_p >> 1);
+    kp_half_t *const tt = (kp_half_t *)tv;
+    int32_t i, q;
+
+    for (i = 0; i < n1; i++) {
+        kp_widen(x + i * n2, n2, n2_p, 1, 0, row);
+        kp_blocks_dot(w->b, m2, n2, row, row, 1, tt + kp_tslot(i, n1_p, m2), n1_p, w->t_shift);
+    }
+    for (; i < n1_p; i++) {
+        kp_half_t *out = tt + kp_tslot(i, n1_p, m2);
+        for (q = 0; q < m2; q++, out += n1_p) {
+            *out = 0;
+        }
+    }
+}
+
+/*
+ * Step 2: y[p*m2 + q] = A[p] . T[:, q]. With m2 == 1 (and in dense mode) A is in blocks and T one vector:
+ * the blocks kernel. Otherwise A is in rows: each row of A, widened once (into registers on the DSP path for
+ * up to 8 columns), against the m2 rows of T^T, whose outputs are consecutive.
+ */
+static KP_STAGE KP_HOT void kp_kron_at_s8(const kp_kron_s8 *w, const int32_t *tt, int32_t *row, int32_t *y)
+{
+    const int32_t m1 = w->m1;
+    const int32_t m2 = w->m2;
+    const int32_t n1_p = kp_cols_padded(w->n1);
+    const int32_t words = n1_p >> 1;
+    const int32_t *a = w->a;
+    int32_t p, q;
+    if (m2 == 1) {
+        kp_blocks_dot(a, m1, w->n1, tt, y, 0, (kp_half_t *)0, 0, 0);
+        return;
+    }
+#if defined(KP_DSP)
+    if (n1_p == 2) { /* rows in pairs: one A word holds rows p and p+1 */
+        const int32_t *const t_pairs = tt + (m2 & ~(int32_t)1);
+        for (p = 0; p < m1; p += 2, y += 2 * m2) {
+            const int32_t wa = *a++;
+            const int32_t va = __sxtb16(wa);
+            const int32_t vb = kp_sxtb16_ror8(wa);
+            const int32_t *t = tt;
+            int32_t *y0 = y, *y1 = y + m2;
+            if (p + 1 >= m1) {
+                for (q = 0; q < m2; q++) {
+                    y[q] = __smuad(tt[q], va);
+                }
+                break;
+            }
+            while (t != t_pairs) {
+                int32_t t0, t1;
+                t = kp_ld2(t, &t0, &t1);
+                y0 = kp_st2(y0, __smuad(t0, va), __smuad(t1, va));
+                y1 = kp_st2(y1, __smuad(t0, vb), __smuad(t1, vb));
+            }
+            if (m2 & 1) {
+                *y0 = __smuad(*t, va);
+                *y1 = __smuad(*t, vb);
+            }
+        }
+        return;
+    }
+    if (n1_p == 4) {
+        const int32_t *const a_end = a + m1;
+        const int32_t *const t_end = tt + 2 * m2;
+        for (; a != a_end; a++) {
+            const int32_t v0 = __sxtb16(*a), v1 = kp_sxtb16_ror8(*a);
+            const int32_t *t = tt;
+            for (; t != t_end; t += 2) {
+                *y++ = __smlad(t[1], v1, __smuad(t[0], v0));
+            }
+        }
+        return;
+    }
+    if (n1_p == 8) {
+        const int32_t *const a_end = a + 2 * m1;
+        const int32_t *const t_pairs = tt + 8 * (m2 >> 1); /* T^T rows come in pairs, then maybe one */
+        for (; a != a_end; a += 2) {
+            const int32_t wa = a[0], wb = a[1];
+            const int32_t v0 = __sxtb16(wa), v1 = kp_sxtb16_ror8(wa), v2 = __sxtb16(wb), v3 = kp_sxtb16_ror8(wb);
+            const int32_t *t = tt;
+            while (t != t_pairs) {
+                int32_t t0, t1, t2, t3, d;
+                t = kp_ld2(t, &t0, &t1);
+                t = kp_ld2(t, &t2, &t3);
+                d = __smlad(t3, v3, __smlad(t2, v2, __smlad(t1, v1, __smuad(t0, v0))));
+                t = kp_ld2(t, &t0, &t1);
+                t = kp_ld2(t, &t2, &t3);
+                y = kp_st2(y, d, __smlad(t3, v3, __smlad(t2, v2, __smlad(t1, v1, __smuad(t0, v0)))));
+            }
+            if (m2 & 1) {
+                *y++ = __smlad(t[3], v3, __smlad(t[2], v2, __smlad(t[1], v1, __smuad(t[0], v0))));
+            }
+        }
+        return;
+    }
+#endif
+    for (p = 0; p < m1; p++, y += m2) {
+        const int32_t *t = tt;
+        kp_widen_row(a, p, n1_p, row);
+        for (q = 0; q < m2; q++, t += words) {
+            y[q] = kp_dot_words(t, row, words);
+        }
+    }
+}
+
+void kp_matvec_s8(const kp_kron_s8 *w, const int8_t *x, int32_t *scratch, int32_t *y)
+{
+    const int32_t n1_p = kp_cols_padded(w->n1);
+    int32_t *tt;
+    if (w->m2 == 1 && w->n2 == 1) {
+        kp_dense_x_s16(x, w->n1, ((const int8_t *)w->b)[0], w->t_shift, scratch);
+        kp_kron_at_s8(w, scratch, scratch, y);
+        return;
+    }
+    tt = scratch;
+    kp_kron_xbt_s8(w, x, scratch);
+    kp_kron_at_s8(w, tt, tt + w->m2 * (n1_p >> 1), y); /* the row buffer reuses the widened rows of X */
 }

@@ -50,6 +50,34 @@ def random_requant(rng: np.random.Generator, shift_lo: int = 20, shift_hi: int =
     return Requant(mult=int(rng.integers(1 << 30, 1 << 31)), shift=int(rng.integers(shift_lo, shift_hi + 1)))
 
 
+def min_gate_shift(m: KPMatrixQ) -> int:
+    """Smallest gate-requantizer shift the C kernels allow for this matrix: |acc| * 2**(32-shift) < 2**31."""
+    bound = golden.kp_acc_bound(m.a, m.b, m.t_shift)
+    shift = 1
+    while (bound << (golden.GATE_SHIFT_MAX - shift)) >= 2**31:
+        shift += 1
+    return shift
+
+
+def gate_requant(rng: np.random.Generator, m: KPMatrixQ, mode: str = "random") -> Requant:
+    """A gate requantizer within the kernels' limits. 'extreme': the smallest shift and a large mult (gates
+    saturate); otherwise a shift in the upper half of the allowed range and a log-uniform mult, so gates
+    range from flat to saturated. mult < 2**30 keeps each term below 2**29 and the int32 gate sum safe."""
+    lo = min_gate_shift(m)
+    if mode == "extreme":
+        return Requant(mult=int(rng.integers(1 << 28, 1 << 30)), shift=lo)
+    shift = int(rng.integers((lo + golden.GATE_SHIFT_MAX) // 2, golden.GATE_SHIFT_MAX + 1))
+    return Requant(mult=int(2 ** rng.uniform(4, 30)), shift=shift)
+
+
+def gate_headroom(wx: KPMatrixQ, wh: KPMatrixQ, rq_x: Requant, rq_h: Requant) -> int:
+    """Largest |bias| for which the int32 gate sum cannot overflow (kpgen.golden.kernel_limits)."""
+    worst = 0
+    for m, rq in ((wx, rq_x), (wh, rq_h)):
+        worst += int(golden.rsr(np.int64(golden.kp_acc_bound(m.a, m.b, m.t_shift)) * np.int64(rq.mult), rq.shift))
+    return (1 << 31) - 1 - worst
+
+
 def random_layer(
     rng: np.random.Generator,
     input_size: int,
@@ -60,29 +88,35 @@ def random_layer(
     mode: str = "random",
     cell_frac: int | None = None,
 ) -> LSTMLayerQ:
-    """A random valid LSTMLayerQ; mode 'extreme': extreme weights, tiny shifts, huge biases (saturating gates)."""
+    """A random LSTMLayerQ within the C kernels' limits (kpgen.golden.kernel_limits); mode 'extreme': extreme
+    weights, the smallest allowed shifts, biases at the int32 headroom (saturating gates)."""
     h4 = 4 * hidden_size
     fx = x_factors or random_factors(rng, h4, input_size)
     fh = h_factors or random_factors(rng, h4, hidden_size)
     if fx[0] * fx[2] != h4 or fx[1] * fx[3] != input_size or fh[0] * fh[2] != h4 or fh[1] * fh[3] != hidden_size:
         raise ValueError("factor shapes do not match the layer")
+    wx, wh = random_kp(rng, fx, mode), random_kp(rng, fh, mode)
+    rq_x, rq_h = gate_requant(rng, wx, mode), gate_requant(rng, wh, mode)
+    room = gate_headroom(wx, wh, rq_x, rq_h)
     if mode == "extreme":
-        rq_x, rq_h = random_requant(rng, 1, 24), random_requant(rng, 1, 24)
-        bias = rng.choice(np.array([-(1 << 31), -(1 << 20), 0, 1 << 20, (1 << 31) - 1], np.int64), size=h4)
+        big = min(room, (1 << 31) - 1)
+        bias = rng.choice(np.array([-big, -(1 << 20), 0, 1 << 20, big], np.int64), size=h4)
+        bias = np.clip(bias, -room, room)
     else:
-        rq_x, rq_h = random_requant(rng, 28, 36), random_requant(rng, 28, 36)
         bias = rng.integers(-3 * 4096, 3 * 4096, size=h4)
-    return LSTMLayerQ(
+    layer = LSTMLayerQ(
         input_size=input_size,
         hidden_size=hidden_size,
-        wx=random_kp(rng, fx, mode),
-        wh=random_kp(rng, fh, mode),
+        wx=wx,
+        wh=wh,
         rq_x=rq_x,
         rq_h=rq_h,
         bias=bias.astype(np.int32),
         cell_frac=int(rng.integers(0, 16)) if cell_frac is None else cell_frac,
         input_scale=1 / 128,
     )
+    assert not golden.kernel_limits(layer), golden.kernel_limits(layer)
+    return layer
 
 
 def random_model(

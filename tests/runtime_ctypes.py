@@ -2,8 +2,10 @@
 
 Two builds: the portable path, and the DSP path compiled for the host against a stand-in <arm_acle.h>
 (`HOST_ACLE_H`) whose intrinsics follow the Armv7E-M instruction semantics, so the DSP loops are
-checked bit for bit without a target. The static inline helpers of kp_common.h are exported through
-a small shim (`SHIM_C`) that works on whole arrays.
+checked bit for bit without a target (the DSP-only one-instruction helpers of kp_common.h, SXTB16 ROR #8
+and SMMLAR, fall back to the same operations in C off-target). The static inline helpers of kp_common.h
+are exported through a small shim (`SHIM_C`) that works on whole arrays. Weights are packed by kpgen.layout
+exactly as the emitter packs them.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kpgen import layout
 from kpgen.ir import LSTMLayerQ
 
 RUNTIME_DIR = Path(__file__).resolve().parents[1] / "runtime_c"
@@ -31,11 +34,17 @@ void kpt_sat8_n(const int32_t *v, int32_t n, int8_t *out)
 void kpt_sat16_n(const int32_t *v, int32_t n, int16_t *out)
 { for (int32_t k = 0; k < n; k++) { out[k] = kp_sat16(v[k]); } }
 
+void kpt_ssat_n(const int32_t *v, int32_t n, int32_t *out16, int32_t *out8)
+{ for (int32_t k = 0; k < n; k++) { out16[k] = kp_ssat16(v[k]); out8[k] = kp_ssat8(v[k]); } }
+
 void kpt_sat32_n(const int64_t *v, int32_t n, int32_t *out)
 { for (int32_t k = 0; k < n; k++) { out[k] = kp_sat32(v[k]); } }
 
 void kpt_requantize_n(const int32_t *acc, int32_t n, int32_t mult, int32_t shift, int32_t *out)
 { for (int32_t k = 0; k < n; k++) { out[k] = kp_requantize(acc[k], mult, shift); } }
+
+void kpt_gate_rq_n(const int32_t *acc, int32_t n, int32_t mult, int32_t shift, int32_t c, int32_t *out)
+{ for (int32_t k = 0; k < n; k++) { out[k] = kp_gate_rq(acc[k], mult, shift, c); } }
 
 void kpt_sigmoid_n(const int16_t *z, int32_t n, const int16_t *table, int16_t *out)
 { for (int32_t k = 0; k < n; k++) { out[k] = kp_sigmoid_s16(z[k], table); } }
@@ -45,9 +54,13 @@ void kpt_tanh_n(const int16_t *z, int32_t n, const int16_t *table, int16_t *out)
 
 int32_t kpt_sizeof_lstm_params(void) { return (int32_t)sizeof(kp_lstm_params_s8); }
 
+int32_t kpt_sizeof_kron(void) { return (int32_t)sizeof(kp_kron_s8); }
+
+int32_t kpt_vslot(int32_t i, int32_t cols_p) { return kp_vslot(i, cols_p); }
+
 int32_t kpt_dsp_path(void)
 {
-#if defined(__ARM_FEATURE_DSP)
+#if defined(KP_DSP)
     return 1;
 #else
     return 0;
@@ -81,6 +94,35 @@ static inline int32_t __smlad(int32_t x, int32_t y, int32_t acc)
     const int32_t yh = (int16_t)(uy >> 16);
     return (int32_t)((uint32_t)acc + (uint32_t)(xl * yl) + (uint32_t)(xh * yh));
 }
+
+/* SMUAD: lo(x) * lo(y) + hi(x) * hi(y), wrapping modulo 2^32. */
+static inline int32_t __smuad(int32_t x, int32_t y)
+{
+    return __smlad(x, y, 0);
+}
+
+/* SMLABB / SMLATB: acc + (bottom or top halfword of x) * bottom halfword of y, wrapping modulo 2^32. */
+static inline int32_t __smlabb(int32_t x, int32_t y, int32_t acc)
+{
+    const int32_t xl = (int16_t)((uint32_t)x & 0xFFFFu);
+    const int32_t yl = (int16_t)((uint32_t)y & 0xFFFFu);
+    return (int32_t)((uint32_t)acc + (uint32_t)(xl * yl));
+}
+
+static inline int32_t __smlatb(int32_t x, int32_t y, int32_t acc)
+{
+    const int32_t xh = (int16_t)((uint32_t)x >> 16);
+    const int32_t yl = (int16_t)((uint32_t)y & 0xFFFFu);
+    return (int32_t)((uint32_t)acc + (uint32_t)(xh * yl));
+}
+
+/* SSAT: clamp to the signed range of `bits` bits (1..32). */
+static inline int32_t __ssat(int32_t v, uint32_t bits)
+{
+    const int64_t hi = ((int64_t)1 << (bits - 1)) - 1;
+    const int64_t lo = -((int64_t)1 << (bits - 1));
+    return (int32_t)(v < lo ? lo : (v > hi ? hi : v));
+}
 #endif
 """
 
@@ -88,18 +130,21 @@ I8, I16, I32, I64 = ctypes.c_int8, ctypes.c_int16, ctypes.c_int32, ctypes.c_int6
 P8, P16, P32, P64 = (ctypes.POINTER(t) for t in (I8, I16, I32, I64))
 
 
-def build_runtime(out_dir: Path, dsp_emulated: bool = False, cc: str = "cc") -> Path:
-    """Compile runtime_c/*.c plus the shim into out_dir/libkpgen_runtime[_dsp].so with the strict flags."""
+def build_runtime(out_dir: Path, dsp_emulated: bool = False, cc: str = "cc", mul16: bool = False) -> Path:
+    """Compile runtime_c/*.c plus the shim into out_dir/libkpgen_runtime[_dsp].so with the strict flags.
+
+    mul16: the portable path with Armv6-M's 16 x 16 high multiply (KP_MUL16) instead of int64.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     shim = out_dir / "kpt_shim.c"
     shim.write_text(SHIM_C)
-    extra: list[str] = []
+    extra: list[str] = ["-DKP_MUL16"] if mul16 else []
     if dsp_emulated:
         inc = out_dir / "host_acle"
         inc.mkdir(exist_ok=True)
         (inc / "arm_acle.h").write_text(HOST_ACLE_H)
-        extra = ["-D__ARM_FEATURE_DSP=1", f"-I{inc}"]
-    lib = out_dir / ("libkpgen_runtime_dsp.so" if dsp_emulated else "libkpgen_runtime.so")
+        extra += ["-D__ARM_FEATURE_DSP=1", f"-I{inc}"]
+    lib = out_dir / f"libkpgen_runtime{'_dsp' if dsp_emulated else ''}{'_mul16' if mul16 else ''}.so"
     sources = sorted(str(p) for p in RUNTIME_DIR.glob("*.c"))
     cmd = [cc, *CFLAGS, *extra, f"-I{RUNTIME_DIR}", *sources, str(shim), "-o", str(lib)]
     res = subprocess.run(cmd, capture_output=True, text=True)
@@ -118,17 +163,18 @@ def _p(a: np.ndarray, ptype: type) -> ctypes._Pointer:
     return a.ctypes.data_as(ptype)
 
 
+class Kron(ctypes.Structure):
+    """Mirror of kp_kron_s8."""
+
+    _fields_ = [("a", P32), ("b", P32), ("m1", I32), ("n1", I32), ("m2", I32), ("n2", I32), ("t_shift", I32)]
+
+
 class LSTMParams(ctypes.Structure):
     """Mirror of kp_lstm_params_s8."""
 
     _fields_ = [
         ("input_size", I32), ("hidden_size", I32),
-        ("ax", P8), ("ax_rows", I32), ("ax_cols", I32),
-        ("bx", P8), ("bx_rows", I32), ("bx_cols", I32),
-        ("tx_shift", I32),
-        ("ah", P8), ("ah_rows", I32), ("ah_cols", I32),
-        ("bh", P8), ("bh_rows", I32), ("bh_cols", I32),
-        ("th_shift", I32),
+        ("wx", Kron), ("wh", Kron),
         ("mult_x", I32), ("shift_x", I32), ("mult_h", I32), ("shift_h", I32),
         ("bias", P32),
         ("cell_frac", I32),
@@ -136,16 +182,37 @@ class LSTMParams(ctypes.Structure):
     ]  # fmt: skip
 
 
+class LSTMScratch(ctypes.Structure):
+    """Mirror of kp_lstm_scratch_s8."""
+
+    _fields_ = [("acc_x", P32), ("acc_h", P32), ("gates", P32), ("tv", P32)]
+
+
+POISON = 0x5A5A5A5A  # scratch filling: a kernel that reads what it did not write shows up as a mismatch
+
+
+class PackedKron:
+    """One KP matrix packed for the kernels (kpgen.layout), with the kp_kron_s8 struct over it."""
+
+    def __init__(self, a: np.ndarray, b: np.ndarray, t_shift: int) -> None:
+        a, b = _arr(a, np.int8), _arr(b, np.int8)
+        self.shape = (a.shape[0], a.shape[1], b.shape[0], b.shape[1])
+        pa, pb = layout.pack_kron(a, b)
+        self.pa, self.pb = _arr(pa, np.int32), _arr(pb, np.int32)
+        self.struct = Kron(_p(self.pa, P32), _p(self.pb, P32), *self.shape, t_shift)
+        self.scratch = layout.kron_scratch_words(*self.shape)
+
+
 class Runtime:
     """numpy-facing wrappers over the C kernels of one built library."""
 
     def __init__(self, lib: ctypes.CDLL) -> None:
         self.lib = lib
-        lib.kp_matvec_s8.argtypes = [P8, I32, I32, P8, I32, I32, P8, I32, P16, P32]
+        lib.kp_matvec_s8.argtypes = [ctypes.POINTER(Kron), P8, P32, P32]
         lib.kp_matvec_s8.restype = None
         lib.kp_fc_s8.argtypes = [P8, P32, I32, I32, P8, P32]
         lib.kp_fc_s8.restype = None
-        lib.kp_lstm_step_s8.argtypes = [ctypes.POINTER(LSTMParams), P8, P8, P16, P32, P32, P16]
+        lib.kp_lstm_step_s8.argtypes = [ctypes.POINTER(LSTMParams), P8, P8, P16, ctypes.POINTER(LSTMScratch)]
         lib.kp_lstm_step_s8.restype = None
         lib.kp_sigmoid_s16.argtypes = [I16, P16]
         lib.kp_sigmoid_s16.restype = I16
@@ -154,13 +221,18 @@ class Runtime:
         lib.kpt_rsr32_n.argtypes = [P32, I32, I32, P32]
         lib.kpt_sat8_n.argtypes = [P32, I32, P8]
         lib.kpt_sat16_n.argtypes = [P32, I32, P16]
+        lib.kpt_ssat_n.argtypes = [P32, I32, P32, P32]
         lib.kpt_sat32_n.argtypes = [P64, I32, P32]
         lib.kpt_requantize_n.argtypes = [P32, I32, I32, I32, P32]
+        lib.kpt_gate_rq_n.argtypes = [P32, I32, I32, I32, I32, P32]
         lib.kpt_sigmoid_n.argtypes = [P16, I32, P16, P16]
         lib.kpt_tanh_n.argtypes = [P16, I32, P16, P16]
-        for f in ("rsr32", "sat8", "sat16", "sat32", "requantize", "sigmoid", "tanh"):
+        for f in ("rsr32", "sat8", "sat16", "ssat", "sat32", "requantize", "gate_rq", "sigmoid", "tanh"):
             getattr(lib, f"kpt_{f}_n").restype = None
         lib.kpt_sizeof_lstm_params.restype = I32
+        lib.kpt_sizeof_kron.restype = I32
+        lib.kpt_vslot.argtypes = [I32, I32]
+        lib.kpt_vslot.restype = I32
         lib.kpt_dsp_path.restype = I32
 
     @property
@@ -169,13 +241,16 @@ class Runtime:
         return bool(self.lib.kpt_dsp_path())
 
     def matvec(self, a: np.ndarray, b: np.ndarray, x: np.ndarray, t_shift: int) -> np.ndarray:
-        """kp_matvec_s8 on one vector x (n1*n2,) -> int32 (m1*m2,)."""
-        a, b, x = _arr(a, np.int8), _arr(b, np.int8), _arr(x, np.int8)
-        (m1, n1), (m2, n2) = a.shape, b.shape
+        """kp_matvec_s8 on one vector x (n1*n2,) -> int32 (m1*m2,), factors packed as the emitter packs them."""
+        m = PackedKron(a, b, t_shift)
+        m1, n1, m2, n2 = m.shape
+        x = _arr(x, np.int8)
         assert x.shape == (n1 * n2,)
-        t = np.full(n1 * m2, 0x5A5A, np.int16)  # poisoned: the kernel must write every slot it reads
-        y = np.zeros(m1 * m2, np.int32)
-        self.lib.kp_matvec_s8(_p(a, P8), m1, n1, _p(b, P8), m2, n2, _p(x, P8), t_shift, _p(t, P16), _p(y, P32))
+        tv = np.full(m.scratch + 1, POISON, np.int32)  # poisoned: the kernel must write what it reads
+        y = np.full(m1 * m2 + 1, POISON, np.int32)
+        self.lib.kp_matvec_s8(ctypes.byref(m.struct), _p(x, P8), _p(tv, P32), _p(y, P32))
+        assert tv[-1] == POISON and y[-1] == POISON, "kp_matvec_s8 wrote past its scratch or output"
+        y = y[:-1]
         return y
 
     def fc(self, w: np.ndarray, bias: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -207,6 +282,13 @@ class Runtime:
         """kp_sat16 elementwise on int32 values."""
         return self._map("kpt_sat16_n", v, np.int32, P32, np.int16, P16)
 
+    def ssat(self, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """kp_ssat16 and kp_ssat8 (SSAT on the DSP path) elementwise on int32 values."""
+        v = _arr(v, np.int32).ravel()
+        o16, o8 = np.zeros(v.size, np.int32), np.zeros(v.size, np.int32)
+        self.lib.kpt_ssat_n(_p(v, P32), v.size, _p(o16, P32), _p(o8, P32))
+        return o16, o8
+
     def sat32(self, v: np.ndarray) -> np.ndarray:
         """kp_sat32 elementwise on int64 values."""
         return self._map("kpt_sat32_n", v, np.int64, P64, np.int32, P32)
@@ -215,15 +297,23 @@ class Runtime:
         """kp_requantize elementwise on int32 accumulators."""
         return self._map("kpt_requantize_n", acc, np.int32, P32, np.int32, P32, mult, shift)
 
+    def gate_rq(self, acc: np.ndarray, mult: int, shift: int, c: int = 0) -> np.ndarray:
+        """kp_gate_rq elementwise: c + rsr(acc * mult, shift) in 32-bit arithmetic (shift 1..32)."""
+        return self._map("kpt_gate_rq_n", acc, np.int32, P32, np.int32, P32, mult, shift, c)
+
     def sigmoid(self, z: np.ndarray, table: np.ndarray) -> np.ndarray:
-        """kp_sigmoid_s16 elementwise."""
+        """kp_sigmoid_s16 elementwise (table: the 1024-entry int16 table)."""
         tab = _arr(table, np.int16)
         return self._map("kpt_sigmoid_n", z, np.int16, P16, np.int16, P16, _p(tab, P16))
 
     def tanh(self, z: np.ndarray, table: np.ndarray) -> np.ndarray:
-        """kp_tanh_s16 elementwise."""
+        """kp_tanh_s16 elementwise (table: the 1024-entry int16 table)."""
         tab = _arr(table, np.int16)
         return self._map("kpt_tanh_n", z, np.int16, P16, np.int16, P16, _p(tab, P16))
+
+    def vslot(self, i: int, cols_p: int) -> int:
+        """kp_vslot: where element i sits in a packed int16 vector on this code path."""
+        return int(self.lib.kpt_vslot(i, cols_p))
 
     def lstm(self, layer: LSTMLayerQ, sigmoid_table: np.ndarray, tanh_table: np.ndarray) -> CLSTM:
         """A C-side LSTM layer with its own state and scratch."""
@@ -231,41 +321,36 @@ class Runtime:
 
 
 class CLSTM:
-    """One layer's kp_lstm_params_s8, state (h, c) and scratch, stepped through the C kernel."""
+    """One layer's kp_lstm_params_s8 (packed as the emitter packs it), state (h, c) and scratch."""
 
     def __init__(self, rt: Runtime, layer: LSTMLayerQ, sigmoid_table: np.ndarray, tanh_table: np.ndarray) -> None:
         self.rt = rt
         hs = layer.hidden_size
-        # Keep every array referenced by the struct alive for the object's lifetime.
+        # Keep every array referenced by the structs alive for the object's lifetime.
+        self.wx = PackedKron(layer.wx.a, layer.wx.b, layer.wx.t_shift)
+        self.wh = PackedKron(layer.wh.a, layer.wh.b, layer.wh.t_shift)
         self._keep = [
-            _arr(layer.wx.a, np.int8), _arr(layer.wx.b, np.int8), _arr(layer.wh.a, np.int8), _arr(layer.wh.b, np.int8),
-            _arr(layer.bias, np.int32), _arr(sigmoid_table, np.int16), _arr(tanh_table, np.int16),
-        ]  # fmt: skip
-        ax, bx, ah, bh, bias, sig, tanh = self._keep
+            _arr(layer.bias, np.int32),
+            _arr(sigmoid_table, np.int16),
+            _arr(tanh_table, np.int16),
+        ]
+        bias, sig, tanh = self._keep
         self.params = LSTMParams(
-            layer.input_size, hs,
-            _p(ax, P8), ax.shape[0], ax.shape[1],
-            _p(bx, P8), bx.shape[0], bx.shape[1],
-            layer.wx.t_shift,
-            _p(ah, P8), ah.shape[0], ah.shape[1],
-            _p(bh, P8), bh.shape[0], bh.shape[1],
-            layer.wh.t_shift,
+            layer.input_size, hs, self.wx.struct, self.wh.struct,
             layer.rq_x.mult, layer.rq_x.shift, layer.rq_h.mult, layer.rq_h.shift,
-            _p(bias, P32),
-            layer.cell_frac,
-            _p(sig, P16), _p(tanh, P16),
+            _p(bias, P32), layer.cell_frac, _p(sig, P16), _p(tanh, P16),
         )  # fmt: skip
         self.h = np.zeros(hs, np.int8)
         self.c = np.zeros(hs, np.int16)
-        self.acc_x = np.zeros(4 * hs, np.int32)
-        self.acc_h = np.zeros(4 * hs, np.int32)
-        self.t = np.zeros(max(ax.shape[1] * bx.shape[0], ah.shape[1] * bh.shape[0]), np.int16)
+        self.acc_x = np.full(4 * hs, POISON, np.int32)
+        self.acc_h = np.full(4 * hs, POISON, np.int32)
+        self.gates = np.full(2 * hs, POISON, np.int32)
+        self.tv = np.full(max(self.wx.scratch, self.wh.scratch), POISON, np.int32)
+        self.scratch = LSTMScratch(_p(self.acc_x, P32), _p(self.acc_h, P32), _p(self.gates, P32), _p(self.tv, P32))
 
     def step(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Advance one step on int8 x; returns copies of the new (h, c)."""
         x = _arr(x, np.int8)
-        self.rt.lib.kp_lstm_step_s8(
-            ctypes.byref(self.params), _p(x, P8), _p(self.h, P8), _p(self.c, P16),
-            _p(self.acc_x, P32), _p(self.acc_h, P32), _p(self.t, P16),
-        )  # fmt: skip
+        self.rt.lib.kp_lstm_step_s8(ctypes.byref(self.params), _p(x, P8), _p(self.h, P8), _p(self.c, P16),
+                                    ctypes.byref(self.scratch))  # fmt: skip
         return self.h.copy(), self.c.copy()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from kpgen import KpgenError, golden, quant, reference
-from kpgen.ir import Calibration, DenseF, KPMatrixF, LSTMLayerF, ModelF
+from kpgen.ir import Calibration, DenseF, KPMatrixF, LSTMLayerF, LSTMLayerQ, ModelF, Requant
 
 
 def float_model(rng: np.random.Generator, i: int = 12, h: int = 16, c: int = 4, scale: float = 0.3) -> ModelF:
@@ -100,3 +100,86 @@ def test_calibration_layer_count_mismatch_is_refused() -> None:
                  calibration=Calibration(input_absmax=1.0, cell_absmax=()), meta={})
     with pytest.raises(KpgenError, match="cell ranges"):
         quant.quantize_model(bad)
+
+
+# ------------------------------------------------------------------------------- gates, dense, kernel limits
+
+
+@pytest.mark.parametrize("m", [1e-9, 3.3e-5, 0.013, 0.26, 0.4999, 0.5, 0.75, 3.0, 100.0])
+def test_requant_gate_shift_at_most_32(m: float) -> None:
+    """shift 32 while mult fits below 2**31, less only for m >= 0.5; mult as exact as its bits allow."""
+    rq = quant.requant_gate(m, 1000, "t")
+    assert 1 <= rq.mult < 2**31 and 1 <= rq.shift <= 32
+    assert (rq.shift == 32) == (m < 0.5 - 2**-33)
+    assert abs(Fraction(rq.mult, 2**rq.shift) - Fraction(m)) <= Fraction(1, 2 ** (rq.shift + 1))
+    assert 1000 << (32 - rq.shift) < 2**31  # acc * 2**(32 - shift) stays an int32
+
+
+def test_requant_gate_refusals() -> None:
+    with pytest.raises(KpgenError, match="leaves int32"):
+        quant.requant_gate(4.0, 2**28, "layer 0 Wh")  # shift 29: 2**28 * 8 overflows
+    with pytest.raises(KpgenError, match="rounds to zero"):
+        quant.requant_gate(2.0**-34, 10, "layer 0 Wx")
+    for bad in (0.0, float("nan"), -1.0):
+        with pytest.raises(KpgenError):
+            quant.requant_gate(bad, 10, "layer 0 Wx")
+
+
+def test_dense_matrix_is_folded_into_a() -> None:
+    """B 1x1: A * b00 quantized, B = [[1]], scale 1, t_shift 0: the accumulator is W x exactly."""
+    rng = np.random.default_rng(8)
+    a = rng.normal(0, 0.3, (8, 5))
+    q = quant.quantize_kp(KPMatrixF(a=a, b=np.array([[-2.5]])), "layer 0 Wx")
+    assert q.b.tolist() == [[1]] and q.b_scale == 1.0 and q.t_shift == 0
+    assert np.allclose(q.a * q.a_scale, a * -2.5, atol=q.a_scale / 2 + 1e-12)
+    x = rng.integers(-128, 128, 5).astype(np.int8)
+    assert np.array_equal(golden.kp_matvec_s8(q.a, q.b, x, q.t_shift), q.a.astype(np.int64) @ x.astype(np.int64))
+
+
+def test_quantized_layers_fit_the_kernels() -> None:
+    """Every layer the quantizer returns passes golden.kernel_limits, dense and Kronecker, with large weights."""
+    from kpgen import synth
+
+    for seed, (fx, fh) in enumerate([((64, 12, 1, 1), (64, 16, 1, 1)), (None, None), ((8, 3, 8, 4), (8, 4, 8, 4))]):
+        model = synth.random_model_f(16, 12, 3, fx, fh, seed=seed)
+        for scale in (1.0, 8.0):
+            big = [LSTMLayerF(l.input_size, l.hidden_size, KPMatrixF(l.wx.a * scale, l.wx.b), l.wh, l.bias)
+                   for l in model.layers]  # fmt: skip
+            qm = quant.quantize_model(ModelF(model.input_size, model.num_classes, tuple(big), model.head,
+                                             model.calibration))  # fmt: skip
+            for layer in qm.layers:
+                assert golden.kernel_limits(layer) == []
+
+
+def test_kernel_limits_catch_each_rule() -> None:
+    from factories import random_layer
+
+    layer = random_layer(np.random.default_rng(4), 6, 4)
+    assert golden.kernel_limits(layer) == []
+    bad_shift = LSTMLayerQ(**{**layer.__dict__, "rq_x": Requant(layer.rq_x.mult, 33)})
+    assert "shift 1..32" in golden.kernel_limits(bad_shift)[0]
+    bound = golden.kp_acc_bound(layer.wh.a, layer.wh.b, layer.wh.t_shift)
+    tight = 1
+    while bound << (32 - tight) >= 2**31:
+        tight += 1
+    too_small = LSTMLayerQ(**{**layer.__dict__, "rq_h": Requant(1, tight - 1)})
+    assert "leaves int32" in golden.kernel_limits(too_small)[0]
+    huge_bias = LSTMLayerQ(**{**layer.__dict__, "bias": np.full(16, 2**31 - 1, np.int32)})
+    assert "gate sum" in golden.kernel_limits(huge_bias)[0]
+
+
+def test_synth_models_are_deterministic_calibrated_and_unsaturated() -> None:
+    """kpgen.synth: same seed, same model; dense = B 1x1; realistic gate ranges; 16x KP by default."""
+    from kpgen import synth
+
+    a = synth.dense_lstm_model(3, 28, 32, 10)
+    b = synth.dense_lstm_model(3, 28, 32, 10)
+    assert all(np.array_equal(x.wx.a, y.wx.a) and np.array_equal(x.wh.a, y.wh.a) for x, y in zip(a.layers, b.layers))
+    assert a.calibration == b.calibration
+    assert a.layers[0].wx.b.shape == (1, 1) and a.layers[0].wh.b.shape == (1, 1)
+    assert 0.5 < a.calibration.gate_absmax[0] < 8  # gates move, mostly away from the flat ends
+    assert a.calibration.input_absmax <= 1.0 and a.calibration.cell_absmax[0] > 0
+    k = synth.kp_lstm_model(3, 28, 128, 10)
+    assert synth.min_mac_factors(512, 128) == (32, 8, 16, 16) and k.layers[0].wh.a.shape == (32, 8)
+    assert k.dense_params >= 16 * (k.params - k.head.weight.size - k.head.bias.size - k.layers[0].bias.size)
+    assert golden.kernel_limits(quant.quantize_model(k).layers[0]) == []

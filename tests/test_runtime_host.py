@@ -9,9 +9,10 @@ import subprocess
 import numpy as np
 import pytest
 
-from factories import random_int8, random_layer, random_model, t_shift_for
+from factories import random_int8, random_kp, random_layer, random_model, t_shift_for
 from kpgen import golden
-from runtime_ctypes import CFLAGS, RUNTIME_DIR, LSTMParams, Runtime
+from kpgen.ir import LSTMLayerQ, Requant
+from runtime_ctypes import CFLAGS, RUNTIME_DIR, Kron, LSTMParams, Runtime
 
 SIG = golden.make_table("sigmoid")
 TANH = golden.make_table("tanh")
@@ -19,17 +20,31 @@ I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
 MODES = ("random", "min", "max", "extreme")
 
 
-@pytest.fixture(scope="module", params=["portable", "dsp"])
+@pytest.fixture(scope="module", params=["portable", "dsp", "portable-mul16"])
 def rt(request: pytest.FixtureRequest) -> Runtime:
-    """The runtime library, once per code path (the DSP path runs on host stand-ins for the intrinsics)."""
-    lib: ctypes.CDLL = request.getfixturevalue("runtime_lib" if request.param == "portable" else "runtime_lib_dsp")
-    runtime = Runtime(lib)
+    """The runtime library, once per code path (the DSP path runs on host stand-ins for the intrinsics; the
+    mul16 build is the portable path with the Cortex-M0's 16 x 16 high multiply)."""
+    fixture = {"portable": "runtime_lib", "dsp": "runtime_lib_dsp", "portable-mul16": "runtime_lib_mul16"}
+    runtime = Runtime(request.getfixturevalue(fixture[request.param]))
     assert runtime.dsp_path == (request.param == "dsp")
     return runtime
 
 
 def test_params_struct_layout(rt: Runtime) -> None:
     assert rt.lib.kpt_sizeof_lstm_params() == ctypes.sizeof(LSTMParams)
+    assert rt.lib.kpt_sizeof_kron() == ctypes.sizeof(Kron)
+
+
+def test_vector_order(rt: Runtime) -> None:
+    """The DSP path pairs (v0, v2), (v1, v3) for packed matrices wider than 2 columns; others keep order."""
+    for cols_p in (2, 4, 8, 12, 16):
+        order = [rt.vslot(i, cols_p) for i in range(cols_p)]
+        assert sorted(order) == list(range(cols_p))
+        assert [rt.vslot(j, cols_p) for j in order] == list(range(cols_p))  # its own inverse
+        if rt.dsp_path and cols_p > 2:
+            assert order[:4] == [0, 2, 1, 3]
+        else:
+            assert order == list(range(cols_p))
 
 
 # ------------------------------------------------------------------------------------------ scalar helpers
@@ -46,6 +61,8 @@ def test_rsr_sat_helpers(rt: Runtime) -> None:
     assert np.array_equal(rt.sat16(small), golden.sat(small, 16))
     wide = np.array([-(1 << 62), I32_MIN - 1, I32_MIN, 0, I32_MAX, I32_MAX + 1, 1 << 62], np.int64)
     assert np.array_equal(rt.sat32(wide), golden.sat(wide, 32))
+    s16, s8 = rt.ssat(v)  # SSAT on the DSP path
+    assert np.array_equal(s16, golden.sat(v, 16)) and np.array_equal(s8, golden.sat(v, 8))
 
 
 def test_requantize(rt: Runtime) -> None:
@@ -60,6 +77,21 @@ def test_requantize(rt: Runtime) -> None:
             assert np.array_equal(got, golden.kp_requantize(acc, mult, shift)), (mult, shift)
 
 
+@pytest.mark.parametrize("shift", list(range(1, 33)))
+def test_gate_requantize_32bit(rt: Runtime, shift: int) -> None:
+    """The gates' 32-bit requantizer (SMMLAR on the DSP path) equals the int64 spec wherever the quantizer
+    allows it: shift 1..32, |acc| < 2**(shift-1), any mult in 1..2**31-1, plus an int32 addend."""
+    rng = np.random.default_rng(40 + shift)
+    lim = 1 << (shift - 1)
+    acc = np.concatenate([[-lim, -lim + 1, -1, 0, 1, lim - 1], rng.integers(-lim, lim, 300)])
+    acc = acc[(acc >= -lim) & (acc < lim)].astype(np.int32)  # acc * 2**(32-shift) in int32
+    for mult in [1, 2, 12345, (1 << 30) - 1, 1 << 30, (1 << 31) - 1, *rng.integers(1, 1 << 31, 4).tolist()]:
+        want = golden.kp_requantize(acc, int(mult), shift).astype(np.int64)
+        for c in (0, -(1 << 29), (1 << 29) + 7):
+            got = rt.gate_rq(acc, int(mult), shift, c)
+            assert np.array_equal(got, want + c), (mult, shift, c)
+
+
 # ----------------------------------------------------------------------------------------------- activations
 
 
@@ -69,12 +101,11 @@ def test_activation_exhaustive(rt: Runtime, kind: str) -> None:
     tab = golden.make_table(kind)
     c_fn, g_fn = (rt.sigmoid, golden.kp_sigmoid_s16) if kind == "sigmoid" else (rt.tanh, golden.kp_tanh_s16)
     assert np.array_equal(c_fn(z, tab), g_fn(z, tab))
-    # any table, including falling segments and full-range jumps, interpolates identically
-    rng = np.random.default_rng(5)
-    wild = rng.integers(-32768, 32768, 257).astype(np.int16)
-    wild[:4] = [-32768, 32767, -32768, 32767]
+    # any table: the look-up reads exactly entry (z + 32768) >> 6, the first and the last included
+    wild = np.random.default_rng(5).integers(-32768, 32768, golden.TABLE_SIZE).astype(np.int16)
     assert np.array_equal(c_fn(z, wild), g_fn(z, wild))
-    assert int(rt.lib.kp_sigmoid_s16(-32768, SIG.ctypes.data_as(ctypes.POINTER(ctypes.c_int16)))) == int(SIG[0])
+    assert int(rt.lib.kp_sigmoid_s16(-32768, wild.ctypes.data_as(ctypes.POINTER(ctypes.c_int16)))) == int(wild[0])
+    assert int(rt.lib.kp_tanh_s16(32767, wild.ctypes.data_as(ctypes.POINTER(ctypes.c_int16)))) == int(wild[-1])
 
 
 # ---------------------------------------------------------------------------------------------- KP mat-vec
@@ -101,6 +132,33 @@ def test_matvec_random_shapes(rt: Runtime) -> None:
     for a, b, x, t_shift in _matvec_cases(rng, 300):
         got = rt.matvec(a, b, x, t_shift)
         assert np.array_equal(got, golden.kp_matvec_s8(a, b, x, t_shift)), (a.shape, b.shape, t_shift)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 7, 8, 9, 12, 33])
+def test_matvec_dense_mode(rt: Runtime, rows: int) -> None:
+    """B 1x1 runs the dense kernel: every column count's padding and chunking (1..40, incl. 2 and 4 mod 8),
+    b00 = 1 (the folded dense matrix, fast widening) and any other b00 or shift (generic widening)."""
+    rng = np.random.default_rng(30 + rows)
+    for cols in range(1, 41):
+        a = random_int8(rng, (rows, cols), MODES[cols % 4], lo=-128)
+        x = random_int8(rng, (cols,), MODES[(cols // 4) % 4], lo=-128)
+        for b00, t_shift in ((1, 0), (-128, 0), (127, 3), (-7, 9)):
+            b = np.array([[b00]], np.int8)
+            got = rt.matvec(a, b, x, t_shift)
+            assert np.array_equal(got, golden.kp_matvec_s8(a, b, x, t_shift)), (rows, cols, b00, t_shift)
+        if cols % 5 == 0:  # the dense result is W x itself
+            assert np.array_equal(rt.matvec(a, np.ones((1, 1), np.int8), x, 0), a.astype(np.int64) @ x.astype(np.int64))
+
+
+@pytest.mark.parametrize("f", [(512, 2, 1, 64), (512, 2, 1, 14), (512, 1, 1, 28), (2, 64, 256, 2), (16, 8, 32, 16),
+                               (16, 2, 32, 14), (128, 28, 4, 1), (4, 16, 128, 8)])
+def test_matvec_model_shapes(rt: Runtime, f: tuple[int, int, int, int]) -> None:
+    """Factor shapes of real models (the shipped example, the benchmark's minimum-MAC shapes), all input modes."""
+    rng = np.random.default_rng(sum(f))
+    for mode in MODES:
+        m = random_kp(rng, f, "random" if mode == "random" else "extreme")
+        x = random_int8(rng, (f[1] * f[3],), mode, lo=-128)
+        assert np.array_equal(rt.matvec(m.a, m.b, x, m.t_shift), golden.kp_matvec_s8(m.a, m.b, x, m.t_shift))
 
 
 @pytest.mark.parametrize("n1", [golden.MAX_N1, golden.MAX_N1 - 1, golden.MAX_N1 - 2, golden.MAX_N1 - 3])
@@ -149,6 +207,27 @@ def test_lstm_steps(rt: Runtime, seed: int, mode: str) -> None:
         assert np.array_equal(hc, h) and np.array_equal(cc, c), (t, layer.wx.a.shape, layer.wx.b.shape)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_lstm_dense_and_both_gate_paths(rt: Runtime, seed: int) -> None:
+    """Dense matrices (B 1x1, the dense kernel) next to KP ones; gate requantizers with shift 32 (the one-
+    multiply loop) and below (the pre-shifted loop); every cell_frac branch (>= 12 and < 12)."""
+    rng = np.random.default_rng(300 + seed)
+    isz, hsz = (28, 16) if seed < 2 else (5, 6)
+    fx = (4 * hsz, isz, 1, 1) if seed % 2 == 0 else (hsz, 1, 4, isz)
+    fh = (4 * hsz, hsz, 1, 1)
+    layer = random_layer(rng, isz, hsz, fx, fh, mode="extreme" if seed == 3 else "random", cell_frac=(10, 12, 14, 3)[seed])
+    if seed == 0:
+        layer = LSTMLayerQ(**{**layer.__dict__, "rq_x": Requant(layer.rq_x.mult, 32), "rq_h": Requant(layer.rq_h.mult, 32)})
+        assert not golden.kernel_limits(layer)
+    cl = rt.lstm(layer, SIG, TANH)
+    h, c = np.zeros(hsz, np.int8), np.zeros(hsz, np.int16)
+    for t in range(10):
+        x = random_int8(rng, (isz,), MODES[t % 4], lo=-128)
+        h, c = golden.kp_lstm_step_s8(layer, x, h, c, SIG, TANH)
+        hc, cc = cl.step(x)
+        assert np.array_equal(hc, h) and np.array_equal(cc, c), t
+
+
 def test_lstm_dimension_one_factors(rt: Runtime) -> None:
     """Kronecker factors with a 1 in every position, so A or B degenerates to a row, column or scalar."""
     rng = np.random.default_rng(9)
@@ -185,19 +264,25 @@ def test_stacked_model_with_head(rt: Runtime) -> None:
 # ------------------------------------------------------------------------------------------- cross builds
 
 
-@pytest.mark.parametrize("cpu,dsp", [("cortex-m4", True), ("cortex-m0plus", False)])
-def test_arm_build_warning_free(tmp_path, cpu: str, dsp: bool) -> None:
-    """Every kernel compiles for Cortex-M with the strict flags; on M4 the DSP path (SMLAD) is the one built."""
+@pytest.mark.parametrize("opt", ["-O2", "-Os"])
+@pytest.mark.parametrize("cpu,path", [("cortex-m4", "dsp"), ("cortex-m7", "dsp"), ("cortex-m33", "dsp"),
+                                      ("cortex-m0plus", "portable"), ("cortex-m3", "portable"),
+                                      ("cortex-m55", "mve")])  # fmt: skip
+def test_arm_build_warning_free(tmp_path, cpu: str, path: str, opt: str) -> None:
+    """Every kernel compiles for Cortex-M with the strict flags; each core builds its path (SMLAD on DSP cores,
+    VMLADAVA on Helium, neither on M0/M3)."""
     gcc = shutil.which("arm-none-eabi-gcc")
     if gcc is None:
         pytest.skip("arm-none-eabi-gcc not installed")
-    flags = [f for f in CFLAGS if f not in ("-shared", "-fPIC")]
+    flags = [f for f in CFLAGS if f not in ("-shared", "-fPIC", "-O2")]
+    abi = ["-mfloat-abi=hard"] if path == "mve" else []
     asm = []
     for src in sorted(RUNTIME_DIR.glob("*.c")):
         out = tmp_path / (src.stem + ".s")
-        res = subprocess.run([gcc, *flags, f"-mcpu={cpu}", "-mthumb", "-S", str(src), "-o", str(out)],
+        res = subprocess.run([gcc, *flags, opt, f"-mcpu={cpu}", "-mthumb", *abi, "-S", str(src), "-o", str(out)],
                              capture_output=True, text=True)  # fmt: skip
         assert res.returncode == 0, res.stderr
         asm.append(out.read_text())
     text = "\n".join(asm)
-    assert ("smlad" in text) == dsp
+    assert ("smlad" in text) == (path != "portable")
+    assert ("vmlava" in text or "vmladava" in text) == (path == "mve")  # VMLADAVA, also spelt VMLAVA
