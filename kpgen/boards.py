@@ -6,8 +6,9 @@ with the shared C start-up in boards/common/.
 
 from __future__ import annotations
 
+import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -47,15 +48,39 @@ class Board:
     ram_size: int
     stack_size: int  # bytes, at the top of RAM
     heap_size: int  # bytes reserved after .bss for newlib's malloc
-    qemu_machine: str  # qemu-system-arm -M value
+    qemu_machine: str | None  # qemu-system-arm -M value; None for a real board QEMU does not emulate
     qemu_extra_args: tuple[str, ...]
     path: Path  # the board.toml this came from
+    boot2_size: int = 0  # bytes at the start of flash kept for a second-stage boot loader (RP2040: 256)
+    flash: FlashProfile = field(default_factory=lambda: FlashProfile())  # [flash]: probes, clock, console
+
+    @property
+    def emulated(self) -> bool:
+        """True when QEMU runs this board (kpgen run, kpgen flash through QEMU's GDB server)."""
+        return self.qemu_machine is not None
+
+
+@dataclass(frozen=True)
+class FlashProfile:
+    """The [flash] table of a board.toml: how `kpgen flash` reaches a real chip, and what it runs at."""
+
+    pyocd_target: str | None = None  # pyOCD target name (`pyocd list --targets`)
+    pyocd_pack: str | None = None  # CMSIS pack part to install first (`pyocd pack install <part>`), if not built in
+    openocd_args: tuple[str, ...] = ()  # openocd -f/-c arguments selecting probe and target
+    clock_hz: int | None = None  # the chip's rated maximum core clock
+    reset_clock_hz: int | None = None  # the clock kpgen's firmware runs at: it programs no PLL
+    console: str = "semihosting"  # how the firmware's output reaches the host
+
+
+def _natural_key(name: str) -> list:
+    """Sort key that orders m0, m3, m4, m7, m33, m55 by their numbers, not as strings."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name) if part]
 
 
 def _known_names() -> list[str]:
     if not BOARDS_DIR.is_dir():
         return []
-    return sorted(p.parent.name for p in BOARDS_DIR.glob("*/board.toml"))
+    return sorted((p.parent.name for p in BOARDS_DIR.glob("*/board.toml")), key=_natural_key)
 
 
 def _get(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: Path) -> Any:
@@ -74,6 +99,22 @@ def _str_tuple(table: dict[str, Any], key: str, where: Path) -> tuple[str, ...]:
     return tuple(items)
 
 
+def _flash_profile(data: dict[str, Any], path: Path) -> FlashProfile:
+    """The optional [flash] table (every key optional)."""
+    if "flash" not in data:
+        return FlashProfile()
+    t = _get(data, "flash", dict, path)
+    opt = lambda key, kind: _get(t, key, kind, path) if key in t else None  # noqa: E731
+    return FlashProfile(
+        pyocd_target=opt("pyocd_target", str),
+        pyocd_pack=opt("pyocd_pack", str),
+        openocd_args=_str_tuple(t, "openocd_args", path) if "openocd_args" in t else (),
+        clock_hz=opt("clock_hz", int),
+        reset_clock_hz=opt("reset_clock_hz", int),
+        console=opt("console", str) or "semihosting",
+    )
+
+
 def load_board(name: str) -> Board:
     """Read boards/<name>/board.toml; an unknown name is a user error listing the known boards."""
     path = BOARDS_DIR / name / "board.toml"
@@ -85,7 +126,7 @@ def load_board(name: str) -> Board:
     except tomllib.TOMLDecodeError as exc:
         raise KpgenError(f"{path}: invalid TOML ({exc}); fix the file") from None
     mem = _get(data, "memory", dict, path)
-    qemu = _get(data, "qemu", dict, path)
+    qemu = _get(data, "qemu", dict, path) if "qemu" in data else None
     board = Board(
         name=_get(data, "name", str, path),
         description=_get(data, "description", str, path),
@@ -101,9 +142,11 @@ def load_board(name: str) -> Board:
         ram_size=_get(mem, "ram_size", int, path),
         stack_size=_get(mem, "stack_size", int, path),
         heap_size=_get(mem, "heap_size", int, path) if "heap_size" in mem else 0,
-        qemu_machine=_get(qemu, "machine", str, path),
-        qemu_extra_args=_str_tuple(qemu, "extra_args", path) if "extra_args" in qemu else (),
+        qemu_machine=_get(qemu, "machine", str, path) if qemu is not None else None,
+        qemu_extra_args=_str_tuple(qemu, "extra_args", path) if qemu and "extra_args" in qemu else (),
         path=path,
+        boot2_size=_get(mem, "boot2_size", int, path) if "boot2_size" in mem else 0,
+        flash=_flash_profile(data, path),
     )
     if board.name != name:
         raise KpgenError(f"{path}: name = '{board.name}' but the directory is '{name}'; make them equal")
@@ -113,8 +156,44 @@ def load_board(name: str) -> Board:
 
 
 def list_boards() -> list[Board]:
-    """All boards under boards/, sorted by name."""
+    """All boards under boards/, sorted by name (numbers in names compare as numbers: m4 before m33)."""
     return [load_board(n) for n in _known_names()]
+
+
+def _bytes(n: int) -> str:
+    if n >= 1 << 20 and n % (1 << 20) == 0:
+        return f"{n >> 20} MiB"
+    return f"{n / 1024:g} KiB"
+
+
+def _core_label(core: str) -> str:
+    """"cortex-m55" -> "Cortex-M55" (other -mcpu names unchanged)."""
+    return "Cortex-" + core[len("cortex-") :].upper() if core.startswith("cortex-") else core
+
+
+def format_board_table(boards: Sequence[Board]) -> str:
+    """The table `kpgen boards` prints: name, core, ISA extensions, flash and RAM (size at origin), QEMU machine."""
+    header = ("board", "core", "extensions", "flash", "RAM", "QEMU machine")
+    rows = [header]
+    for b in boards:
+        ext = ", ".join(e for e, on in (("DSP", b.has_dsp), ("Helium", b.has_mve)) if on) or "-"
+        rows.append(
+            (
+                b.name,
+                _core_label(b.core),
+                ext,
+                f"{_bytes(b.flash_size)} at 0x{b.flash_origin:08x}",
+                f"{_bytes(b.ram_size)} at 0x{b.ram_origin:08x}",
+                b.qemu_machine or "- (real board)",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    right = {3, 4}  # sizes line up on the right
+    lines = []
+    for r in rows:
+        cells = [c.rjust(w) if i in right and r is not header else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------- rendering

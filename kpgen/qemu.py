@@ -23,10 +23,15 @@ Count command: the same plus
   instruction just counted (never seen in our runs, handled anyway). Exactness is checked by
   tests/test_qemu.py with a loop of known length: count(N) == 2N + 5 for every N, identical across runs.
 
+  The same pass records every (pc, next pc) transition: with the instruction sizes from
+  `arm-none-eabi-objdump -d` (qemu.disassemble) that gives, per instruction, how often it transferred control
+  (next pc != pc + size: a taken branch, call or return), the input of the cycle estimate (kpgen/cycles.py).
+
   Measured (QEMU 7.2.22, x86-64 host, 2-core VM): about 67 bytes per trace line (65 to 75 with the
   symbol name), about 0.8 million instructions traced per second (5,002,967 lines, 335 MB, 6.2 s; QEMU
-  line-buffers the log, one write() per line, so a FIFO or tmpfs is no faster), plus about 0.4 us per
-  line for the parse below. 10 million traced instructions: about 0.7 GB of temporary file and 16 s.
+  line-buffers the log, one write() per line, so a FIFO or tmpfs is no faster), plus about 0.9 us per
+  line for the parse below (with the transitions; 7.1 M lines, 530 MB: 6 s). 10 million traced
+  instructions: about 0.7 GB of temporary file and 20 s or more.
   Keep profiled runs to a few million instructions.
 """
 
@@ -47,6 +52,9 @@ from kpgen import KpgenError
 from kpgen.boards import Board, load_board
 from kpgen.toolchain import QEMU, check_tools, symbols
 
+OBJDUMP = "arm-none-eabi-objdump"
+READELF = "arm-none-eabi-readelf"
+
 PROFILE_BEGIN = "kpgen_profile_begin"
 PROFILE_END = "kpgen_profile_end"
 FAULT_EXIT_STATUS = 3
@@ -64,10 +72,35 @@ class RunResult:
 
 
 @dataclass(frozen=True)
+class Insn:
+    """One instruction of the firmware as arm-none-eabi-objdump -d prints it."""
+
+    size: int  # bytes: 2 or 4 (Thumb)
+    mnemonic: str  # as printed, lower case, with condition and width suffixes ("bne.n", "ldr.w", "vldrb.s8")
+    operands: str  # operand text without objdump's trailing comment ("r2, [r3, #4]")
+
+
+@dataclass(frozen=True)
 class Profile:
     total: int  # instructions executed from entering kpgen_profile_begin up to entering kpgen_profile_end
     per_function: dict[str, int]  # the same, attributed to the function symbol containing each PC
     run: RunResult | None = field(default=None, compare=False)  # the traced run (output, exit status)
+    # Execution histogram: pc -> times executed inside the window (sums to total).
+    per_pc: dict[int, int] = field(default_factory=dict, compare=False)
+    # pc -> times the instruction transferred control: the next traced PC was not pc + its size. The last
+    # instruction of the window (the BL to kpgen_profile_end) counts with kpgen_profile_end as its successor.
+    taken: dict[int, int] = field(default_factory=dict, compare=False)
+    # The executed instructions (pc -> size, mnemonic, operands), from the ELF's disassembly.
+    insns: dict[int, Insn] = field(default_factory=dict, compare=False)
+    # pc -> name of the function containing it, for every executed pc.
+    functions: dict[int, str] = field(default_factory=dict, compare=False)
+    # (pc, next pc) -> times: every transition the window executed (calls, returns, loops, fall-throughs).
+    edges: dict[tuple[int, int], int] = field(default_factory=dict, compare=False)
+
+    @property
+    def taken_branches(self) -> int:
+        """Total control transfers in the window."""
+        return sum(self.taken.values())
 
 
 def _board(board: Board | str) -> Board:
@@ -146,15 +179,21 @@ def run(elf: Path | str, board: Board | str, timeout: float = 60.0, args: Sequen
 # --------------------------------------------------------------------------------------------- counting
 
 
-def _count_trace(path: Path, begin: int, end: int) -> tuple[int, dict[int, int]] | tuple[None, str]:
+def _count_trace(
+    path: Path, begin: int, end: int, edges: dict[tuple[int, int], int] | None = None
+) -> tuple[int, dict[int, int]] | tuple[None, str]:
     """Stream the trace: per-PC counts from the first entry into `begin` up to the first entry into `end`.
 
     Returns (total, {pc: count}) or (None, reason) when the window was never opened or never closed.
+    If `edges` is given, it is filled with {(pc, next pc): times} for every executed instruction of the
+    window, the last one's successor being `end`.
     Trace lines are "Trace <cpu>: <host ptr> [<cs_base>/<pc>/<flags>/<cflags>] <symbol>"; the field
     widths (8 hex digits for pc in 7.2, 16 in later QEMUs) are read from the first line.
     """
     counts: dict[bytes, int] = {}
+    pairs: dict[bytes, int] = {}  # last + pc (two pc fields concatenated) -> times
     last: bytes | None = None
+    before_last: bytes | None = None
     state = 0  # 0: before begin, 1: counting, 2: done
     lo = hi = -1  # pc field offsets relative to "["
     begin_key = end_key = b""
@@ -177,30 +216,89 @@ def _count_trace(path: Path, begin: int, end: int) -> tuple[int, dict[int, int]]
                         continue
                     state = 1
                 elif pc == end_key:
+                    if last is not None:
+                        key = last + pc
+                        pairs[key] = pairs.get(key, 0) + 1
                     state = 2
                     break
                 counts[pc] = counts.get(pc, 0) + 1
-                last = pc
+                if last is not None:
+                    key = last + pc
+                    pairs[key] = pairs.get(key, 0) + 1
+                before_last, last = last, pc
             elif state == 1 and line.startswith(b"Stopped execution"):
-                # The TB logged just before was abandoned without executing: undo its count.
+                # The TB logged just before was abandoned without executing: undo its count (and the
+                # transition into it); the instruction before it is again the last one executed.
                 i = line.find(b"[")
                 k = line.find(b"]", i)
                 if last is not None and int(line[i + 1 : k], 16) == int(last, 16):
                     counts[last] -= 1
-                    last = None
+                    if before_last is not None:
+                        pairs[before_last + last] -= 1
+                    last, before_last = before_last, None
     if state == 0:
         return None, f"{PROFILE_BEGIN} was never called"
     if state == 1:
         return None, f"{PROFILE_END} was never called after {PROFILE_BEGIN}"
     by_pc = {int(k, 16): n for k, n in counts.items() if n}
+    if edges is not None:
+        half = len(begin_key)
+        for key, n in pairs.items():
+            if n:
+                edge = (int(key[:half], 16), int(key[half:], 16))
+                edges[edge] = edges.get(edge, 0) + n
     return sum(by_pc.values()), by_pc
 
 
-def _attribute(counts: dict[int, int], syms: list[tuple[int, int, str]]) -> dict[str, int]:
-    """Sum per-PC counts by the function symbol containing the PC (heaviest first)."""
+_OBJDUMP_LINE = re.compile(r"^\s*([0-9a-f]+):\t((?:[0-9a-f]{4} ?){1,2})\s*\t(\S+)(?:\t([^@;]*))?")
+
+
+def disassemble(elf: Path | str) -> dict[int, Insn]:
+    """Every instruction of the ELF's executable sections: address -> size, mnemonic, operands.
+
+    From `arm-none-eabi-objdump -d` (Thumb: 2- or 4-byte encodings, printed as one or two groups of
+    4 hex digits); literal-pool words (".word") and other data are left out.
+    """
+    check_tools((OBJDUMP, READELF))
+    cmd = [OBJDUMP, "-d", str(elf)]
+    attrs = subprocess.run([READELF, "-A", str(elf)], capture_output=True, text=True).stdout
+    if "Tag_MVE_arch" in attrs:
+        # objdump does not take MVE from the build attributes: without this it prints Helium
+        # instructions as coprocessor ones (LDC/CDP).
+        cmd[1:1] = ["-m", "armv8.1-m.main"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise KpgenError(f"cannot disassemble {elf}: {proc.stderr.strip()}")
+    out: dict[int, Insn] = {}
+    for line in proc.stdout.splitlines():
+        m = _OBJDUMP_LINE.match(line)
+        if not m or m.group(3).startswith("."):
+            continue
+        raw = m.group(2).split()
+        if len(raw) == 1 and len(raw[0]) != 4:
+            continue
+        out[int(m.group(1), 16)] = Insn(
+            size=2 * len(raw), mnemonic=m.group(3).lower(), operands=(m.group(4) or "").strip()
+        )
+    return out
+
+
+def taken_counts(edges: dict[tuple[int, int], int], insns: dict[int, Insn]) -> dict[int, int]:
+    """pc -> times the next executed PC was not pc + size (a taken branch, call, return or exception)."""
+    taken: dict[int, int] = {}
+    for (pc, nxt), n in edges.items():
+        insn = insns.get(pc)
+        sequential = nxt == pc + insn.size if insn is not None else nxt - pc in (2, 4)
+        if not sequential:
+            taken[pc] = taken.get(pc, 0) + n
+    return taken
+
+
+def _function_names(pcs, syms: list[tuple[int, int, str]]) -> dict[int, str]:
+    """pc -> the function symbol containing it ("<unknown>" outside every symbol)."""
     starts = [a for a, _, _ in syms]
-    per: dict[str, int] = {}
-    for pc, n in counts.items():
+    out: dict[int, str] = {}
+    for pc in pcs:
         k = bisect.bisect_right(starts, pc) - 1
         name = "<unknown>"
         if k >= 0:
@@ -208,7 +306,16 @@ def _attribute(counts: dict[int, int], syms: list[tuple[int, int, str]]) -> dict
             limit = addr + size if size else (starts[k + 1] if k + 1 < len(starts) else addr + 1)
             if pc < limit:
                 name = sym
-        per[name] = per.get(name, 0) + n
+        out[pc] = name
+    return out
+
+
+def _attribute(counts: dict[int, int], syms: list[tuple[int, int, str]]) -> dict[str, int]:
+    """Sum per-PC counts by the function symbol containing the PC (heaviest first)."""
+    names = _function_names(counts, syms)
+    per: dict[str, int] = {}
+    for pc, n in counts.items():
+        per[names[pc]] = per.get(names[pc], 0) + n
     return dict(sorted(per.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
@@ -219,7 +326,8 @@ def count_instructions(
     timeout: float = 600.0,
     trace_dir: Path | str | None = None,
 ) -> Profile:
-    """Exact count of the instructions executed between the profile markers, in total and per function.
+    """Exact count of the instructions executed between the profile markers: in total, per function, per
+    instruction address, and the control transfers (taken branches) per address.
 
     The trace goes to a temporary file in `trace_dir` (default: the system temp dir), deleted afterwards.
     """
@@ -238,7 +346,8 @@ def count_instructions(
         cmd = qemu_command(elf, board, args)
         cmd[1:1] = ["-singlestep", "-d", "nochain,exec", "-D", str(trace)]
         result = _execute(cmd, timeout)
-        total, counts = _count_trace(trace, addr[PROFILE_BEGIN], addr[PROFILE_END])
+        edges: dict[tuple[int, int], int] = {}
+        total, counts = _count_trace(trace, addr[PROFILE_BEGIN], addr[PROFILE_END], edges)
     finally:
         trace.unlink(missing_ok=True)
     if total is None:
@@ -250,4 +359,14 @@ def count_instructions(
             why = f"QEMU exited with status {result.exit_code}"
         raise KpgenError(f"cannot count instructions of {elf}: {counts} ({why}); check the firmware")
     assert isinstance(counts, dict)
-    return Profile(total=total, per_function=_attribute(counts, syms), run=result)
+    code = disassemble(elf)
+    return Profile(
+        total=total,
+        per_function=_attribute(counts, syms),
+        run=result,
+        per_pc=counts,
+        taken=taken_counts(edges, code),
+        insns={pc: code[pc] for pc in counts if pc in code},
+        functions=_function_names(counts, syms),
+        edges=edges,
+    )

@@ -158,6 +158,31 @@ def test_instruction_count_is_exact(fw, board):
     assert again.total == p1.total and again.per_function == p1.per_function
 
 
+def test_taken_branches_are_exact(fw, board, syms):
+    """A control transfer is counted when the next traced PC is not pc + size: exact per instruction."""
+    n = 100
+    p = qemu.count_instructions(fw.elf, board, args=["spin", str(n)], timeout=60)
+    spin = syms["spin"][0]
+    bne, bx = spin + 2, spin + 4
+    assert p.insns[bne].mnemonic.startswith("bne") and p.insns[bx].mnemonic == "bx"
+    assert p.per_pc[spin] == n and p.per_pc[bne] == n and p.per_pc[bx] == 1
+    assert p.taken[bne] == n - 1 and p.taken[bx] == 1 and spin not in p.taken
+    # BX LR of kpgen_profile_begin, BL spin, N-1 BNE, BX LR of spin, BL kpgen_profile_end
+    assert p.taken_branches == n + 3
+    assert sum(p.per_pc.values()) == p.total
+    assert {p.functions[a] for a in (spin, bne, bx)} == {"spin"}
+
+
+def test_disassembly_sizes(fw, syms):
+    code = qemu.disassemble(fw.elf)
+    spin = syms["spin"][0]
+    assert [(code[spin + k].size, code[spin + k].mnemonic) for k in (0, 2, 4)] == [
+        (2, "subs"), (2, "bne.n"), (2, "bx")
+    ]
+    assert all(i.size in (2, 4) for i in code.values())
+    assert any(i.size == 4 and i.mnemonic == "bl" for i in code.values())
+
+
 def test_count_without_markers_is_user_error(fw, board):
     with pytest.raises(KpgenError, match="kpgen_profile_begin was never called"):
         qemu.count_instructions(fw.elf, board, args=["hello"], timeout=20)
@@ -180,5 +205,71 @@ def test_stopped_tb_line_cancels_count(tmp_path):
         "Trace 0: 0x7f0000000400 [00800408/00000400/00000110/ff000201] end\n"
         "Trace 0: 0x7f0000000300 [00800408/00000300/00000110/ff000201] f\n"
     )
-    total, counts = qemu._count_trace(trace, 0x200, 0x400)
+    edges: dict = {}
+    total, counts = qemu._count_trace(trace, 0x200, 0x400, edges)
     assert total == 3 and counts == {0x200: 1, 0x300: 1, 0x302: 1}
+    # the abandoned TB's transition is undone too; the last instruction's successor is the end marker
+    assert edges == {(0x200, 0x300): 1, (0x300, 0x302): 1, (0x302, 0x400): 1}
+    insns = {a: qemu.Insn(2, "nop", "") for a in (0x200, 0x300, 0x302)}
+    assert qemu.taken_counts(edges, insns) == {0x200: 1, 0x302: 1}
+
+
+# --------------------------------------------------------------------------------------------- every board
+
+QEMU_BOARDS = ["m0", "m3", "m4", "m7", "m33", "m55"]
+
+
+@pytest.fixture(scope="module", params=QEMU_BOARDS)
+def board_fw(request, tmp_path_factory):
+    b = load_board(request.param)
+    fw_dir = tmp_path_factory.mktemp(f"hello-{b.name}")
+    shutil.copyfile(FIXTURE, fw_dir / "main.c")
+    prepare_firmware_dir(b, fw_dir, ["main.c"])
+    return b, toolchain.build(fw_dir, jobs=2)
+
+
+def test_every_board_boots_prints_exits_and_counts(board_fw):
+    b, fw = board_fw
+    vectors = fw.bin.read_bytes()[:8]
+    syms = {name: addr for addr, _, name in toolchain.symbols(fw.elf)}
+    # the vector table sits at the start of the board's flash: initial SP = top of RAM, then Reset_Handler
+    assert int.from_bytes(vectors[0:4], "little") == b.ram_origin + b.ram_size
+    assert int.from_bytes(vectors[4:8], "little") == syms["Reset_Handler"] | 1
+    assert syms["Reset_Handler"] >= b.flash_origin
+    r = qemu.run(fw.elf, b, timeout=20, args=["hello"])
+    assert (r.stdout, r.exit_code, r.fault_pc) == ("hello from kpgen\n", 0, None)
+    assert qemu.run(fw.elf, b, timeout=20, args=["exit", "7"]).exit_code == 7
+    r = qemu.run(fw.elf, b, timeout=20, args=["udf"])
+    assert r.exit_code == qemu.FAULT_EXIT_STATUS and r.fault_pc == syms["fault_udf"]
+    p = qemu.count_instructions(fw.elf, b, args=["spin", "50"], timeout=60)
+    assert p.total == 2 * 50 + 5 and p.taken_branches == 50 + 3
+
+
+@pytest.mark.parametrize("name", ["m0", "m55"])
+def test_random_model_bit_exact(name, tmp_path):
+    """A small random stacked KP-LSTM, emitted for the smallest core and for the Helium core, matches the
+    integer reference bit for bit under QEMU; its profiled inference gets an estimated cycle count."""
+    import numpy as np
+
+    from factories import random_model
+    from kpgen import cycles
+    from kpgen.emit import render_sources, write_tree
+    from kpgen.vectors import expected_for
+    from kpgen.verify import verify_output
+
+    rng = np.random.default_rng(7)
+    m = random_model(rng, 12, (32, 16), 5)
+    xq = rng.integers(-127, 128, size=(3, 6, 12)).astype(np.int8)
+    exp = expected_for(m, xq)
+    b = load_board(name)
+    write_tree(tmp_path / "fw", render_sources(m, b, exp, "model", "random"), {}, force=False)
+    elf = toolchain.build(tmp_path / "fw").elf
+    res = qemu.run(elf, b, timeout=60)
+    vec = {"samples": 3, "labels": [-1] * 3, "scores": exp.scores.tolist(),
+           "final_digests": [f"{int(d):08x}" for d in exp.digests[:, -1]]}
+    assert res.exit_code == 0 and verify_output(res.stdout, vec).passed, res.stdout
+    p = qemu.count_instructions(elf, b, args=["profile"], timeout=60)
+    est = cycles.estimate(p, b.core)
+    assert p.total > 6 * 1000 and est.instructions == p.total
+    assert p.total < est.cycles < 4 * p.total
+    assert est.core == {"m0": "Cortex-M0", "m55": "Cortex-M55"}[name]

@@ -1,0 +1,509 @@
+"""`make bench`: dense and Kronecker (KP) int8 LSTM steps on several cores, measured side by side in one run.
+
+For every LSTM shape (hidden, input) and every core, a random float model (realistic weight scales) is
+quantized by kpgen.quant, emitted by the normal emitter with 2 test sequences, built, run bit-exact under
+QEMU and profiled (kpgen.pipeline.run_project). Each configuration is emitted twice, with sequences of 1 and
+of 2 time steps: one time step costs I(2) - I(1) instructions, which removes the fixed cost of the classifier
+head and the call overhead exactly (the per-step work does not depend on the data, up to the branches of
+saturating arithmetic). The same difference gives the matrix part (the mat-vec stage functions)
+and the estimated cycles (kpgen.cycles; an estimate, docs/cycle-model.md).
+
+Writes docs/benchmarks.md and docs/benchmarks.png and prints the issue's targets with measured values.
+Run: `make bench` or `python -m kpgen.bench [--quick] [--jobs N] [--out DIR]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kpgen import KpgenError, __version__, golden, pipeline, quant, synth, toolchain
+from kpgen.boards import REPO_ROOT, Board, load_board
+from kpgen.emit import RUNTIME, arena_bytes, render_sources, write_tree
+from kpgen.ir import ModelF
+from kpgen.vectors import expected_for
+
+SHAPES = ((128, 28), (32, 12), (64, 6), (128, 128))  # (hidden, input)
+KINDS = ("dense", "kp")
+# (label, board, extra -D macros): the M55 twice, with and without its Helium path.
+TARGETS = (
+    ("m0", "m0", ()),
+    ("m4", "m4", ()),
+    ("m7", "m7", ()),
+    ("m55", "m55", ()),
+    ("m55 no-MVE", "m55", ("KP_NO_MVE",)),
+)
+STEPS = (1, 2)  # one step = the difference between firmwares with 2 and 1 time steps
+SAMPLES = 2
+NUM_CLASSES = 10
+MIN_COMPRESSION = 16.0
+# Functions of the matrix part of a step (the mat-vec stages of the runtime): their instructions per MAC.
+MATRIX_FUNCTION = re.compile(r"^kp_(matvec|kron|dense|gemv|mat)")
+
+DOCS = REPO_ROOT / "docs"
+
+
+# --------------------------------------------------------------------------------------------- models
+
+
+def kp_factors(rows: int, cols: int, min_compression: float = MIN_COMPRESSION) -> tuple[int, int, int, int]:
+    """(m1, n1, m2, n2) with m1*m2 = rows, n1*n2 = cols, at least `min_compression` fewer parameters than
+    the dense matrix, and the fewest multiply-accumulates (golden.kp_matvec_macs); ties: fewer parameters.
+
+    Only factor shapes whose product can have full rank count (rank(A (x) B) = rank(A) rank(B)): a 512 x 1
+    times 1 x 28 "factorisation" has the fewest MACs of all but is a rank-1 matrix, not an LSTM weight.
+    (kpgen.synth.min_mac_factors; a shape with no such factors is a KpgenError here.)"""
+    try:
+        return synth.min_mac_factors(rows, cols, min_compression)
+    except ValueError:
+        raise KpgenError(
+            f"no Kronecker factors of a {rows} x {cols} matrix reach {min_compression}x compression"
+        ) from None
+
+
+def matrix_macs(f: tuple[int, int, int, int], kind: str) -> int:
+    m1, n1, m2, n2 = f
+    return m1 * m2 * n1 * n2 if kind == "dense" else golden.kp_matvec_macs(m1, n1, m2, n2)
+
+
+def _factors(hidden: int, inputs: int, kind: str) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
+    h4 = 4 * hidden
+    if kind == "dense":  # dense = KP with B of shape 1 x 1
+        return (h4, inputs, 1, 1), (h4, hidden, 1, 1)
+    return kp_factors(h4, inputs), kp_factors(h4, hidden)
+
+
+def random_model(hidden: int, inputs: int, kind: str, seed: int = 0) -> ModelF:
+    """A calibrated one-layer LSTM classifier with random float weights of trained-LSTM scale
+    (kpgen.synth.random_model_f), 'dense' (B = [[1]]) or 'kp' (kp_factors at MIN_COMPRESSION)."""
+    fx, fh = _factors(hidden, inputs, kind)
+    return synth.random_model_f(hidden, inputs, NUM_CLASSES, wx_factors=fx, wh_factors=fh, seed=seed)
+
+
+# --------------------------------------------------------------------------------------------- one run
+
+
+@dataclass(frozen=True)
+class Config:
+    hidden: int
+    inputs: int
+    kind: str  # "dense" or "kp"
+    target: str  # label in TARGETS
+
+    @property
+    def board(self) -> str:
+        return next(b for label, b, _ in TARGETS if label == self.target)
+
+    @property
+    def defines(self) -> tuple[str, ...]:
+        return next(d for label, _, d in TARGETS if label == self.target)
+
+    @property
+    def slug(self) -> str:
+        return f"{self.kind}-{self.hidden}x{self.inputs}-{self.target.replace(' ', '_')}"
+
+
+@dataclass
+class Result:
+    config: Config
+    factors: tuple  # (Wx factors, Wh factors), each (m1, n1, m2, n2)
+    compression: float  # dense matrix parameters / KP parameters, both matrices
+    macs: int  # multiply-accumulates of one step's two mat-vecs
+    steps: dict  # T -> {"instructions", "matrix", "cycles", "per_function"}
+    bit_exact: bool
+    samples: int  # sequences checked bit for bit (each build)
+    code_bytes: int  # model + runtime functions (kp_*, model_*) in flash
+    weight_bytes: int  # model weights, biases and activation tables in flash
+    flash_bytes: int  # the whole firmware image (with the C library and test vectors)
+    arena_bytes: int
+    stack_bytes: int  # deepest call chain of one inference (-fstack-usage frames)
+    error: str = ""
+
+    def per_step(self, key: str) -> float:
+        lo, hi = STEPS[0], STEPS[-1]
+        return (self.steps[hi][key] - self.steps[lo][key]) / (hi - lo)
+
+
+def _board_for(cfg: Config) -> Board:
+    b = load_board(cfg.board)
+    if cfg.defines:
+        b = dataclasses.replace(b, defines=tuple(b.defines) + cfg.defines)
+    return b
+
+
+def _manifest(model: ModelF, qmodel, board: Board, expected, name: str) -> dict:
+    return {
+        "kpgen_version": __version__,
+        "board": board.name,
+        "target": "firmware",
+        "name": name,
+        "checkpoint": "kpgen.bench random model",
+        "model": pipeline.model_summary(model, qmodel),
+        "arena_bytes": arena_bytes(qmodel),
+        "accuracy": {"test_set": "random inputs", "test_samples": int(len(expected.inputs)), "float": None,
+                     "int8_golden": None},
+        "vectors": {
+            "samples": int(len(expected.inputs)),
+            "steps": int(expected.inputs.shape[1]),
+            "labels": [int(v) for v in expected.labels],
+            "scores": expected.scores.astype(int).tolist(),
+            "final_digests": [f"{int(d):08x}" for d in expected.digests[:, -1]],
+        },
+    }  # fmt: skip
+
+
+def _code_bytes(elf: Path, name: str) -> int:
+    """Flash bytes of the model's and the runtime's functions (kp_*, <name>_*), without the C library."""
+    return sum(size for _, size, sym in toolchain.symbols(elf) if sym.startswith(("kp_", f"{name}_")))
+
+
+def _stack_depth(profile, stack: dict[str, int], root_caller: str = "main") -> int:
+    """Deepest chain of -fstack-usage frames among the calls the trace saw, from the functions main called."""
+    calls: dict[str, set[str]] = {}
+    edges = getattr(profile, "edges", None) or {}
+    for (pc, nxt), _ in edges.items():
+        insn = profile.insns.get(pc)
+        if insn is None or insn.mnemonic.split(".")[0] not in ("bl", "blx"):
+            continue
+        src, dst = profile.functions.get(pc), profile.functions.get(nxt)
+        if src and dst and dst != src:
+            calls.setdefault(src, set()).add(dst)
+
+    def depth(f: str, seen: frozenset) -> int:
+        return stack.get(f, 0) + max((depth(g, seen | {g}) for g in calls.get(f, ()) if g not in seen), default=0)
+
+    roots = calls.get(root_caller, set()) - {"kpgen_profile_begin", "kpgen_profile_end"}
+    return max((depth(r, frozenset({root_caller, r})) for r in roots), default=0)
+
+
+def run_config(cfg: Config, work: Path, seed: int = 0) -> Result:
+    """Emit, build, run bit-exact and profile one configuration for every T in STEPS."""
+    fx, fh = _factors(cfg.hidden, cfg.inputs, cfg.kind)
+    h4 = 4 * cfg.hidden
+    dense_params = h4 * cfg.inputs + h4 * cfg.hidden
+    kp_params = sum(m1 * n1 + m2 * n2 for m1, n1, m2, n2 in (fx, fh))
+    res = Result(
+        config=cfg, factors=(fx, fh), compression=dense_params / kp_params if cfg.kind == "kp" else 1.0,
+        macs=matrix_macs(fx, cfg.kind) + matrix_macs(fh, cfg.kind), steps={}, bit_exact=True, samples=SAMPLES,
+        code_bytes=0, weight_bytes=0, flash_bytes=0, arena_bytes=0, stack_bytes=0,
+    )  # fmt: skip
+    try:
+        model = random_model(cfg.hidden, cfg.inputs, cfg.kind, seed=seed + cfg.hidden + cfg.inputs)
+        qmodel = quant.quantize_model(model)
+        x = synth.random_inputs(seed + 7, SAMPLES, max(STEPS), cfg.inputs)
+        xq = golden.quantize_input(x, qmodel.input_scale)
+        board = _board_for(cfg)
+        for steps in STEPS:
+            expected = expected_for(qmodel, xq[:, :steps])
+            out = work / f"{cfg.slug}-T{steps}"
+            files = render_sources(qmodel, board, expected, "model", "kpgen.bench")
+            write_tree(out, files, _manifest(model, qmodel, board, expected, "model"), force=True)
+            rep = pipeline.run_project(out, timeout=600.0)
+            res.bit_exact &= bool(rep.passed)
+            if not rep.passed or rep.instructions is None:
+                res.error = f"T={steps}: not bit-exact or not profiled (exit {rep.exit_code}, fault {rep.fault_pc})"
+                return res
+            matrix = sum(n for f, n in rep.per_function.items() if MATRIX_FUNCTION.match(f))
+            res.steps[steps] = {
+                "instructions": rep.instructions,
+                "matrix": matrix,
+                "cycles": rep.cycles.cycles if rep.cycles is not None else float("nan"),
+                "per_function": dict(rep.per_function),
+            }
+            if steps == max(STEPS):
+                elf = out / "fw.elf"
+                res.code_bytes = _code_bytes(elf, "model")
+                res.weight_bytes = rep.weight_bytes_flash
+                res.flash_bytes = rep.sizes["text"] + rep.sizes["data"]
+                res.arena_bytes = rep.manifest["arena_bytes"]
+                res.stack_bytes = _stack_depth(rep.profile, rep.stack)
+    except KpgenError as e:
+        res.bit_exact = False
+        res.error = str(e)
+    return res
+
+
+# --------------------------------------------------------------------------------------------- runtime size
+
+
+def runtime_text_bytes(board_name: str = "m4", opt: str = "-Os") -> dict[str, int]:
+    """.text bytes of each runtime_c/*.c compiled alone for the board at `opt` (no weights, no C library)."""
+    board = load_board(board_name)
+    out: dict[str, int] = {}
+    with tempfile.TemporaryDirectory(prefix="kpgen-bench-rt-") as tmp:
+        for src in sorted(RUNTIME.glob("*.c")):
+            obj = Path(tmp) / (src.stem + ".o")
+            cmd = [toolchain.CC, *board.arch_flags, opt, "-std=c99", "-ffunction-sections", "-fdata-sections",
+                   *[f"-D{d}" for d in board.defines], f"-I{RUNTIME}", "-c", str(src), "-o", str(obj)]  # fmt: skip
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise KpgenError(f"cannot compile {src.name} for {board_name}: {proc.stderr.strip()[:300]}")
+            sizes = subprocess.run([toolchain.SIZE, "-A", str(obj)], capture_output=True, text=True).stdout
+            out[src.name] = sum(
+                int(parts[1]) for parts in (ln.split() for ln in sizes.splitlines()) if parts and parts[0].startswith(".text")
+            )
+    return out
+
+
+# --------------------------------------------------------------------------------------------- report
+
+
+def _fmt(v: float, digits: int = 0) -> str:
+    if v != v:  # NaN
+        return "n/a"
+    return f"{v:,.{digits}f}"
+
+
+def _find(results: list[Result], hidden: int, inputs: int, kind: str, target: str) -> Result | None:
+    for r in results:
+        c = r.config
+        if (c.hidden, c.inputs, c.kind, c.target) == (hidden, inputs, kind, target) and r.steps:
+            return r
+    return None
+
+
+def targets(results: list[Result], runtime: dict[str, int]) -> list[tuple[str, str, str, bool | None]]:
+    """The issue's targets: (target, measured, limit, met) -- met None when it cannot be measured."""
+    rows: list[tuple[str, str, str, bool | None]] = []
+    d = _find(results, 128, 28, "dense", "m4")
+    k = _find(results, 128, 28, "kp", "m4")
+    if d:
+        v = d.per_step("instructions")
+        rows.append(("Dense int8 LSTM step, H=128 over 28 inputs, Cortex-M4: instructions", _fmt(v), "<= 150,000",
+                     v <= 150_000))  # fmt: skip
+        ipm = d.per_step("matrix") / d.macs if d.per_step("matrix") else float("nan")
+        rows.append(("Matrix part of that step: instructions per MAC (Cortex-M4)", _fmt(ipm, 2), "<= 1.5",
+                     None if ipm != ipm else ipm <= 1.5))  # fmt: skip
+    if k:
+        v = k.per_step("instructions")
+        rows.append((f"KP int8 LSTM step, same shape ({k.compression:.1f}x compressed), Cortex-M4: instructions",
+                     _fmt(v), "<= 20,000", v <= 20_000 and k.compression >= MIN_COMPRESSION))  # fmt: skip
+    mve = _find(results, 128, 28, "dense", "m55")
+    dsp = _find(results, 128, 28, "dense", "m55 no-MVE")
+    if mve and dsp:
+        ratio = dsp.per_step("instructions") / mve.per_step("instructions")
+        rows.append(("Helium on the M55: dense step, DSP path / Helium path instructions",
+                     f"{ratio:.2f}x ({_fmt(dsp.per_step('instructions'))} / {_fmt(mve.per_step('instructions'))})",
+                     ">= 2.5x", ratio >= 2.5))  # fmt: skip
+    total = sum(runtime.values())
+    rows.append(("Runtime code (runtime_c/*.c .text, -Os, Cortex-M4)", f"{total:,} bytes", "<= 4,096 bytes",
+                 total <= 4096))  # fmt: skip
+    return rows
+
+
+def _table(results: list[Result]) -> list[str]:
+    head = ("shape (H, I)", "matrices", "core", "instr/step", "matrix instr/MAC", "est. cycles/step",
+            "code B", "weights B", "flash B", "arena B", "stack B", "bit-exact")  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (hidden, inputs) in SHAPES:
+        for kind in KINDS:
+            for label, _, _ in TARGETS:
+                r = next((r for r in results if (r.config.hidden, r.config.inputs, r.config.kind, r.config.target)
+                          == (hidden, inputs, kind, label)), None)  # fmt: skip
+                if r is None:
+                    continue
+                what = "dense" if kind == "dense" else (
+                    f"KP {r.compression:.0f}x: Wx {_fs(r.factors[0])}, Wh {_fs(r.factors[1])}")
+                if not r.steps or len(r.steps) < len(STEPS):
+                    lines.append(f"| {hidden}, {inputs} | {what} | {label} | failed: {r.error} |" + " |" * 8)
+                    continue
+                ipm = r.per_step("matrix") / r.macs if r.per_step("matrix") else float("nan")
+                lines.append(
+                    f"| {hidden}, {inputs} | {what} | {label} | {_fmt(r.per_step('instructions'))} | {_fmt(ipm, 2)} | "
+                    f"{_fmt(r.per_step('cycles'))} | {r.code_bytes:,} | {r.weight_bytes:,} | {r.flash_bytes:,} | "
+                    f"{r.arena_bytes:,} | {r.stack_bytes:,} | {'yes' if r.bit_exact else 'NO'} ({2 * r.samples}) |"
+                )
+    return lines
+
+
+def _stage_table(results: list[Result], hidden: int = 128, inputs: int = 28) -> list[str]:
+    """Instructions per step by function (the runtime's stages) for one shape, dense and KP, per core."""
+    cols = [(kind, label) for kind in KINDS for label, _, _ in TARGETS if label != "m0"]
+    found = {(k, t): _find(results, hidden, inputs, k, t) for k, t in cols}
+    cols = [c for c in cols if found[c] is not None and len(found[c].steps) == len(STEPS)]
+    if not cols:
+        return []
+
+    def per_step(r: Result, fn: str) -> float:
+        lo, hi = STEPS[0], STEPS[-1]
+        return (r.steps[hi]["per_function"].get(fn, 0) - r.steps[lo]["per_function"].get(fn, 0)) / (hi - lo)
+
+    funcs = sorted({f for c in cols for f in found[c].steps[STEPS[-1]]["per_function"]},
+                   key=lambda f: -max(per_step(found[c], f) for c in cols))  # fmt: skip
+    funcs = [f for f in funcs if any(per_step(found[c], f) for c in cols)]
+    lines = ["| function (stage) | " + " | ".join(f"{k} {t}" for k, t in cols) + " |", "|---|" + "---|" * len(cols)]
+    for f in funcs:
+        mark = " (matrix)" if MATRIX_FUNCTION.match(f) else ""
+        lines.append(f"| `{f}`{mark} | " + " | ".join(_fmt(per_step(found[c], f)) for c in cols) + " |")
+    lines.append("| **total** | " + " | ".join(_fmt(found[c].per_step("instructions")) for c in cols) + " |")
+    return lines
+
+
+def _fs(f: tuple[int, int, int, int]) -> str:
+    return f"{f[0]}x{f[1]} (x) {f[2]}x{f[3]}"
+
+
+def write_markdown(results: list[Result], runtime: dict[str, int], path: Path, seconds: float, plot: str | None) -> None:
+    rows = targets(results, runtime)
+    lines = [
+        "# Benchmarks: dense and Kronecker int8 LSTM steps",
+        "",
+        f"Written by `make bench` (`python -m kpgen.bench`, kpgen {__version__}) in {seconds:.0f} s; every number",
+        "below comes from that one run, side by side. Instruction counts are exact (QEMU instruction traces);",
+        "cycles are **estimates** from the per-core cost model in [cycle-model.md](cycle-model.md).",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | limit | met |",
+        "|---|---|---|---|",
+    ]
+    for name, measured, limit, met in rows:
+        lines.append(f"| {name} | {measured} | {limit} | {'n/a' if met is None else 'yes' if met else 'NO'} |")
+    lines += [
+        "",
+        "## One LSTM time step",
+        "",
+        "One layer, int8 weights and activations (docs/quantization.md), 10-class head (not counted in a step).",
+        "*instr/step*: instructions of one time step, I(T=2) - I(T=1), from two firmwares whose test",
+        "sequences have 2 and 1 steps. *matrix instr/MAC*: the same difference for the mat-vec stage functions",
+        f"(`{MATRIX_FUNCTION.pattern}`), divided by the step's multiply-accumulates (dense: 4H(I+H); KP:",
+        "n1 n2 m2 + m1 n1 m2 per matrix). *code*: the model's and runtime's functions in the firmware (kp_*,",
+        "model_*) at -O2; *weights*: weights, biases and activation tables; *flash*: the whole test firmware",
+        "(with newlib's printf and the test vectors). *arena*: the model's state and scratch; *stack*: the deepest",
+        "call chain of one inference seen in the trace, summed -fstack-usage frames. *bit-exact*: every embedded",
+        "test sequence of both firmwares (2 sequences each) equals the integer reference, scores and every state.",
+        "`m55 no-MVE` is the M55 build with `-DKP_NO_MVE`: the DSP path on the same core.",
+        "",
+        *_table(results),
+        "",
+        f"Runtime code at -Os for the Cortex-M4 (each runtime_c/*.c compiled alone, .text): "
+        + ", ".join(f"{k} {v:,}" for k, v in runtime.items()) + f"; total {sum(runtime.values()):,} bytes.",
+        "",
+    ]
+    if plot:
+        lines += [f"![instructions per step]({plot})", ""]
+    stages = _stage_table(results)
+    if stages:
+        lines += [
+            "## Where a step goes (H = 128, I = 28)",
+            "",
+            "Instructions per time step by runtime function (exact; the same T = 2 minus T = 1 difference).",
+            "",
+            *stages,
+            "",
+        ]
+    lines += [
+        "## How it is made",
+        "",
+        "- Models: random float LSTMs (kpgen.synth.random_model_f): matrix entries of trained-LSTM scale",
+        "  (N(0, 1/fan_in); each Kronecker factor carries half of it), forget-gate bias 1, calibrated by running",
+        "  the float model on random inputs;",
+        "  quantized by kpgen.quant and emitted by kpgen.emit exactly as `kpgen emit` does. Dense matrices are",
+        "  KP matrices whose B factor is 1 x 1.",
+        f"- KP factors: for each matrix, the factor shapes with the fewest multiply-accumulates among those at",
+        f"  least {MIN_COMPRESSION:.0f}x smaller than the dense matrix (kpgen.bench.kp_factors).",
+        "- Inputs: uniform in [-1, 1], 2 sequences; every firmware checks itself against the integer reference",
+        "  and kpgen checks its output again (kpgen.pipeline.run_project), then counts one inference.",
+        "- Cores: QEMU's mps2-an386 (M4), mps2-an500 (M7), mps3-an547 (M55), microbit (M0); build flags from",
+        "  boards/<name>/board.toml, -O2.",
+        "",
+    ]
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def write_plot(results: list[Result], path: Path) -> bool:
+    """Grouped bars: instructions per step, dense vs KP, per core, one panel per shape (log scale)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8.5), sharey=True)
+    labels = [t[0] for t in TARGETS]
+    xs = np.arange(len(labels))
+    axes = np.atleast_1d(axes).ravel()
+    for ax, (hidden, inputs) in zip(axes, SHAPES):
+        for j, (kind, color) in enumerate((("dense", "#888888"), ("kp", "#1f77b4"))):
+            vals = []
+            for label in labels:
+                r = _find(results, hidden, inputs, kind, label)
+                vals.append(r.per_step("instructions") if r else 0.0)
+            bars = ax.bar(xs + (j - 0.5) * 0.38, vals, 0.38, color=color, label="dense" if kind == "dense" else "KP >= 16x")
+            for b, v in zip(bars, vals):
+                if v:
+                    ax.text(b.get_x() + b.get_width() / 2, v, f"{v / 1000:.0f}k" if v >= 1000 else f"{v:.0f}",
+                            ha="center", va="bottom", fontsize=7)  # fmt: skip
+        ax.set_title(f"LSTM H={hidden}, I={inputs}")
+        ax.set_xticks(xs, labels, rotation=20, ha="right", fontsize=8)
+        if any(p.get_height() > 0 for p in ax.patches):
+            ax.set_yscale("log")
+        ax.grid(axis="y", alpha=0.3)
+    for ax in axes[:: 2]:
+        ax.set_ylabel("instructions per time step (exact, QEMU)")
+    axes[0].legend(loc="upper right", fontsize=8)
+    fig.suptitle("kpgen int8 LSTM: one time step, dense vs Kronecker-compressed (make bench)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+# --------------------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m kpgen.bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=DOCS, help="where benchmarks.md and benchmarks.png go")
+    ap.add_argument("--jobs", type=int, default=max(1, min(2, os.cpu_count() or 1)), help="configurations in parallel")
+    ap.add_argument("--quick", action="store_true", help="only H=128, I=28 on the M4 and the M55 (a smoke test)")
+    ap.add_argument("--keep", type=Path, default=None, help="keep the firmware directories here")
+    args = ap.parse_args(argv)
+    toolchain.check_tools()
+    shapes = SHAPES[:1] if args.quick else SHAPES
+    target_labels = ["m4", "m55", "m55 no-MVE"] if args.quick else [t[0] for t in TARGETS]
+    configs = [Config(h, i, k, t) for (h, i) in shapes for k in KINDS for t in target_labels]
+    # biggest first, so the slowest runs overlap the many small ones
+    configs.sort(key=lambda c: -(4 * c.hidden * (c.inputs + c.hidden) * (1 if c.kind == "dense" else 0.05)
+                                  * (3 if c.board == "m0" else 1)))  # fmt: skip
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="kpgen-bench-") as tmp:
+        work = args.keep or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        results: list[Result] = []
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            for r in pool.map(lambda c: run_config(c, work), configs):
+                c = r.config
+                status = "bit-exact" if r.bit_exact and r.steps else f"FAILED: {r.error}"
+                step = f"{r.per_step('instructions'):>12,.0f} instr/step" if len(r.steps) == len(STEPS) else ""
+                print(f"  {c.kind:5} H={c.hidden:<3} I={c.inputs:<3} {c.target:11} {step}  {status}", flush=True)
+                results.append(r)
+    runtime = runtime_text_bytes("m4", "-Os")
+    seconds = time.monotonic() - start
+    args.out.mkdir(parents=True, exist_ok=True)
+    plot = "benchmarks.png" if write_plot(results, args.out / "benchmarks.png") else None
+    write_markdown(results, runtime, args.out / "benchmarks.md", seconds, plot)
+    print()
+    print("\n".join(_table(results)))
+    print()
+    print("targets:")
+    for name, measured, limit, met in targets(results, runtime):
+        print(f"  {'n/a ' if met is None else 'MET ' if met else 'NOT '} {name}: {measured} (limit {limit})")
+    print(f"\nwrote {args.out / 'benchmarks.md'}" + (f" and {args.out / plot}" if plot else "") + f" in {seconds:.0f} s")
+    return 0 if all(r.bit_exact and r.steps for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
