@@ -1,0 +1,391 @@
+"""`kpgen flash`: load a built test firmware into its board and read what it prints.
+
+Three ways in, one per kind of board:
+- openocd: a real board through its debug probe, with the Debian `openocd` package: `program` writes and
+  verifies the ELF, `arm semihosting enable` serves the firmware's console, `reset run` starts it.
+- pyocd: the same through pyOCD's Python API (`pip install 'kpgen[flash]'`), imported only when used.
+- qemu: an emulated board (m4, netduinoplus2, ...). QEMU starts halted with its GDB server and no image, so
+  its flash is empty; gdb-multiarch connects, `load`s the ELF over the GDB remote protocol, resets the core
+  (which fetches SP and PC from the vector table just written) and continues. The firmware's semihosting
+  output and exit status come back from QEMU, as in `kpgen run`, so this load path is tested for real.
+
+Real boards are not tested on hardware by kpgen's tests: only their builds and the dry-run command lines are.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from kpgen import KpgenError, qemu, toolchain
+from kpgen.boards import Board, load_board
+
+PROBES = ("openocd", "pyocd", "qemu")
+GDB = "gdb-multiarch"
+OPENOCD = "openocd"
+PYOCD_HINT = "pyOCD is not installed; install it with: pip install 'kpgen[flash]'"
+
+# Semihosting operations the pyOCD console loop handles itself (pyOCD's agent leaves them unimplemented).
+SYS_EXIT = 0x18
+SYS_EXIT_EXTENDED = 0x20
+ADP_STOPPED_APPLICATION_EXIT = 0x20026
+BKPT_SEMIHOSTING = 0xBEAB  # Thumb encoding of BKPT 0xAB
+
+
+@dataclass(frozen=True)
+class FlashPlan:
+    """What `kpgen flash` will do: the board, the probe, the image, and the commands (or API calls)."""
+
+    project: Path
+    board: Board
+    probe: str
+    image: Path  # the file written to the target: fw.elf (openocd, qemu) or fw.hex (pyocd)
+    commands: list[list[str]]  # shell commands, in order (the equivalent commands for pyocd)
+    api_calls: list[str] = field(default_factory=list)  # pyOCD Python API calls kpgen makes
+
+    def describe(self) -> str:
+        """The dry run's text: every command exactly as it would run."""
+        b = self.board
+        lines = [f"kpgen flash: dry run, nothing is executed. Board {b.name} ({b.description}), probe {self.probe}."]
+        lines.append(f"  make -C {shlex.quote(str(self.project))}")
+        for cmd in self.commands:
+            lines.append("  " + shlex.join(cmd))
+        if self.api_calls:
+            lines.append("pyOCD Python API calls kpgen makes (the commands above are their command-line equivalent):")
+            lines += ["  " + c for c in self.api_calls]
+        lines.append("console: " + _console_note(self))
+        if b.boot2_size:
+            lines.append(
+                f"boot2: the first {b.boot2_size} bytes of flash must be the chip's second-stage boot loader; build with "
+                f"make BOOT2=<Pico SDK boot2 .S> first. kpgen refuses to flash its zero-filled placeholder."
+            )
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class FlashResult:
+    plan: FlashPlan
+    # The firmware's exit status (qemu, pyocd); openocd's own (OpenOCD exits with the status a semihosting exit
+    # gives it when no GDB is attached: expected, not tried on hardware here); None: timed out.
+    exit_code: int | None
+    output: str  # what the firmware printed (qemu, pyocd), or openocd's whole output, which holds it
+    timed_out: bool = False
+    before_load: tuple[int, int] | None = None  # qemu: the first two flash words before `load` (empty flash: 0, 0)
+    after_load: tuple[int, int] | None = None  # qemu: the same after `load`: initial SP and reset vector
+    log: str = ""  # gdb's and QEMU's own messages
+
+
+def _console_note(p: FlashPlan) -> str:
+    if p.probe == "qemu":
+        return "semihosting, served by QEMU: the firmware's output and exit status are read back and shown."
+    clock = p.board.flash.reset_clock_hz
+    at = f" It runs at the reset clock ({clock / 1e6:g} MHz): kpgen's start-up programs no PLL." if clock else ""
+    return (
+        f"{p.board.flash.console} through the debug probe: the firmware prints via the debugger, which must stay "
+        f"attached (without one, the first BKPT 0xAB faults).{at} Not tested on hardware by kpgen."
+    )
+
+
+def _tcl_word(path: Path) -> str:
+    s = str(path)
+    return "{" + s + "}" if any(c in s for c in " \t;$[]\"{}\\") else s
+
+
+def plan(project: Path | str, board_name: str | None = None, probe: str | None = None) -> FlashPlan:
+    """Decide board, probe and commands for a project from `kpgen emit` (firmware target)."""
+    from kpgen.pipeline import read_manifest
+
+    project = Path(project).resolve()
+    manifest = read_manifest(project)
+    if manifest.get("target", "firmware") != "firmware":
+        raise KpgenError(
+            f"{project} is a library (emitted with --target lib): there is no firmware to flash; "
+            f"link it into yours, or emit with --target firmware"
+        )
+    built_for = manifest["board"]
+    if board_name is not None and board_name != built_for:
+        raise KpgenError(
+            f"{project} was emitted for board {built_for}, not {board_name}; emit it again with --board {board_name}"
+        )
+    board = load_board(built_for)
+    if probe is None:
+        probe = "qemu" if board.emulated else "openocd"
+    if probe not in PROBES:
+        raise KpgenError(f"unknown probe '{probe}'; use one of: {', '.join(PROBES)}")
+    elf, hexfile = project / "fw.elf", project / "fw.hex"
+    fp = board.flash
+    if probe == "qemu":
+        if not board.emulated:
+            raise KpgenError(f"board {board.name} is real hardware that QEMU does not emulate; use --probe openocd or pyocd")
+        port = "<free port>"
+        return FlashPlan(project, board, probe, elf, [qemu_gdb_command(elf, board, port), gdb_command(elf, board, port)])
+    if probe == "openocd":
+        if not fp.openocd_args:
+            raise KpgenError(f"board {board.name} has no OpenOCD target (openocd_args in its board.toml [flash] table)"
+                             + ("; it is emulated: use --probe qemu" if board.emulated else ""))
+        cmd = [OPENOCD, *fp.openocd_args, "-c", f"program {_tcl_word(elf)} verify", "-c", "arm semihosting enable",
+               "-c", "reset run"]
+        return FlashPlan(project, board, probe, elf, [cmd])
+    if not fp.pyocd_target:
+        raise KpgenError(f"board {board.name} has no pyOCD target (pyocd_target in its board.toml [flash] table)"
+                         + ("; it is emulated: use --probe qemu" if board.emulated else ""))
+    cmds = [["pyocd", "pack", "install", fp.pyocd_pack]] if fp.pyocd_pack else []
+    cmds.append(["pyocd", "flash", "-t", fp.pyocd_target, str(hexfile)])
+    api = [
+        "from pyocd.core.helpers import ConnectHelper",
+        "from pyocd.flash.file_programmer import FileProgrammer",
+        "from pyocd.debug.semihost import SemihostAgent, InternalSemihostIOHandler, ConsoleIOHandler",
+        f"with ConnectHelper.session_with_chosen_probe(target_override={fp.pyocd_target!r}, "
+        "blocking=False, return_first=True) as session:",
+        f"    FileProgrammer(session).program({str(hexfile)!r})",
+        "    target = session.board.target",
+        "    target.reset_and_halt()",
+        "    agent = SemihostAgent(target.get_target_context(), io_handler=InternalSemihostIOHandler(), "
+        "console=ConsoleIOHandler(out, out))",
+        "    target.resume()  # then at every halt on BKPT 0xAB: agent.check_and_handle_semihost_request() and "
+        "target.resume(), until SYS_EXIT or SYS_EXIT_EXTENDED gives the exit status",
+    ]
+    return FlashPlan(project, board, probe, hexfile, cmds, api)
+
+
+# --------------------------------------------------------------------------------------------- QEMU + GDB
+
+
+def qemu_gdb_command(elf: Path, board: Board, port: int | str) -> list[str]:
+    """QEMU for `board`, halted (-S), GDB server on 127.0.0.1:port, and no image: flash starts empty."""
+    cmd = qemu.qemu_command(elf, board)
+    k = cmd.index("-kernel")
+    del cmd[k : k + 2]
+    return cmd + ["-S", "-gdb", f"tcp:127.0.0.1:{port}"]
+
+
+def gdb_command(elf: Path, board: Board, port: int | str) -> list[str]:
+    """gdb-multiarch in batch mode: connect, show the flash's first words, load, show them again, reset, run."""
+    peek = f"x/2xw {board.flash_origin + board.boot2_size:#x}"
+    script = [
+        "set confirm off",
+        "set pagination off",
+        "set tcp connect-timeout 20",
+        f"target remote 127.0.0.1:{port}",
+        peek,
+        "load",
+        peek,
+        "monitor system_reset",
+        "continue",
+    ]
+    cmd = [GDB, "-q", "-nx", "-batch"]
+    for line in script:
+        cmd += ["-ex", line]
+    return cmd + [str(elf)]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _peeks(gdb_out: str, addr: int) -> list[tuple[int, int]]:
+    """The (word, word) pairs gdb printed for `x/2xw addr`, in order."""
+    found = []
+    for line in gdb_out.splitlines():
+        head, _, rest = line.partition(":")
+        words = rest.split()
+        if len(words) == 2 and head.split()[0].lower() == f"{addr:#x}":
+            try:
+                found.append((int(words[0], 16), int(words[1], 16)))
+            except ValueError:
+                pass
+    return found
+
+
+def _flash_qemu(p: FlashPlan, timeout: float) -> FlashResult:
+    port = _free_port()
+    qcmd = qemu_gdb_command(p.image, p.board, port)
+    gcmd = gdb_command(p.image, p.board, port)
+    deadline = time.monotonic() + timeout
+    q = subprocess.Popen(qcmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         start_new_session=True)
+    try:
+        g = subprocess.run(gcmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
+                           start_new_session=True)
+        if "exited" not in g.stdout:  # gdb never saw the firmware finish: it could not connect or load
+            try:
+                q.wait(timeout=2.0)
+            except subprocess.TimeoutExpired:
+                _kill(q)
+            _, err = q.communicate()
+            gdb_err = [ln.strip() for ln in g.stderr.splitlines() if ln.strip()]
+            qemu_err = [ln.strip() for ln in err.decode("utf-8", errors="replace").splitlines() if ln.strip()]
+            why = gdb_err[-1] if gdb_err else qemu_err[0] if qemu_err else f"exit status {g.returncode}"
+            raise KpgenError(
+                f"{GDB} could not load {p.image} into QEMU ({why})"
+                f"; check that {GDB} and qemu-system-arm work (`kpgen flash --dry-run` prints both commands)"
+            )
+        out, err = q.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        timed_out = False
+    except subprocess.TimeoutExpired:
+        _kill(q)
+        out, err = q.communicate()
+        g = None
+        timed_out = True
+    except BaseException:
+        _kill(q)
+        q.communicate()
+        raise
+    gdb_log = "" if g is None else g.stdout + g.stderr
+    peeks = _peeks(gdb_log, p.board.flash_origin + p.board.boot2_size)
+    return FlashResult(
+        plan=p,
+        exit_code=None if timed_out else q.returncode,
+        output=out.decode("utf-8", errors="replace"),
+        timed_out=timed_out,
+        before_load=peeks[0] if len(peeks) > 0 else None,
+        after_load=peeks[1] if len(peeks) > 1 else None,
+        log=gdb_log + err.decode("utf-8", errors="replace"),
+    )
+
+
+# --------------------------------------------------------------------------------------------- real probes
+
+
+def _flash_openocd(p: FlashPlan, timeout: float, echo: Callable[[str], None]) -> FlashResult:
+    """Run openocd, echo and keep its output (the firmware's semihosting output is part of it)."""
+    proc = subprocess.Popen(p.commands[0], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
+    timer = threading.Timer(timeout, _kill, (proc,))
+    timer.start()
+    lines = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            echo(line)
+        proc.wait()
+    except BaseException:
+        _kill(proc)
+        proc.wait()
+        raise
+    finally:
+        timer.cancel()
+    timed_out = proc.returncode == -signal.SIGKILL
+    return FlashResult(p, None if timed_out else proc.returncode, "".join(lines), timed_out=timed_out)
+
+
+class _Tee:
+    """A binary file for pyOCD's console handler: echoes to our stdout and keeps a copy."""
+
+    def __init__(self, echo: Callable[[str], None]):
+        self.chunks: list[str] = []
+        self.echo = echo
+
+    def write(self, data: bytes) -> int:
+        text = bytes(data).decode("utf-8", errors="replace")
+        self.chunks.append(text)
+        self.echo(text)
+        return len(data)
+
+    def read(self, n: int = -1) -> bytes:
+        return b""
+
+    def flush(self) -> None:
+        pass
+
+
+def _flash_pyocd(p: FlashPlan, timeout: float, echo: Callable[[str], None]) -> FlashResult:
+    from pyocd.core.helpers import ConnectHelper
+    from pyocd.core.target import Target
+    from pyocd.debug.semihost import ConsoleIOHandler, InternalSemihostIOHandler, SemihostAgent
+    from pyocd.flash.file_programmer import FileProgrammer
+
+    target_name = p.board.flash.pyocd_target
+    try:
+        session = ConnectHelper.session_with_chosen_probe(
+            target_override=target_name, blocking=False, return_first=True
+        )
+        if session is None:
+            raise KpgenError("no debug probe found by pyOCD; connect the board's USB debug port (`pyocd list`)")
+        tee = _Tee(echo)
+        with session:
+            FileProgrammer(session).program(str(p.image))
+            target = session.board.target
+            target.reset_and_halt()
+            agent = SemihostAgent(target.get_target_context(), io_handler=InternalSemihostIOHandler(),
+                                  console=ConsoleIOHandler(tee, tee))
+            target.resume()
+            code, deadline = None, time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if target.get_state() != Target.State.HALTED:
+                    time.sleep(0.001)
+                    continue
+                pc = target.read_core_register("pc")
+                op = target.read_core_register("r0")
+                if target.read16(pc) == BKPT_SEMIHOSTING and op in (SYS_EXIT, SYS_EXIT_EXTENDED):
+                    arg = target.read_core_register("r1")
+                    reason, sub = (arg, 0) if op == SYS_EXIT else tuple(target.read_memory_block32(arg, 2))
+                    code = (sub if op == SYS_EXIT_EXTENDED else 0) if reason == ADP_STOPPED_APPLICATION_EXIT else 1
+                    break
+                if not agent.check_and_handle_semihost_request():
+                    raise KpgenError(f"the firmware stopped at pc=0x{pc:08x} without exiting (a fault?)")
+                target.resume()
+            return FlashResult(p, code, "".join(tee.chunks), timed_out=code is None)
+    except KpgenError:
+        raise
+    except Exception as e:  # pyOCD's own errors: no probe, unknown target, transfer failures
+        raise KpgenError(f"pyOCD failed on {target_name}: {e}; check the probe and `pyocd list --targets`") from None
+
+
+def _require_boot2(p: FlashPlan) -> None:
+    """Refuse an image whose boot2 area is still zeros: the boot ROM would never start it."""
+    n = p.board.boot2_size
+    if n and not any((p.project / "fw.bin").read_bytes()[:n]):
+        raise KpgenError(
+            f"{p.project}/fw.bin starts with {n} zero bytes where {p.board.name}'s boot ROM expects boot2, its "
+            f"second-stage boot loader; build with make BOOT2=<the Pico SDK's bs2_default_padded_checksummed.S> (README, Deploying)"
+        )
+
+
+def check_probe_tools(probe: str) -> None:
+    """One-line error naming what the probe needs and how to install it."""
+    if probe == "qemu":
+        toolchain.check_tools((toolchain.QEMU,))
+        if shutil.which(GDB) is None:
+            raise KpgenError(f"missing {GDB}; install it with: sudo apt-get install -y gdb-multiarch")
+    elif probe == "openocd":
+        if shutil.which(OPENOCD) is None:
+            raise KpgenError("missing openocd; install it with: sudo apt-get install -y openocd")
+    else:
+        try:
+            import pyocd  # noqa: F401
+        except ImportError:
+            raise KpgenError(PYOCD_HINT) from None
+
+
+def flash(p: FlashPlan, timeout: float = 300.0, echo: Callable[[str], None] = lambda s: None) -> FlashResult:
+    """Build the project (make), then load and run it with the plan's probe."""
+    check_probe_tools(p.probe)
+    toolchain.check_tools(toolchain.BUILD_TOOLS)
+    toolchain.build(p.project)
+    _require_boot2(p)
+    if p.probe == "qemu":
+        return _flash_qemu(p, timeout)
+    if p.probe == "openocd":
+        return _flash_openocd(p, timeout, echo)
+    return _flash_pyocd(p, timeout, echo)
+
