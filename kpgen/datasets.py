@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -12,12 +13,18 @@ from kpgen import KpgenError
 
 @dataclass(frozen=True)
 class Split:
-    """A train/test split: x float32 (N, T, F), y int64 (N,)."""
+    """A train/test split: x float32 (N, T, F), y int64 (N,).
+
+    Variable-length data (japanesevowels) is left-padded with zeros to a common T; `len_train` / `len_test`
+    (int64 (N,)) then hold each sequence's true length, its last len steps being the data. None otherwise.
+    """
 
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    len_train: np.ndarray | None = None
+    len_test: np.ndarray | None = None
 
     @property
     def seq_len(self) -> int:
@@ -57,7 +64,162 @@ def load_mnist_rows(seed: int = 0) -> Split:
     return Split(x[tr], y[tr], x[te], y[te])
 
 
-LOADERS: dict[str, Callable[[int], Split]] = {"mnist": load_mnist_rows}
+def load_digits_rows(seed: int = 0) -> Split:
+    """scikit-learn's 1,797 8x8 digits as 8 steps of 8 pixels in [0, 1]; 30 a class held out for test."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (np.asarray(d.data, dtype=np.float32) / 16.0).reshape(-1, 8, 8)
+    y = np.asarray(d.target, dtype=np.int64)
+    tr, te = stratified_split(y, test_per_class=30, seed=seed)
+    return Split(x[tr], y[tr], x[te], y[te])
+
+
+AEON_PIN = "aeon>=1.6,<1.7"
+STD_CLIP = 4.0  # standardised features are clipped to +-4 standard deviations, then divided by 4: range [-1, 1]
+
+
+def _aeon(dataset: str):
+    """The aeon.datasets module, or a one-line KpgenError naming the package to install."""
+    try:
+        import aeon.datasets as ad
+    except ImportError:
+        raise KpgenError(
+            f"dataset {dataset!r} is shipped inside the aeon package, which is not installed; "
+            f"pip install '{AEON_PIN}'"
+        ) from None
+    return ad
+
+
+def _aeon_data_dir(dataset: str) -> Path:
+    """aeon's bundled data folder (found without importing aeon itself, which pulls in numba)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("aeon")
+    if spec is None or not spec.submodule_search_locations:
+        _aeon(dataset)  # raises the one-line error
+    return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
+
+
+def standardize(train: np.ndarray, *others: np.ndarray, mask: np.ndarray | None = None) -> list[np.ndarray]:
+    """Per feature (last axis): subtract the training mean, divide by the training std, clip to +-STD_CLIP
+    and divide by STD_CLIP, so every value is in [-1, 1]. mask (train shape without the last axis) marks the
+    training entries that are data (padding excluded from the statistics)."""
+    flat = train.reshape(-1, train.shape[-1]) if mask is None else train[mask]
+    mean = flat.mean(axis=0)
+    std = flat.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    return [(np.clip((a - mean) / std, -STD_CLIP, STD_CLIP) / STD_CLIP).astype(np.float32) for a in (train, *others)]
+
+
+def _labels(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """String class labels -> 0..C-1 in sorted order of the training labels."""
+    classes = sorted(set(train.tolist()))
+    index = {c: i for i, c in enumerate(classes)}
+    return (np.array([index[c] for c in train], np.int64), np.array([index[c] for c in test], np.int64))
+
+
+def load_basic_motions(seed: int = 0) -> Split:
+    """aeon's BasicMotions (smartwatch accelerometer + gyroscope, 4 activities): (N, 100, 6), the official
+    40/40 train/test split (seed unused), features standardised on the training set into [-1, 1]."""
+    ad = _aeon("basicmotions")
+    xtr, ytr = ad.load_basic_motions(split="train")
+    xte, yte = ad.load_basic_motions(split="test")
+    xtr, xte = (np.asarray(a, dtype=np.float64).transpose(0, 2, 1) for a in (xtr, xte))
+    xtr, xte = standardize(xtr, xte)
+    ytr, yte = _labels(np.asarray(ytr), np.asarray(yte))
+    return Split(xtr, ytr, xte, yte)
+
+
+JV_STEPS = 29  # the longest JapaneseVowels utterance (lengths 7..29)
+
+
+def _left_pad(seqs: list[np.ndarray], steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """(T_i, F) sequences -> (N, steps, F) with each sequence at the end, zeros before; and the lengths."""
+    out = np.zeros((len(seqs), steps, seqs[0].shape[1]), np.float64)
+    lengths = np.array([s.shape[0] for s in seqs], np.int64)
+    for i, s in enumerate(seqs):
+        out[i, steps - s.shape[0] :] = s
+    return out, lengths
+
+
+def load_japanese_vowels(seed: int = 0) -> Split:
+    """aeon's JapaneseVowels (9 speakers, 12 LPC cepstrum coefficients per frame, 7..29 frames): (N, 29, 12).
+
+    The official 270/370 split (seed unused). Features are standardised on the training frames into [-1, 1],
+    then each utterance is LEFT-padded with zeros to 29 steps, so the last step of every sequence is data and
+    a classifier reading h_T sees the utterance last; lengths are kept in len_train / len_test.
+    """
+    ad = _aeon("japanesevowels")
+    xtr, ytr = ad.load_japanese_vowels(split="train")
+    xte, yte = ad.load_japanese_vowels(split="test")
+    frames_tr = [np.asarray(s, np.float64).T for s in xtr]  # (T_i, 12)
+    frames_te = [np.asarray(s, np.float64).T for s in xte]
+    ptr, ltr = _left_pad(frames_tr, JV_STEPS)
+    pte, lte = _left_pad(frames_te, JV_STEPS)
+    mask_tr = np.arange(JV_STEPS)[None, :] >= (JV_STEPS - ltr)[:, None]
+    mask_te = np.arange(JV_STEPS)[None, :] >= (JV_STEPS - lte)[:, None]
+    ptr, pte = standardize(ptr, pte, mask=mask_tr)
+    ptr[~mask_tr] = 0.0
+    pte[~mask_te] = 0.0
+    ytr, yte = _labels(np.asarray(ytr), np.asarray(yte))
+    return Split(ptr, ytr, pte, yte, len_train=ltr, len_test=lte)
+
+
+DAPHNET_FILE = "Daphnet_S06R02E0/S06R02E0.csv"
+DAPHNET_WINDOW = 64  # 1 s at 64 Hz
+DAPHNET_SENSORS = ("ankle", "leg", "trunk")  # column groups of 3 axes each, in file order
+
+
+def load_daphnet(seed: int = 0) -> Split:
+    """Daphnet S06R02E0 from aeon's data folder, as sensor placement: which body location (ankle, upper leg,
+    trunk) a 3-axis accelerometer window comes from. (N, 64, 3), 3 classes.
+
+    The file bundled with aeon 1.6 is 7,040 samples (110 s at 64 Hz) whose freezing-of-gait column is 0
+    everywhere, so "freezing in the window" would be a one-class task; placement is the labelled task this
+    recording supports. Windowing: the first 70% of the recording is training data, cut into 64-step windows
+    with a 32-step stride; the last 30% is test data, cut into non-overlapping 64-step windows (no test window
+    shares a sample with a training window). Each window gives one sample per sensor. Every window has its own
+    mean per axis removed (gravity and sensor orientation alone would give the placement away: 100% with
+    them), then axes are standardised on the training windows of all sensors together (one std per axis)
+    into [-1, 1], so the placement must be told from the motion itself. seed only shuffles the order.
+    """
+    path = _aeon_data_dir("daphnet") / DAPHNET_FILE
+    if not path.is_file():
+        raise KpgenError(f"{path} is missing from the installed aeon; pip install '{AEON_PIN}'")
+    data = np.loadtxt(path, delimiter=",", skiprows=1, usecols=range(1, 10), dtype=np.float64)
+    cut = int(0.7 * len(data))
+
+    def windows(part: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
+        starts = range(0, len(part) - DAPHNET_WINDOW + 1, stride)
+        xs, ys = [], []
+        for k in range(len(DAPHNET_SENSORS)):
+            for s in starts:
+                xs.append(part[s : s + DAPHNET_WINDOW, 3 * k : 3 * k + 3])
+                ys.append(k)
+        return np.stack(xs), np.array(ys, np.int64)
+
+    xtr, ytr = windows(data[:cut], DAPHNET_WINDOW // 2)
+    xte, yte = windows(data[cut:], DAPHNET_WINDOW)
+    # each window minus its own mean per axis: gravity and sensor orientation would give the placement away
+    xtr, xte = (x - x.mean(axis=1, keepdims=True) for x in (xtr, xte))
+    xtr, xte = standardize(xtr, xte)
+    rng = np.random.default_rng(seed)
+    ptr, pte = rng.permutation(len(ytr)), rng.permutation(len(yte))
+    return Split(xtr[ptr], ytr[ptr], xte[pte], yte[pte])
+
+
+# Largest random translation (steps and features) training may apply: image rows only; sensor channels and
+# speech frames must not be shifted.
+MAX_SHIFT: dict[str, int] = {"mnist": 2, "digits": 1}
+
+LOADERS: dict[str, Callable[[int], Split]] = {
+    "mnist": load_mnist_rows,
+    "digits": load_digits_rows,
+    "basicmotions": load_basic_motions,
+    "japanesevowels": load_japanese_vowels,
+    "daphnet": load_daphnet,
+}
 
 
 def load(name: str, seed: int = 0) -> Split:
@@ -65,5 +227,5 @@ def load(name: str, seed: int = 0) -> Split:
     try:
         loader = LOADERS[name]
     except KeyError:
-        raise KpgenError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(LOADERS))}") from None
+        raise KpgenError(f"unknown dataset {name!r}; known datasets: {', '.join(LOADERS)}") from None
     return loader(seed)

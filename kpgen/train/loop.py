@@ -1,4 +1,4 @@
-"""Train a KP-LSTM classifier, calibrate it on the training set, and package it as a kpgen checkpoint."""
+"""Train a compressed RNN classifier, calibrate it on the training set, and package it as a kpgen checkpoint."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from kpgen import KpgenError, datasets
-from kpgen.nn import KPLSTMClassifier
+from kpgen.nn import KPRNNClassifier, LSTMTrace
 
 CHECKPOINT_FORMAT = "kpgen-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -74,17 +74,20 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 
 @torch.no_grad()
-def calibrate(model: KPLSTMClassifier, x: torch.Tensor, batch_size: int = 500) -> dict:
-    """Ranges on x: max |input|, and per layer max |c_t| and max |z_t| over every step."""
+def calibrate(model: KPRNNClassifier, x: torch.Tensor, batch_size: int = 500) -> dict:
+    """Ranges on x: max |input|, and per layer max |c_t| (LSTM; max |h_t| as state_absmax for the other
+    cells) and max |z_t| (gate pre-activations) over every step (both directions when bidirectional)."""
     model.eval()
-    cell = [0.0] * model.num_layers
+    state = [0.0] * model.num_layers
     gate = [0.0] * model.num_layers
     for k in range(0, len(x), batch_size):
         _, traces = model(x[k : k + batch_size], return_trace=True)
         for i, tr in enumerate(traces):
-            cell[i] = max(cell[i], float(tr.cells.abs().max()))
+            st = tr.cells if isinstance(tr, LSTMTrace) else tr.hidden
+            state[i] = max(state[i], float(st.abs().max()))
             gate[i] = max(gate[i], float(tr.gates.abs().max()))
-    return {"input_absmax": float(x.abs().max()), "cell_absmax": cell, "gate_absmax": gate}
+    key = "cell_absmax" if model.cell == "lstm" else "state_absmax"
+    return {"input_absmax": float(x.abs().max()), key: state, "gate_absmax": gate}
 
 
 def plain(value: object) -> object:
@@ -105,26 +108,74 @@ def plain(value: object) -> object:
     raise TypeError(f"checkpoint values must be tensors, str, int, float, bool, lists or dicts, not {type(value)}")
 
 
-def make_checkpoint(model: KPLSTMClassifier, calibration: dict, meta: dict) -> dict:
-    """The plain-dict checkpoint documented in docs/checkpoint.md."""
-    pairs = lambda fs: [[list(a), list(b)] for a, b in fs]  # noqa: E731
+def is_v1_model(model: KPRNNClassifier) -> bool:
+    """True if the model is what checkpoint format v1 describes: unidirectional LSTM, 2-factor KP matrices."""
+    specs = model.wx_specs + model.wh_specs
+    two_factor_kp = all(s["kind"] == "kp" and len(s["factors"]) == 2 and not s.get("pad") for s in specs)
+    return model.cell == "lstm" and not model.bidirectional and two_factor_kp
+
+
+def spec_method(model: KPRNNClassifier) -> str:
+    """'kp', 'hkp', 'lowrank' or 'dense' if every matrix is of that kind, else 'mixed'."""
+    kinds = {s["kind"] for s in model.wx_specs + model.wh_specs}
+    return kinds.pop() if len(kinds) == 1 else "mixed"
+
+
+def make_checkpoint(model: KPRNNClassifier, calibration: dict, meta: dict, method: str | None = None) -> dict:
+    """The plain-dict checkpoint documented in docs/checkpoint.md.
+
+    A unidirectional LSTM with 2-factor KP matrices gives format v1 exactly (what kpgen emit reads). Anything
+    else (other cells, bidirectional, k != 2 factors, HKP, low rank, dense, pruned) gives the training-side
+    variant with arch.method and per-layer matrix specs, which the loader names and refuses for emit.
+    method: what produced the model ('kp', 'hkp', 'prune', 'lowrank', 'small', 'dense'); default from the specs.
+    """
+    arch = {
+        "cell": model.cell,
+        "input_size": model.input_size,
+        "hidden_size": model.hidden_size,
+        "num_layers": model.num_layers,
+        "num_classes": model.num_classes,
+    }
+    method = method or spec_method(model)
+    if is_v1_model(model) and method == "kp":
+        pairs = lambda specs: [s["factors"] for s in specs]  # noqa: E731
+        arch["wx_factors"] = pairs(model.wx_specs)
+        arch["wh_factors"] = pairs(model.wh_specs)
+    else:
+        arch["method"] = method
+        arch["bidirectional"] = model.bidirectional
+        arch["wx_specs"] = model.wx_specs
+        arch["wh_specs"] = model.wh_specs
     ckpt = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
-        "arch": {
-            "cell": "lstm",
-            "input_size": model.input_size,
-            "hidden_size": model.hidden_size,
-            "num_layers": model.num_layers,
-            "num_classes": model.num_classes,
-            "wx_factors": pairs(model.wx_factors),
-            "wh_factors": pairs(model.wh_factors),
-        },
+        "arch": arch,
         "state_dict": dict(model.state_dict()),
         "calibration": calibration,
         "meta": meta,
     }
     return plain(ckpt)
+
+
+def model_from_checkpoint(ckpt: dict) -> KPRNNClassifier:
+    """The torch model a checkpoint dict describes (v1 or the training-side variant), weights loaded."""
+    arch = ckpt["arch"]
+    if "wx_specs" in arch:
+        wx, wh = arch["wx_specs"], arch["wh_specs"]
+    else:
+        wx, wh = arch["wx_factors"], arch["wh_factors"]
+    model = KPRNNClassifier(
+        arch.get("cell", "lstm"),
+        arch["input_size"],
+        arch["hidden_size"],
+        arch["num_classes"],
+        wx,
+        wh,
+        num_layers=arch["num_layers"],
+        bidirectional=arch.get("bidirectional", False),
+    )
+    model.load_state_dict(ckpt["state_dict"])
+    return model
 
 
 def save_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:
@@ -141,39 +192,26 @@ def save_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:
         raise
 
 
-def train_model(
-    dataset: str = DEFAULT_CONFIG["dataset"],
-    hidden_size: int = DEFAULT_CONFIG["hidden_size"],
-    wx_factors: Sequence = DEFAULT_CONFIG["wx_factors"],
-    wh_factors: Sequence = DEFAULT_CONFIG["wh_factors"],
-    num_layers: int = DEFAULT_CONFIG["num_layers"],
-    epochs: int = DEFAULT_CONFIG["epochs"],
-    batch_size: int = DEFAULT_CONFIG["batch_size"],
-    lr: float = DEFAULT_CONFIG["lr"],
-    seed: int = DEFAULT_CONFIG["seed"],
-    max_shift: int = DEFAULT_CONFIG["max_shift"],
-    weight_decay: float = DEFAULT_CONFIG["weight_decay"],
-    max_train: int | None = None,
+def fit(
+    model: nn.Module,
+    x_tr: torch.Tensor,
+    y_tr: torch.Tensor,
+    x_te: torch.Tensor,
+    y_te: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    max_shift: int = 0,
+    weight_decay: float = 0.0,
     log: Callable[[str], None] = print,
-) -> dict:
-    """Train a KP-LSTM classifier on `dataset`, calibrate on its training set, return the checkpoint dict.
+    after_step: Callable[[int, int], None] | None = None,
+) -> float:
+    """AdamW with one epoch of warm-up then cosine decay, gradient clipping at 1; returns the test accuracy.
 
-    wx_factors / wh_factors: one pair [[m1, n1], [m2, n2]] or one pair per layer. max_train keeps only the
-    first max_train training samples (for smoke tests).
+    after_step(step, total_steps) runs after every optimizer step (magnitude pruning uses it).
     """
-    t0 = time.perf_counter()
-    set_determinism(seed)
-    split = datasets.load(dataset, seed=seed)
-    x_tr, y_tr = torch.from_numpy(split.x_train), torch.from_numpy(split.y_train)
-    if max_train is not None:
-        x_tr, y_tr = x_tr[:max_train], y_tr[:max_train]
-    x_te, y_te = torch.from_numpy(split.x_test), torch.from_numpy(split.y_test)
-    try:
-        model = KPLSTMClassifier(
-            split.num_features, hidden_size, split.num_classes, wx_factors, wh_factors, num_layers=num_layers
-        )
-    except (ValueError, TypeError) as e:
-        raise KpgenError(f"bad model shape: {e}") from None
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     loss_fn = nn.CrossEntropyLoss()
     gen = torch.Generator().manual_seed(seed)
@@ -196,9 +234,62 @@ def train_model(
             opt.step()
             running += loss.item() * len(idx)
             step += 1
+            if after_step is not None:
+                after_step(step, total)
         if epoch == epochs - 1 or (epoch + 1) % 5 == 0:
             log(f"epoch {epoch + 1}/{epochs}  loss {running / n:.4f}  test acc {accuracy(model, x_te, y_te):.4f}")
-    test_acc = accuracy(model, x_te, y_te)
+    return accuracy(model, x_te, y_te)
+
+
+def load_split(dataset: str, seed: int, max_train: int | None = None) -> tuple:
+    """(split, x_train, y_train, x_test, y_test) as torch tensors; max_train keeps the first samples only."""
+    split = datasets.load(dataset, seed=seed)
+    x_tr, y_tr = torch.from_numpy(split.x_train), torch.from_numpy(split.y_train)
+    if max_train is not None:
+        x_tr, y_tr = x_tr[:max_train], y_tr[:max_train]
+    return split, x_tr, y_tr, torch.from_numpy(split.x_test), torch.from_numpy(split.y_test)
+
+
+def train_model(
+    dataset: str = DEFAULT_CONFIG["dataset"],
+    hidden_size: int = DEFAULT_CONFIG["hidden_size"],
+    wx_factors: Sequence = DEFAULT_CONFIG["wx_factors"],
+    wh_factors: Sequence = DEFAULT_CONFIG["wh_factors"],
+    num_layers: int = DEFAULT_CONFIG["num_layers"],
+    epochs: int = DEFAULT_CONFIG["epochs"],
+    batch_size: int = DEFAULT_CONFIG["batch_size"],
+    lr: float = DEFAULT_CONFIG["lr"],
+    seed: int = DEFAULT_CONFIG["seed"],
+    max_shift: int = DEFAULT_CONFIG["max_shift"],
+    weight_decay: float = DEFAULT_CONFIG["weight_decay"],
+    max_train: int | None = None,
+    log: Callable[[str], None] = print,
+    cell: str = "lstm",
+    bidirectional: bool = False,
+) -> dict:
+    """Train a classifier on `dataset`, calibrate on its training set, return the checkpoint dict.
+
+    wx_factors / wh_factors: one matrix spec (a factor list [[m1, n1], [m2, n2], ...], an HKP or low-rank dict,
+    or 'dense'; kpgen.nn.matrix) or one per layer. cell: lstm, gru, fastrnn or fastgrnn. max_shift (random
+    translation, in steps and features) applies to image datasets only, capped by datasets.MAX_SHIFT.
+    max_train keeps only the first max_train training samples (for smoke tests). The checkpoint is format v1
+    for a unidirectional 2-factor KP-LSTM, the training-side variant otherwise (docs/checkpoint.md).
+    """
+    t0 = time.perf_counter()
+    set_determinism(seed)
+    split, x_tr, y_tr, x_te, y_te = load_split(dataset, seed, max_train)
+    try:
+        model = KPRNNClassifier(
+            cell, split.num_features, hidden_size, split.num_classes, wx_factors, wh_factors,
+            num_layers=num_layers, bidirectional=bidirectional,
+        )
+    except (ValueError, TypeError) as e:
+        raise KpgenError(f"bad model shape: {e}") from None
+    shift = min(max_shift, datasets.MAX_SHIFT.get(dataset, 0))
+    test_acc = fit(
+        model, x_tr, y_tr, x_te, y_te, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+        max_shift=shift, weight_decay=weight_decay, log=log,
+    )
     calibration = calibrate(model, x_tr)
     meta = {
         "dataset": dataset,
@@ -213,8 +304,10 @@ def train_model(
     return make_checkpoint(model, calibration, meta)
 
 
-def parse_factors(text: str) -> list[list[int]]:
-    """'32x4,16x7' -> [[32, 4], [16, 7]] (A's shape, then B's); ValueError if malformed."""
+def parse_factors(text: str) -> list[list[int]] | str:
+    """'32x4,16x7' -> [[32, 4], [16, 7]] (A's shape, then B's); 'dense' -> 'dense'; ValueError if malformed."""
+    if text.strip().lower() == "dense":
+        return "dense"
     try:
         a, b = (tuple(int(v) for v in part.lower().split("x")) for part in text.split(","))
         (m1, n1), (m2, n2) = a, b
@@ -241,6 +334,9 @@ __all__ = [
     "make_checkpoint",
     "calibrate",
     "accuracy",
+    "fit",
+    "load_split",
+    "model_from_checkpoint",
     "parse_factors",
     "parameter_report",
 ]

@@ -1,0 +1,435 @@
+"""From a trained dense RNN to a compressed one: KP (nearest Kronecker product), HKP, pruning, low rank, small.
+
+`compress_checkpoint(source, method, ratio, ...)` reads a dense model (a torch.nn.LSTM / nn.GRU + nn.Linear
+state dict, or any kpgen checkpoint), builds the compressed model with the same cell and sizes, initialises
+it from the dense weights, fine-tunes it on the task's data and returns a kpgen checkpoint dict.
+
+The budget: every recurrent matrix W (rows x cols) may keep at most floor(rows * cols / ratio) parameters
+(for `small`, the whole network's matrices together). Heads and biases stay dense in every method.
+
+| method | matrices | initialised from the dense W |
+|---|---|---|
+| kp | A (x) B, the planner's best factor shapes within the budget | nearest Kronecker product (Van Loan) |
+| hkp | top r rows dense, the rest A (x) B; r spends the budget | W's top rows; nearest KP of the rest |
+| prune | dense, a fraction 1/ratio of the weights kept | W, then gradual magnitude pruning (Zhu & Gupta) |
+| lowrank | U V, rank r = floor(budget / (rows + cols)), >= 1, fitted to the total | truncated SVD |
+| small | dense, fewer hidden units, same total matrix budget | random (trained from scratch) |
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kpgen import KpgenError, datasets
+from kpgen.nn import KPRNNClassifier
+from kpgen.nn.kp import KPLinear, as_shapes
+from kpgen.nn.matrix import DenseLinear, HKPLinear, LowRankLinear
+from kpgen.plan import best_hkp, best_kp
+
+METHODS = ("kp", "hkp", "prune", "lowrank", "small")
+GATES = {"lstm": 4, "gru": 3, "fastrnn": 1, "fastgrnn": 1}
+DOC = "docs/compression.md"
+
+# ------------------------------------------------------------------------------------ nearest Kronecker product
+
+
+def rearrange(w: torch.Tensor, a_shape: Sequence[int], b_shape: Sequence[int]) -> torch.Tensor:
+    """Van Loan and Pitsianis' R(W): one row per (m2 x n2) block W_ij, row (i*n1 + j) = vec(W_ij) row-major.
+
+    For W = A (x) B, W_ij = A[i, j] B, so R(W) = vec(A) vec(B)^T has rank one.
+    """
+    (m1, n1), (m2, n2) = a_shape, b_shape
+    return w.reshape(m1, m2, n1, n2).permute(0, 2, 1, 3).reshape(m1 * n1, m2 * n2)
+
+
+def nearest_kp(w: torch.Tensor, a_shape: Sequence[int], b_shape: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, B) minimising ||W - A (x) B||_F: the leading singular pair of R(W), A = u sqrt(s), B = v sqrt(s).
+
+    ||W - A (x) B||_F = ||R(W) - vec(A) vec(B)^T||_F (the same entries rearranged), and the best rank-one
+    approximation of a matrix is its leading singular triple (Eckart-Young). The sign is fixed so that A's
+    entries sum to >= 0.
+    """
+    (m1, n1), (m2, n2) = a_shape, b_shape
+    if w.shape != (m1 * m2, n1 * n2):
+        raise ValueError(f"W is {tuple(w.shape)}, factors {tuple(a_shape)} (x) {tuple(b_shape)} make {m1 * m2}x{n1 * n2}")
+    u, s, vh = torch.linalg.svd(rearrange(w, a_shape, b_shape), full_matrices=False)
+    root = s[0].sqrt()
+    a = (u[:, 0] * root).reshape(m1, n1)
+    b = (vh[0] * root).reshape(m2, n2)
+    if a.sum() < 0:
+        a, b = -a, -b
+    return a, b
+
+
+def nearest_kp_n(w: torch.Tensor, shapes: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+    """k factors, greedily: the nearest F1 (x) R, then R split the same way, and so on.
+
+    Exact for k = 1 and 2 and whenever W is a k-fold Kronecker product; for k > 2 otherwise an approximation
+    (the optimal k-factor problem is a rank-one tensor approximation with no closed form).
+    """
+    shapes = as_shapes(shapes)
+    if len(shapes) == 1:
+        return [w.clone()]
+    rest = (math.prod(s[0] for s in shapes[1:]), math.prod(s[1] for s in shapes[1:]))
+    first, r = nearest_kp(w, shapes[0], rest)
+    return [first, *nearest_kp_n(r, shapes[1:])]
+
+
+# ----------------------------------------------------------------------------------------- reading the source
+
+TORCH_RNN_KEY = re.compile(r"^(?P<prefix>.*?)(?P<kind>weight_ih|weight_hh|bias_ih|bias_hh)_l(?P<layer>\d+)(?P<rev>_reverse)?$")
+
+
+def _fail(path: str, problem: str, fix: str) -> KpgenError:
+    return KpgenError(f"{path}: {problem}; {fix}")
+
+
+def from_torch_state_dict(sd: dict, path: str = "<state_dict>") -> KPRNNClassifier:
+    """A dense kpgen model from a torch.nn.LSTM / nn.GRU (any layers, batch_first or not, bidirectional or not)
+    followed by one nn.Linear head, given as a state dict (key patterns in docs/compression.md)."""
+    rnn: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+    prefixes, rest = set(), {}
+    for key, t in sd.items():
+        m = TORCH_RNN_KEY.match(str(key))
+        if m:
+            prefixes.add(m["prefix"])
+            rnn.setdefault((int(m["layer"]), 1 if m["rev"] else 0), {})[m["kind"]] = t
+        elif re.search(r"weight_hr_l\d+", str(key)):
+            raise _fail(path, f"{key}: LSTM projections (proj_size) are not supported", "use proj_size=0")
+        else:
+            rest[str(key)] = t
+    fix = f"save model.state_dict() of an nn.LSTM or nn.GRU followed by one nn.Linear ({DOC})"
+    if not rnn:
+        raise _fail(path, "no weight_ih_l0 / weight_hh_l0 tensors, so no torch LSTM or GRU", fix)
+    if len(prefixes) > 1:
+        raise _fail(path, f"recurrent weights under several prefixes ({', '.join(sorted(map(repr, prefixes)))})", fix)
+    num_layers = 1 + max(k for k, _ in rnn)
+    dirs = 1 + max(d for _, d in rnn)
+    if set(rnn) != {(k, d) for k in range(num_layers) for d in range(dirs)}:
+        raise _fail(path, "the recurrent layers are not numbered 0..L-1 in every direction", fix)
+    if any("weight_ih" not in v or "weight_hh" not in v for v in rnn.values()):
+        raise _fail(path, "a layer lacks weight_ih or weight_hh", fix)
+    w_hh = rnn[(0, 0)]["weight_hh"]
+    hid = int(w_hh.shape[1])
+    gates = int(w_hh.shape[0]) // max(hid, 1)
+    cell = {4: "lstm", 3: "gru"}.get(gates) if w_hh.shape[0] == gates * hid else None
+    if cell is None:
+        raise _fail(path, f"weight_hh_l0 is {tuple(w_hh.shape)}: not 4H x H (LSTM) or 3H x H (GRU)", fix)
+    inp = int(rnn[(0, 0)]["weight_ih"].shape[1])
+    heads = sorted(k[: -len(".weight")] for k, t in rest.items() if k.endswith(".weight") and t.ndim == 2)
+    heads = [h for h in heads if rest[h + ".weight"].shape[1] == dirs * hid]
+    if len(heads) != 1:
+        found = "none" if not heads else ", ".join(heads)
+        raise _fail(path, f"expected one Linear head of input {dirs * hid} (e.g. fc.weight), found {found}", fix)
+    head = heads[0]
+    extra = sorted(set(rest) - {head + ".weight", head + ".bias"})
+    if extra:
+        raise _fail(path, f"unexpected tensor(s) {', '.join(extra[:5])}", fix)
+    num_classes = int(rest[head + ".weight"].shape[0])
+    model = KPRNNClassifier(cell, inp, hid, num_classes, "dense", "dense", num_layers=num_layers, bidirectional=dirs == 2)
+    model = model.double()
+    with torch.no_grad():
+        for (k, d), v in rnn.items():
+            layer = model.layers[k]
+            if dirs == 2:
+                layer = layer.bwd if d else layer.fwd
+            want_ih = (gates * hid, layer.input_size)
+            if tuple(v["weight_ih"].shape) != want_ih or tuple(v["weight_hh"].shape) != (gates * hid, hid):
+                raise _fail(path, f"layer {k} weights have shapes {tuple(v['weight_ih'].shape)}, "
+                                  f"{tuple(v['weight_hh'].shape)}; expected {want_ih}, {(gates * hid, hid)}", fix)
+            layer.wx.weight.copy_(v["weight_ih"])
+            layer.wh.weight.copy_(v["weight_hh"])
+            b_ih = v.get("bias_ih", torch.zeros(gates * hid)).double()
+            b_hh = v.get("bias_hh", torch.zeros(gates * hid)).double()
+            if cell == "lstm":
+                layer.bias.copy_(b_ih + b_hh)
+            else:  # GRU: r and z biases add up; the n gate's recurrent bias sits inside r * (...)
+                layer.bias.copy_(b_ih + torch.cat([b_hh[: 2 * hid], torch.zeros(hid, dtype=b_hh.dtype)]))
+                layer.bias_hn.copy_(b_hh[2 * hid :])
+        model.head.weight.copy_(rest[head + ".weight"])
+        if head + ".bias" in rest:
+            model.head.bias.copy_(rest[head + ".bias"])
+        else:
+            model.head.bias.zero_()
+    return model.float()
+
+
+def read_source(path: str | Path) -> tuple[KPRNNClassifier, dict]:
+    """(model, meta) from a kpgen checkpoint or a torch LSTM/GRU + Linear state dict; one-line errors."""
+    from kpgen.load import checkpoint_to_ir, read_raw
+    from kpgen.train.loop import model_from_checkpoint
+
+    raw = read_raw(path)
+    name = str(path)
+    if isinstance(raw, dict) and "format" in raw:
+        arch = raw.get("arch") if isinstance(raw.get("arch"), dict) else {}
+        if "wx_specs" not in arch:
+            checkpoint_to_ir(raw, name)  # v1: the loader's full validation and its messages
+        try:
+            model = model_from_checkpoint(raw)
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise _fail(name, f"not a readable kpgen checkpoint ({str(e).splitlines()[0][:120]})", "see docs/checkpoint.md") from None
+        return model, dict(raw.get("meta", {}))
+    if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):
+        raw = raw["state_dict"]
+    if not isinstance(raw, dict) or not raw or not all(isinstance(v, torch.Tensor) for v in raw.values()):
+        raise _fail(name, "is neither a kpgen checkpoint nor a state dict of tensors",
+                    f"save model.state_dict() of an nn.LSTM or nn.GRU with one nn.Linear head ({DOC})")
+    return from_torch_state_dict(raw, name), {}
+
+
+# ---------------------------------------------------------------------------------------------- the methods
+
+
+def matrix_budget(rows: int, cols: int, ratio: float) -> int:
+    return max(1, int(math.floor(rows * cols / ratio)))
+
+
+def _dense_matrices(model: KPRNNClassifier) -> dict[str, torch.Tensor]:
+    """'layers.0.wx' -> the explicit matrix (float64), for every recurrent matrix."""
+    with torch.no_grad():
+        return {n: m.dense().detach().double().clone() for n, m in model.matrices()}
+
+
+def _layer_of(model: KPRNNClassifier, name: str) -> tuple[int, str, str]:
+    """'layers.1.bwd.wx' -> (1, 'bwd', 'wx'); 'layers.0.wx' -> (0, '', 'wx')."""
+    parts = name.split(".")
+    return int(parts[1]), (parts[2] if len(parts) == 4 else ""), parts[-1]
+
+
+def _specs_for(model: KPRNNClassifier, method: str, ratio: float) -> tuple[list[dict], list[dict]]:
+    """Per-layer wx and wh specs of the compressed model (the same for both directions)."""
+    wx, wh = [], []
+    for k in range(model.num_layers):
+        layer = model.layers[k]
+        one = layer.fwd if model.bidirectional else layer
+        for out, mat in ((wx, one.wx), (wh, one.wh)):
+            rows, cols = mat.out_features, mat.in_features
+            budget = matrix_budget(rows, cols, ratio)
+            if method == "kp":
+                out.append(best_kp(rows, cols, budget, num_factors=2, pad=0.0).spec())
+            elif method == "hkp":
+                out.append(best_hkp(rows, cols, budget, num_factors=2).spec())
+            elif method == "lowrank":
+                out.append({"kind": "lowrank", "rank": max(1, budget // (rows + cols)), "_size": (rows, cols)})
+            else:
+                out.append({"kind": "dense"})
+    if method == "lowrank":
+        fit_ranks(wx + wh, ratio, 2 if model.bidirectional else 1)
+    return wx, wh
+
+
+def fit_ranks(specs: list[dict], ratio: float, directions: int) -> None:
+    """Low rank within the model's total budget: every matrix gets floor(budget / (rows + cols)), at least 1;
+    if rank-1 matrices overshoot their own budget, the highest ranks give way until the total fits."""
+    cost = lambda s: s["rank"] * sum(s["_size"])  # noqa: E731
+    total_budget = sum(matrix_budget(*s["_size"], ratio) for s in specs)
+    while sum(cost(s) for s in specs) > total_budget:
+        top = max(specs, key=lambda s: (s["rank"], sum(s["_size"])))
+        if top["rank"] == 1:
+            raise ValueError(f"even rank 1 everywhere needs more than the budget ({total_budget * directions} "
+                             f"parameters); use a smaller ratio")
+        top["rank"] -= 1
+    for s in specs:
+        del s["_size"]
+
+
+def small_hidden_size(cell: str, input_size: int, hidden: int, num_layers: int, bidirectional: bool, ratio: float) -> int:
+    """The largest H' whose recurrent matrices total at most (the dense network's total) / ratio."""
+    dirs = 2 if bidirectional else 1
+
+    def total(h: int) -> int:
+        g = GATES[cell]
+        n = g * h * (input_size + h)
+        n += (num_layers - 1) * g * h * (dirs * h + h)
+        return dirs * n
+
+    budget = total(hidden) / ratio
+    h = 1
+    while h + 1 <= hidden and total(h + 1) <= budget:
+        h += 1
+    return h
+
+
+def build_compressed(src: KPRNNClassifier, method: str, ratio: float, seed: int = 0) -> KPRNNClassifier:
+    """The compressed model, initialised from src (all but `small`, which starts from random weights)."""
+    if method not in METHODS:
+        raise KpgenError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
+    if not ratio >= 1:
+        raise KpgenError(f"--ratio {ratio} must be at least 1")
+    torch.manual_seed(seed)
+    if method == "small":
+        h = small_hidden_size(src.cell, src.input_size, src.hidden_size, src.num_layers, src.bidirectional, ratio)
+        return KPRNNClassifier(src.cell, src.input_size, h, src.num_classes, "dense", "dense",
+                               num_layers=src.num_layers, bidirectional=src.bidirectional)
+    try:
+        wx, wh = _specs_for(src, method, ratio)
+    except ValueError as e:
+        raise KpgenError(f"--ratio {ratio}: {e}") from None
+    model = KPRNNClassifier(src.cell, src.input_size, src.hidden_size, src.num_classes, wx, wh,
+                            num_layers=src.num_layers, bidirectional=src.bidirectional)
+    dense = _dense_matrices(src)
+    matrix_names = {n for n, _ in model.matrices()}
+    with torch.no_grad():
+        # everything but the matrices (biases, FastRNN scalars, head) carries over unchanged
+        src_params = dict(src.named_parameters())
+        for name, p in model.named_parameters():
+            if not any(name.startswith(m + ".") for m in matrix_names):
+                p.copy_(src_params[name])
+        for name, mat in model.matrices():
+            init_matrix(mat, dense[name])
+    return model
+
+
+@torch.no_grad()
+def init_matrix(mat: nn.Module, w: torch.Tensor) -> None:
+    """Set a matrix module to the best approximation of w its structure allows."""
+    if isinstance(mat, KPLinear):
+        for p, f in zip(mat.factor_list(), nearest_kp_n(w, mat.factor_shapes)):
+            p.copy_(f)
+    elif isinstance(mat, HKPLinear):
+        r = mat.dense_rows
+        mat.dense_weight.copy_(w[:r])
+        init_matrix(mat.kp, w[r:])
+    elif isinstance(mat, LowRankLinear):
+        u, s, vh = torch.linalg.svd(w, full_matrices=False)
+        root = s[: mat.rank].sqrt()
+        mat.u.copy_(u[:, : mat.rank] * root)
+        mat.v.copy_(root[:, None] * vh[: mat.rank])
+    else:
+        mat.weight.copy_(w)
+
+
+# -------------------------------------------------------------------------------------- gradual pruning
+
+
+def sparsity_at(step: int, total: int, final: float, begin: float = 0.0, end: float = 0.6) -> float:
+    """Zhu & Gupta (2017): s_t = s_f + (s_i - s_f) (1 - (t - t0) / (n dt))^3 with s_i = 0, pruning from
+    begin*total to end*total steps (then held at s_f for the rest of fine-tuning)."""
+    t0, t1 = begin * total, end * total
+    if step <= t0:
+        return 0.0
+    if step >= t1:
+        return final
+    return final * (1.0 - (1.0 - (step - t0) / (t1 - t0)) ** 3)
+
+
+class MagnitudePruner:
+    """Keeps the largest-magnitude weights of every recurrent matrix (layer-wise), zeroing the rest after each
+    optimizer step; the kept fraction follows sparsity_at and masks are recomputed every `every` steps."""
+
+    def __init__(self, model: KPRNNClassifier, final_sparsity: float, every: int = 10):
+        self.weights = [m.weight for _, m in model.matrices()]
+        self.masks = [torch.ones_like(w, dtype=torch.bool) for w in self.weights]
+        self.final = final_sparsity
+        self.every = max(1, every)
+
+    @torch.no_grad()
+    def prune_to(self, sparsity: float) -> None:
+        for i, w in enumerate(self.weights):
+            keep = w.numel() - int(round(sparsity * w.numel()))
+            keep = max(1, keep)
+            thresh_idx = torch.topk((w * self.masks[i]).abs().flatten(), keep).indices
+            mask = torch.zeros(w.numel(), dtype=torch.bool)
+            mask[thresh_idx] = True
+            self.masks[i] = mask.reshape(w.shape)
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        for w, m in zip(self.weights, self.masks):
+            w.mul_(m)
+
+    def __call__(self, step: int, total: int) -> None:
+        if step % self.every == 0 or step >= total:
+            self.prune_to(sparsity_at(step, total, self.final))
+        self.apply()
+
+    def nonzeros(self) -> int:
+        return int(sum(int((w != 0).sum()) for w in self.weights))
+
+
+# ------------------------------------------------------------------------------------------- the whole job
+
+
+def matrix_params(model: KPRNNClassifier) -> int:
+    """Parameters of the recurrent matrices (nonzeros for dense matrices, so pruning counts)."""
+    n = 0
+    for _, m in model.matrices():
+        n += int((m.weight != 0).sum()) if isinstance(m, DenseLinear) else m.weight_params
+    return n
+
+
+def compress_checkpoint(
+    source: str | Path,
+    method: str,
+    ratio: float,
+    dataset: str | None = None,
+    epochs: int = 20,
+    batch_size: int = 128,
+    lr: float = 2e-2,
+    seed: int = 0,
+    max_train: int | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Compress the dense model in `source` with `method` to `ratio`, fine-tune it, return the checkpoint dict."""
+    from kpgen.train.loop import accuracy, calibrate, fit, load_split, make_checkpoint, set_determinism
+
+    t0 = time.perf_counter()
+    src, src_meta = read_source(source)
+    dataset = dataset or src_meta.get("dataset")
+    if not dataset:
+        raise KpgenError(f"{source}: names no dataset; pass --dataset (one of {', '.join(datasets.LOADERS)})")
+    set_determinism(seed)
+    split, x_tr, y_tr, x_te, y_te = load_split(dataset, seed, max_train)
+    if split.num_features != src.input_size or split.num_classes > src.num_classes:
+        raise KpgenError(
+            f"{source}: the model takes {src.input_size} features and {src.num_classes} classes, dataset {dataset!r} "
+            f"has {split.num_features} and {split.num_classes}; pass the --dataset it was trained on"
+        )
+    src_acc = accuracy(src, x_te, y_te)
+    model = build_compressed(src, method, ratio, seed)
+    init_acc = accuracy(model, x_te, y_te)
+    log(f"{method}: dense test accuracy {src_acc:.4f}; compressed before fine-tuning {init_acc:.4f}")
+    pruner = MagnitudePruner(model, 1.0 - 1.0 / ratio) if method == "prune" else None
+    shift = datasets.MAX_SHIFT.get(dataset, 0)
+    test_acc = fit(model, x_tr, y_tr, x_te, y_te, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                   max_shift=shift, log=log, after_step=pruner)
+    if pruner is not None:
+        pruner.prune_to(pruner.final)
+        pruner.apply()
+        test_acc = accuracy(model, x_te, y_te)
+    dense_m = sum(m.in_features * m.out_features for _, m in src.matrices())
+    kept_m = matrix_params(model)
+    total = sum(p.numel() for p in model.parameters()) - sum(
+        m.weight_params for _, m in model.matrices()) + kept_m
+    meta = {
+        "dataset": dataset,
+        "seq_len": split.seq_len,
+        "float_test_accuracy": float(test_acc),
+        "method": method,
+        "ratio": float(ratio),
+        "compressed_from": Path(source).name,
+        "source_test_accuracy": float(src_acc),
+        "init_test_accuracy": float(init_acc),
+        "matrix_params_dense": int(dense_m),
+        "matrix_params": int(kept_m),
+        "matrix_compression": round(dense_m / kept_m, 2),
+        "model_params_dense": int(sum(p.numel() for p in src.parameters())),
+        "model_params": int(total),
+        "epochs": int(epochs),
+        "seed": int(seed),
+        "train_seconds": float(time.perf_counter() - t0),
+        "torch_version": str(torch.__version__),
+    }
+    log(
+        f"{method}: float test accuracy {test_acc:.4f}; matrices {dense_m:,} -> {kept_m:,} parameters "
+        f"({dense_m / kept_m:.2f}x), model {meta['model_params_dense']:,} -> {total:,}"
+    )
+    return make_checkpoint(model, calibrate(model, x_tr), meta, method=method)

@@ -1,0 +1,191 @@
+"""The weight matrices an RNN cell can use, chosen by a small plain-data spec (stored in checkpoints as is).
+
+| spec | module | parameters (state_dict names under the matrix, e.g. `wx.`) |
+|---|---|---|
+| `[[m1, n1], [m2, n2]]` or `{"kind": "kp", "factors": [...]}` | KPLinear | `a`, `b` (2 factors); `factors.0`, ... (k != 2) |
+| `{"kind": "hkp", "factors": [...], "dense_rows": r}` | HKPLinear | `dense_weight` (r, in), `kp.a`, `kp.b` |
+| `{"kind": "lowrank", "rank": r}` | LowRankLinear | `u` (out, r), `v` (r, in) |
+| `"dense"` or `{"kind": "dense"}` | DenseLinear | `weight` (out, in) |
+
+None of them has a bias: the cells own their biases. Every module has `dense()` (the explicit out x in matrix),
+`weight_params` and `reset_parameters(std)` (entries of the product get standard deviation std).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from kpgen.nn.kp import KPLinear, as_shapes, kp_macs
+
+
+class HKPLinear(nn.Module):
+    """Hybrid KP: W = [D; F1 (x) ... (x) Fk]: the top `dense_rows` rows of W dense, the rest a Kronecker product.
+
+    `factors` multiply to (out_features - dense_rows) x in_features. dense_rows = 0 is plain KP.
+    """
+
+    def __init__(self, in_features: int, out_features: int, factors: Sequence, dense_rows: int):
+        super().__init__()
+        if not 0 <= dense_rows < out_features:
+            raise ValueError(f"dense_rows must be in 0..{out_features - 1}, got {dense_rows}")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.dense_rows = int(dense_rows)
+        self.dense_weight = nn.Parameter(torch.empty(self.dense_rows, in_features))
+        self.kp = KPLinear(in_features, out_features - self.dense_rows, factors=as_shapes(factors))
+        self.reset_parameters()
+
+    def reset_parameters(self, std: float | None = None) -> None:
+        std = 1.0 / math.sqrt(self.in_features) if std is None else std
+        with torch.no_grad():
+            nn.init.normal_(self.dense_weight, 0.0, std)
+        self.kp.reset_parameters(std)
+
+    @property
+    def weight_params(self) -> int:
+        return self.dense_weight.numel() + self.kp.weight_params
+
+    @property
+    def macs(self) -> int:
+        return self.dense_rows * self.in_features + self.kp.macs
+
+    def dense(self) -> torch.Tensor:
+        return torch.cat([self.dense_weight, self.kp.dense()], dim=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.matmul(x, self.dense_weight.t()), self.kp(x)], dim=-1)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, dense_rows={self.dense_rows}"
+
+
+class LowRankLinear(nn.Module):
+    """W = U V with U (out, rank) and V (rank, in): the low-rank baseline."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int):
+        super().__init__()
+        if rank < 1:
+            raise ValueError(f"rank must be positive, got {rank}")
+        self.in_features, self.out_features, self.rank = in_features, out_features, int(rank)
+        self.u = nn.Parameter(torch.empty(out_features, self.rank))
+        self.v = nn.Parameter(torch.empty(self.rank, in_features))
+        self.reset_parameters()
+
+    def reset_parameters(self, std: float | None = None) -> None:
+        """Var(W) = rank Var(u) Var(v): each factor gets std (std^2 / rank)^(1/4)."""
+        std = 1.0 / math.sqrt(self.in_features) if std is None else std
+        f = (std * std / self.rank) ** 0.25
+        with torch.no_grad():
+            nn.init.normal_(self.u, 0.0, f)
+            nn.init.normal_(self.v, 0.0, f)
+
+    @property
+    def weight_params(self) -> int:
+        return self.u.numel() + self.v.numel()
+
+    @property
+    def macs(self) -> int:
+        return self.rank * (self.in_features + self.out_features)
+
+    def dense(self) -> torch.Tensor:
+        return self.u @ self.v
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(torch.matmul(x, self.v.t()), self.u.t())
+
+
+class DenseLinear(nn.Module):
+    """A plain dense matrix (parameter `weight`, out x in), no bias: the uncompressed (and pruned) baseline."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.reset_parameters()
+
+    def reset_parameters(self, std: float | None = None) -> None:
+        std = 1.0 / math.sqrt(self.in_features) if std is None else std
+        with torch.no_grad():
+            nn.init.normal_(self.weight, 0.0, std)
+
+    @property
+    def weight_params(self) -> int:
+        return self.weight.numel()
+
+    @property
+    def macs(self) -> int:
+        return self.weight.numel()
+
+    def dense(self) -> torch.Tensor:
+        return self.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(x, self.weight.t())
+
+
+MATRIX_KINDS = ("kp", "hkp", "lowrank", "dense")
+
+
+def matrix_spec(spec: object) -> dict:
+    """Normalise a matrix spec (see the module docstring) to a plain dict with a 'kind' key; ValueError if bad."""
+    if isinstance(spec, str):
+        if spec != "dense":
+            raise ValueError(f"matrix spec {spec!r}: the only string spec is 'dense'")
+        return {"kind": "dense"}
+    if isinstance(spec, dict):
+        kind = spec.get("kind")
+        if kind not in MATRIX_KINDS:
+            raise ValueError(f"matrix spec kind {kind!r} is not one of {', '.join(MATRIX_KINDS)}")
+        out: dict = {"kind": kind}
+        if kind in ("kp", "hkp"):
+            out["factors"] = [list(s) for s in as_shapes(spec["factors"])]
+        if kind == "kp" and spec.get("pad"):
+            out["pad"] = True
+        if kind == "hkp":
+            out["dense_rows"] = int(spec["dense_rows"])
+        if kind == "lowrank":
+            out["rank"] = int(spec["rank"])
+        return out
+    if isinstance(spec, (list, tuple)):
+        return {"kind": "kp", "factors": [list(s) for s in as_shapes(spec)]}
+    raise ValueError(f"matrix spec {spec!r} is not a factor list, a dict or 'dense'")
+
+
+def make_matrix(in_features: int, out_features: int, spec: object) -> nn.Module:
+    """The module a spec describes, for an out_features x in_features matrix."""
+    s = matrix_spec(spec)
+    if s["kind"] == "kp":
+        return KPLinear(in_features, out_features, factors=s["factors"], pad=s.get("pad", False))
+    if s["kind"] == "hkp":
+        return HKPLinear(in_features, out_features, s["factors"], s["dense_rows"])
+    if s["kind"] == "lowrank":
+        return LowRankLinear(in_features, out_features, s["rank"])
+    return DenseLinear(in_features, out_features)
+
+
+def spec_params(spec: object, rows: int, cols: int) -> int:
+    """Weight count of a rows x cols matrix under spec, without building it."""
+    s = matrix_spec(spec)
+    if s["kind"] == "kp":
+        return sum(m * n for m, n in s["factors"])
+    if s["kind"] == "hkp":
+        return s["dense_rows"] * cols + sum(m * n for m, n in s["factors"])
+    if s["kind"] == "lowrank":
+        return s["rank"] * (rows + cols)
+    return rows * cols
+
+
+def spec_macs(spec: object, rows: int, cols: int) -> int:
+    """Multiply-accumulates of one product with a rows x cols matrix under spec."""
+    s = matrix_spec(spec)
+    if s["kind"] == "kp":
+        return kp_macs(as_shapes(s["factors"]))
+    if s["kind"] == "hkp":
+        return s["dense_rows"] * cols + kp_macs(as_shapes(s["factors"]))
+    if s["kind"] == "lowrank":
+        return s["rank"] * (rows + cols)
+    return rows * cols
