@@ -4,22 +4,31 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 KPGEN := $(VENV)/bin/kpgen
 TORCH_PIN := torch==2.13.0
-APT_PKGS := gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm make
+# gcc: the host compiler of the kernel tests; Debian's gcc brings libasan and libubsan (tests/test_sanitizers.py)
+APT_PKGS := gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm make cmake gdb-multiarch openocd gcc
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BOARDS := $(notdir $(patsubst %/board.toml,%,$(wildcard boards/*/board.toml)))
+# Boards QEMU emulates (a [qemu] table); the real-hardware profiles only build (tests/test_shipping.py).
+# Numbers in names sort as numbers (m4 before m33).
+QEMU_BOARDS := $(notdir $(patsubst %/board.toml,%,$(shell grep -l '^\[qemu\]' boards/*/board.toml | sort -V)))
 EXAMPLE := examples/mnist-kplstm.pt
 
-.PHONY: all setup tools venv demo test qemu-test clean
+.PHONY: all setup tools venv demo test qemu-test bench clean
 
 all: test
 
 setup: tools venv
 
-# System tools: the ARM cross-compiler with newlib, and QEMU.
+# System tools: the ARM cross-compiler with newlib, QEMU, and for the emitted projects and `kpgen flash`:
+# CMake, gdb-multiarch (loads firmware through QEMU's GDB server) and OpenOCD (real boards).
 tools:
 	@missing=; \
 	command -v arm-none-eabi-gcc >/dev/null || missing=1; \
+	command -v gcc >/dev/null || missing=1; \
 	command -v qemu-system-arm >/dev/null || missing=1; \
+	command -v cmake >/dev/null || missing=1; \
+	command -v gdb-multiarch >/dev/null || missing=1; \
+	command -v openocd >/dev/null || missing=1; \
 	[ -d /usr/lib/arm-none-eabi/newlib ] || missing=1; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing $(APT_PKGS)"; \
@@ -45,13 +54,26 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 
-# Every shipped example on every board, bit-exact under QEMU.
+# The shipped example on every emulated board, bit-exact under QEMU; a summary line per board at the end.
 qemu-test: setup
-	@set -e; for b in $(BOARDS); do \
+	@set -e; mkdir -p build/qemu-test; for b in $(QEMU_BOARDS); do \
 	  echo "== $$b"; \
 	  $(KPGEN) emit $(EXAMPLE) --board $$b -o build/qemu-test/$$b --force; \
-	  $(KPGEN) run build/qemu-test/$$b; \
+	  if $(KPGEN) run build/qemu-test/$$b > build/qemu-test/$$b.log 2>&1; then cat build/qemu-test/$$b.log; \
+	  else cat build/qemu-test/$$b.log; echo "qemu-test: FAILED on $$b"; exit 1; fi; \
+	done; \
+	echo; echo "qemu-test summary ($(EXAMPLE)):"; \
+	for b in $(QEMU_BOARDS); do \
+	  printf '  %-14s %s | %s | %s\n' "$$b" \
+	    "$$(grep -o 'bit-exact samples *[0-9]*/[0-9]*' build/qemu-test/$$b.log | sed 's/  */ /g')" \
+	    "$$(grep -o 'instructions per inference *[0-9,]*' build/qemu-test/$$b.log | sed 's/  */ /g')" \
+	    "$$(grep -o 'estimated cycles per inference *[0-9,]* on a [A-Za-z0-9-]*' build/qemu-test/$$b.log | sed 's/  */ /g')"; \
 	done
+
+# Instructions, estimated cycles and sizes of dense and KP int8 LSTM steps on several cores, side by side;
+# writes docs/benchmarks.md and docs/benchmarks.png (a few minutes on 2 cores; not part of `make test`).
+bench: setup
+	$(PY) -m kpgen.bench
 
 clean:
 	rm -rf build .pytest_cache

@@ -15,8 +15,11 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
+
+
 class _Group(click.Group):
-    """Turns a KpgenError anywhere below into one line on stderr and exit status 2."""
+    """Turns a KpgenError anywhere below, and click's own usage errors, into one line on stderr and exit 2."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -25,6 +28,25 @@ class _Group(click.Group):
             _fail(str(e))
         except KeyboardInterrupt:
             _fail("interrupted")
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _NO_ARGS_IS_HELP as e:  # bare `kpgen`: the help, as click prints it
+            click.echo(e.format_message())
+            sys.exit(0)
+        except click.UsageError as e:  # click would print usage, a hint and the error on three lines
+            where = e.ctx.command_path if e.ctx is not None else "kpgen"
+            _fail(f"{e.format_message().rstrip('.')}; see `{where} --help`")
+        except click.ClickException as e:
+            _fail(e.format_message())
+        except click.Abort:
+            _fail("interrupted")
+        except BrokenPipeError:  # `kpgen boards | head`: the reader left, nothing to report
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -96,18 +118,21 @@ def train(out: Path, force: bool, **cfg) -> None:
               help="Test inputs as .npz: x [samples, steps, features] float, optional y labels. "
                    "Default: the test split of the checkpoint's dataset.")
 @click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
+@click.option("--target", type=click.Choice(["firmware", "lib"]), default="firmware", show_default=True,
+              help="firmware: the self-checking test firmware; lib: the model as a static library (no main).")
 def emit(checkpoint: Path, board: str, out: Path | None, name: str, samples: int, vectors: Path | None,
-         force: bool) -> None:
-    """Quantize CHECKPOINT to int8 and write C sources, test firmware and Makefile for BOARD."""
+         force: bool, target: str) -> None:
+    """Quantize CHECKPOINT to int8 and write C sources, Makefile and CMakeLists.txt for BOARD."""
     from kpgen.pipeline import emit_project
 
     out = out if out is not None else Path("build") / board
-    m = emit_project(checkpoint, board, out, name=name, samples=samples, vectors=vectors, force=force)
+    m = emit_project(checkpoint, board, out, name=name, samples=samples, vectors=vectors, force=force,
+                     target=target)
     md = m["model"]
+    what = f"{m['vectors']['samples']} test sequences" if target == "firmware" else f"library lib{name}.a"
     click.echo(
         f"wrote {out}: {md['params']} parameters ({md['param_compression']}x fewer than dense), "
-        f"{md['weight_bytes_int8']} weight bytes, arena {m['arena_bytes']} bytes, "
-        f"{m['vectors']['samples']} test sequences"
+        f"{md['weight_bytes_int8']} weight bytes, arena {m['arena_bytes']} bytes, {what}"
     )
 
 
@@ -132,14 +157,101 @@ def run(project: Path, timeout: float, no_profile: bool) -> None:
 
 @main.command()
 def boards() -> None:
-    """List the board definitions."""
-    from kpgen.boards import list_boards
+    """List the board definitions: core, ISA extensions, flash and RAM, QEMU machine."""
+    from kpgen.boards import format_board_table, list_boards
 
-    for b in list_boards():
-        click.echo(
-            f"{b.name:6} {b.core:12} flash {b.flash_size // 1024:>5} KiB  RAM {b.ram_size // 1024:>5} KiB  "
-            f"qemu {b.qemu_machine:12} {b.description}"
-        )
+    click.echo(format_board_table(list_boards()))
+
+
+@main.command()
+@click.argument("project", type=click.Path(path_type=Path))
+@click.option("--board", default=None, help="Board to flash; must be the one PROJECT was emitted for (the default).")
+@click.option("--probe", type=click.Choice(["openocd", "pyocd", "qemu"]), default=None,
+              help="openocd or pyocd for a real board (default openocd); qemu for an emulated one (its default).")
+@click.option("--dry-run", is_flag=True, help="Print the exact commands (and pyOCD API calls) without running them.")
+@click.option("--timeout", type=click.FloatRange(1), default=300.0, show_default=True,
+              help="Seconds before a firmware that does not exit is stopped.")
+def flash(project: Path, board: str | None, probe: str | None, dry_run: bool, timeout: float) -> None:
+    """Build PROJECT (from `kpgen emit`), write it into its board and show what the firmware prints.
+
+    Real boards go through their debug probe (console: semihosting, the debugger stays attached); emulated
+    boards through QEMU's GDB server, loaded with gdb-multiarch. Exit status: the check's (0 when every test
+    sequence matched), 2 on a usage error.
+    """
+    from kpgen import flash as flashing
+    from kpgen.pipeline import read_manifest
+    from kpgen.verify import verify_output
+
+    plan = flashing.plan(project, board, probe)
+    if dry_run:
+        click.echo(plan.describe())
+        return
+    echo = (lambda text: click.echo(text, nl=False)) if plan.probe != "qemu" else (lambda text: None)
+    res = flashing.flash(plan, timeout=timeout, echo=echo)
+    if plan.probe == "qemu":
+        click.echo(res.output, nl=False)
+        if res.before_load and res.after_load:
+            b = plan.board
+            click.echo(
+                f"loaded {plan.image.name} through QEMU's GDB server ({b.qemu_machine}): flash at "
+                f"0x{b.flash_origin + b.boot2_size:08x} held {res.before_load[0]:#010x} {res.before_load[1]:#010x} "
+                f"before `load`, {res.after_load[0]:#010x} {res.after_load[1]:#010x} (stack pointer, reset "
+                f"vector) after"
+            )
+    ver = verify_output(res.output, read_manifest(plan.project)["vectors"])
+    status = "timed out" if res.timed_out else f"exit status {res.exit_code}"
+    click.echo(f"{plan.board.name} via {plan.probe}: {status}; bit-exact samples {ver.exact}/{ver.samples}")
+    if not (ver.passed and res.exit_code == 0):
+        sys.exit(1)
+
+
+
+@main.command("plan")
+@click.option("--rows", type=click.IntRange(1), required=True, help="Rows M of the matrix (e.g. 4H for an LSTM).")
+@click.option("--cols", type=click.IntRange(1), required=True, help="Columns N (inputs, or H).")
+@click.option("--ratio", type=click.FloatRange(1), default=None, help="Compress at least this much: at most M*N/R parameters.")
+@click.option("--max-params", type=click.IntRange(1), default=None, help="At most this many parameters.")
+@click.option("--factors", "num_factors", type=click.IntRange(1, 4), default=2, show_default=True,
+              help="Kronecker factors per matrix (the C side supports 2).")
+@click.option("--pad", type=click.FloatRange(0), default=0.125, show_default=True,
+              help="Largest padding of an awkward dimension, as a fraction (0: never pad).")
+@click.option("--top", type=click.IntRange(1), default=10, show_default=True, help="Candidates to list.")
+def plan_cmd(rows: int, cols: int, ratio: float | None, max_params: int | None, num_factors: int, pad: float,
+             top: int) -> None:
+    """List Kronecker factorizations of a ROWS x COLS matrix, best first, and hybrid-KP ones for a budget.
+
+    Rules (rank bound, MACs, padding): docs/compression.md.
+    """
+    from kpgen.plan import format_plan, plan
+
+    click.echo(format_plan(plan(rows, cols, ratio, max_params, num_factors, pad), top=top))
+
+
+@main.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--method", type=click.Choice(["kp", "hkp", "prune", "lowrank", "small"]), required=True,
+              help="How to compress (docs/compression.md).")
+@click.option("--ratio", type=click.FloatRange(1), required=True, help="Target compression of the recurrent matrices.")
+@click.option("-o", "--out", "out", type=click.Path(path_type=Path), required=True, help="Checkpoint to write.")
+@click.option("--dataset", default=None, help="Fine-tuning data  [default: the checkpoint's; needed for torch state dicts]")
+@click.option("--epochs", type=click.IntRange(1), default=20, show_default=True, help="Fine-tuning epochs.")
+@click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.02, show_default=True, help="Peak learning rate.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Replace an existing checkpoint.")
+def compress(source: Path, out: Path, force: bool, **cfg) -> None:
+    """Compress the dense RNN in SOURCE (a torch LSTM/GRU + Linear state dict, or a kpgen checkpoint),
+    fine-tune it and write a checkpoint (--method kp on an LSTM: format v1, ready for `kpgen emit`)."""
+    from kpgen.compress import compress_checkpoint
+    from kpgen.train import save_checkpoint
+
+    if out.exists() and not force:
+        raise KpgenError(f"{out} exists; remove it or pass --force to replace it")
+    ckpt = compress_checkpoint(source, **cfg, log=lambda msg: click.echo(msg, err=True))
+    save_checkpoint(ckpt, out)
+    m = ckpt["meta"]
+    click.echo(f"wrote {out} ({cfg['method']}: matrices {m['matrix_compression']}x smaller, "
+               f"float test accuracy {100 * m['float_test_accuracy']:.2f}%)")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,6 +10,7 @@ import math
 import os
 import pickle
 import re
+import reprlib
 import warnings
 import zipfile
 from pathlib import Path
@@ -25,8 +26,11 @@ SUPPORTED_VERSIONS = (1,)
 DOC = "docs/checkpoint.md"
 TOP_KEYS = ("format", "version", "arch", "state_dict", "calibration")
 ARCH_INT_KEYS = ("input_size", "hidden_size", "num_layers", "num_classes")
-# What torch.load raises on empty, truncated, corrupt or non-torch files (after UnpicklingError is handled).
-DAMAGED_FILE_ERRORS = (RuntimeError, EOFError, KeyError, ValueError, IndexError, zipfile.BadZipFile, OSError)
+# What torch.load raises on empty, truncated, corrupt or non-torch files (after UnpicklingError and
+# PermissionError are handled): typically RuntimeError, EOFError, KeyError, ValueError, IndexError, OSError or
+# zipfile.BadZipFile. A damaged pickle can make torch's own rebuild code fail in any way (tests/test_fuzz.py found
+# an AttributeError from one flipped bit), so every Exception from torch.load counts as a damaged file.
+DAMAGED_FILE_ERRORS = (zipfile.BadZipFile, Exception)
 
 
 class _Checker:
@@ -36,7 +40,7 @@ class _Checker:
         self.path = path
 
     def fail(self, problem: str, fix: str) -> NoReturn:
-        raise KpgenError(f"{self.path}: {problem}; {fix}")
+        raise KpgenError(" ".join(f"{self.path}: {problem}; {fix}".split()))  # one line, whatever the file held
 
     def require(self, ok: bool, problem: str, fix: str) -> None:
         if not ok:
@@ -89,6 +93,21 @@ def _first_line(err: Exception) -> str:
     return f"{type(err).__name__}: {gist}" if gist else type(err).__name__
 
 
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 40
+
+
+def _show(v: object) -> str:
+    """A value from the file, for a message: one short line whatever it is (tensors by shape and dtype)."""
+    if hasattr(v, "shape") and hasattr(v, "dtype") and getattr(v, "ndim", 0) != 0:
+        try:
+            return f"a tensor of shape {tuple(v.shape)} ({v.dtype})"
+        except Exception:  # noqa: BLE001 - e.g. nested tensors have no shape
+            return f"a {type(v).__name__}"
+    text = " ".join(_REPR.repr(v).split())
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -98,8 +117,13 @@ def _is_number(v: object) -> bool:
 
 
 def _scalar(v: object) -> object:
-    """A 0-d tensor as its Python number; anything else unchanged."""
-    return v.item() if getattr(v, "ndim", None) == 0 and hasattr(v, "item") else v
+    """A 0-d tensor as its Python number; anything else (or a tensor that has no readable value) unchanged."""
+    if getattr(v, "ndim", None) == 0 and hasattr(v, "item"):
+        try:
+            return v.item()
+        except (RuntimeError, TypeError, ValueError):  # e.g. a tensor on the "meta" device holds no data
+            return v
+    return v
 
 
 def _check_top(chk: _Checker, raw: object) -> dict:
@@ -113,14 +137,14 @@ def _check_top(chk: _Checker, raw: object) -> dict:
         chk.fail("is a bare state_dict, not a kpgen checkpoint", f"wrap it with arch and calibration as in {DOC}")
     chk.require("format" in raw, "has no 'format' key, so it is not a kpgen checkpoint", f"see {DOC}")
     chk.require(
-        raw.get("format") == FORMAT,
-        f"format is {raw.get('format')!r}, expected {FORMAT!r}",
+        isinstance(raw.get("format"), str) and raw.get("format") == FORMAT,
+        f"format is {_show(raw.get('format'))}, expected {FORMAT!r}",
         f"save the checkpoint dict described in {DOC}",
     )
     version = raw.get("version")
     chk.require(
-        version in SUPPORTED_VERSIONS and _is_int(version),
-        f"checkpoint version {version!r} is not supported (this kpgen reads {', '.join(map(str, SUPPORTED_VERSIONS))})",
+        _is_int(version) and version in SUPPORTED_VERSIONS,
+        f"checkpoint version {_show(version)} is not supported (this kpgen reads {', '.join(map(str, SUPPORTED_VERSIONS))})",
         "re-export it with this kpgen version or upgrade kpgen",
     )
     if "calibration" not in raw:
@@ -143,17 +167,40 @@ def _factor_pair(chk: _Checker, value: object, where: str) -> tuple[tuple[int, i
         ok = all(_is_int(v) and v > 0 for v in (m1, n1, m2, n2))
     except (TypeError, ValueError):
         ok = False
-    chk.require(ok, f"{where} is {value!r}, not [[m1, n1], [m2, n2]] with positive ints", f"see {DOC}")
+    chk.require(ok, f"{where} is {_show(value)}, not [[m1, n1], [m2, n2]] with positive ints", f"see {DOC}")
     return (m1, n1), (m2, n2)
+
+
+def _check_emittable(chk: _Checker, arch: dict) -> None:
+    """Training-side checkpoint variants (arch.method, wx_specs; docs/checkpoint.md) are named and refused."""
+    method, cell, bidir = arch.get("method", "kp"), arch.get("cell"), arch.get("bidirectional", False)
+    kinds = {"kp": "KP", "hkp": "hybrid-KP", "prune": "pruned dense", "lowrank": "low-rank", "small": "small dense",
+             "dense": "dense", "mixed": "mixed-matrix"}
+    cells = {"lstm": "LSTM", "gru": "GRU", "fastrnn": "FastRNN", "fastgrnn": "FastGRNN"}
+    if "method" not in arch and "wx_specs" not in arch:
+        return  # format v1 proper
+    if not (isinstance(method, str) and isinstance(cell, str) and cell in cells and method in kinds):
+        return  # unknown values get the generic checks' messages
+    if method != "kp" or cell != "lstm" or bidir is True or "wx_specs" in arch:
+        what = f"{'bidirectional ' if bidir is True else ''}{kinds[method]} {cells[cell]}"
+        if what == "KP LSTM":
+            what = "KP LSTM with other than 2 factors or padded factors"
+        chk.fail(f"is a {what} model (arch.method {method!r}), which kpgen cannot emit yet",
+                 f"emit a unidirectional 2-factor KP-LSTM (kpgen train, or kpgen compress --method kp); see {DOC}")
 
 
 def _check_arch(chk: _Checker, arch: dict) -> dict:
     """Sizes and per-layer factor shapes; every product must match its matrix."""
+    _check_emittable(chk, arch)
     missing = [k for k in ("cell", *ARCH_INT_KEYS, "wx_factors", "wh_factors") if k not in arch]
     chk.require(not missing, f"arch is missing key(s) {', '.join(missing)}", f"add them as documented in {DOC}")
-    chk.require(arch["cell"] == "lstm", f"arch.cell {arch['cell']!r} is not supported", "use cell 'lstm'")
+    chk.require(
+        isinstance(arch["cell"], str) and arch["cell"] == "lstm",
+        f"arch.cell {_show(arch['cell'])} is not supported",
+        "use cell 'lstm'",
+    )
     for k in ARCH_INT_KEYS:
-        chk.require(_is_int(arch[k]) and arch[k] > 0, f"arch.{k} is {arch[k]!r}, not a positive int", f"see {DOC}")
+        chk.require(_is_int(arch[k]) and arch[k] > 0, f"arch.{k} is {_show(arch[k])}, not a positive int", f"see {DOC}")
     n_layers, hid = arch["num_layers"], arch["hidden_size"]
     out = {"wx": [], "wh": []}
     for name in ("wx", "wh"):
@@ -197,7 +244,9 @@ def _check_tensors(chk: _Checker, sd: dict, shapes: dict[str, tuple[int, ...]]) 
 
     missing = [k for k in shapes if k not in sd]
     chk.require(not missing, f"state_dict is missing tensor(s) {', '.join(missing)}", f"names and shapes are in {DOC}")
-    extra = sorted(str(k) for k in sd if k not in shapes)
+    extra = sorted(" ".join(str(k).split())[:40] for k in sd if k not in shapes)
+    if len(extra) > 5:
+        extra = extra[:5] + [f"and {len(extra) - 5} more"]
     chk.require(
         not extra,
         f"state_dict has unexpected tensor(s) {', '.join(extra)}",
@@ -208,6 +257,10 @@ def _check_tensors(chk: _Checker, sd: dict, shapes: dict[str, tuple[int, ...]]) 
         t = sd[key]
         where = f"state_dict[{key!r}]"
         chk.require(isinstance(t, torch.Tensor), f"{where} is a {type(t).__name__}, not a tensor", f"see {DOC}")
+        if t.is_nested or t.layout != torch.strided or t.device.type != "cpu":
+            kind = "nested" if t.is_nested else str(t.layout).replace("torch.", "")
+            what = f"a {kind} tensor" if t.is_nested or t.layout != torch.strided else f"on device {t.device.type}"
+            chk.fail(f"{where} is {what}, not a dense CPU tensor", "save dense weights with .detach().cpu()")
         chk.require(
             tuple(t.shape) == tuple(shape),
             f"{where} has shape {tuple(t.shape)}, expected {tuple(shape)} from arch",
@@ -230,7 +283,7 @@ def _check_calibration(chk: _Checker, cal: dict, n_layers: int) -> Calibration:
     for key in ("input_absmax", "cell_absmax"):
         chk.require(key in cal, f"calibration is missing {key}", fix)
     x_max = _scalar(cal["input_absmax"])
-    chk.require(positive(x_max), f"calibration.input_absmax is {x_max!r}, not a positive number", fix)
+    chk.require(positive(x_max), f"calibration.input_absmax is {_show(x_max)}, not a positive number", fix)
     per_layer = {}
     for key in ("cell_absmax", "gate_absmax"):
         v = cal.get(key)
@@ -240,7 +293,7 @@ def _check_calibration(chk: _Checker, cal: dict, n_layers: int) -> Calibration:
         vals = [_scalar(x) for x in v] if isinstance(v, (list, tuple)) else None
         chk.require(
             vals is not None and len(vals) == n_layers and all(positive(x) for x in vals),
-            f"calibration.{key} is {v!r}, not {n_layers} positive number(s), one per layer",
+            f"calibration.{key} is {_show(v)}, not {n_layers} positive number(s), one per layer",
             fix,
         )
         per_layer[key] = tuple(float(x) for x in vals)

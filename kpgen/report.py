@@ -39,12 +39,25 @@ def format_report(rep) -> str:
         )
     else:
         rows.append(("instructions per inference", "not measured"))
+    est = getattr(rep, "cycles", None)
+    if rep.instructions is not None and est is not None:
+        rows.append(
+            (
+                "estimated cycles per inference",
+                f"{est.cycles:,} on a {est.core} ({est.cycles / vec['steps']:,.0f} per step; "
+                f"estimate, cost model docs/cycle-model.md)",
+            )
+        )
     s = rep.sizes
     rows.append(("flash", f"{s['text'] + s['data']:,} bytes (model weights and tables {rep.weight_bytes_flash:,})"))
     rows.append(("RAM", f"model arena {m['arena_bytes']:,} bytes; firmware .data+.bss {s['data'] + s['bss']:,} bytes"))
     if rep.stack:
         worst = max(rep.stack.items(), key=lambda kv: kv[1])
         rows.append(("stack (largest frame)", f"{worst[1]} bytes in {worst[0]} (-fstack-usage)"))
+    sc = getattr(rep, "stack_check", None)
+    if sc is not None:
+        chain = " -> ".join(sc.chain) if sc.chain else "the model is not linked into this firmware"
+        rows.append(("stack (deepest model call)", f"{sc.bytes:,} of {sc.limit:,} bytes: {chain}"))
     for i, layer in enumerate(md["layers"]):
         rows.append(
             (

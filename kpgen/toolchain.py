@@ -63,6 +63,32 @@ def _first_error(log: str) -> str:
     return lines[-1].strip() if lines else "make failed without output"
 
 
+_OVERFLOW = re.compile(r"region `(\w+)' overflowed by (\d+) bytes")
+_USAGE = re.compile(r"^\s*(\w+):\s+(\d+) B\s+(\d+ [KMG]?B)\s")
+
+
+def _overflow_message(log: str) -> str | None:
+    """The linker's memory-region overflow, in one line with the numbers (None if the log has none)."""
+    regions = {m.group(1): int(m.group(2)) for m in _OVERFLOW.finditer(log)}
+    if not regions and "kpgen: RAM overflow" in log:
+        regions = {"RAM": 0}
+    if not regions:
+        return None
+    usage = {m.group(1): (int(m.group(2)), m.group(3)) for ln in log.splitlines() if (m := _USAGE.match(ln))}
+    parts = []
+    for region, over in regions.items():
+        text = f"the firmware does not fit the board's {region}"
+        if region in usage:
+            text += f" (its sections use {usage[region][0]:,} bytes of {usage[region][1]}"
+            text += f", {over:,} over)" if over else ")"
+        elif over:
+            text += f" ({over:,} bytes over)"
+        parts.append(text)
+    if "RAM" in regions:
+        parts.append("RAM holds .data, .bss (the model arena), the heap and the stack")
+    return "; ".join(parts) + "; shrink the model or --samples, or use a board with more memory"
+
+
 def build(fw_dir: Path | str, jobs: int = 2, opt: str | None = None) -> BuildResult:
     """Run `make -C fw_dir -j<jobs>` (optionally OPT=<opt>); a compile or link error raises KpgenError."""
     check_tools(BUILD_TOOLS)
@@ -75,6 +101,9 @@ def build(fw_dir: Path | str, jobs: int = 2, opt: str | None = None) -> BuildRes
     proc = subprocess.run(cmd, capture_output=True, text=True)
     log = proc.stdout + proc.stderr
     if proc.returncode != 0:
+        overflow = _overflow_message(log)
+        if overflow:
+            raise KpgenError(f"firmware build failed in {fw_dir}: {overflow}")
         raise KpgenError(f"firmware build failed in {fw_dir}: {_first_error(proc.stderr or log)}")
     elf = fw_dir / "fw.elf"
     return BuildResult(
@@ -146,3 +175,172 @@ def object_bytes(elf: Path | str, prefix: str) -> int:
             if parts[6].startswith(".rodata") or parts[6] == ".text":
                 total += int(parts[4], 16)
     return total
+
+
+# --------------------------------------------------------------------------------------------- stack depth
+
+OBJDUMP = "arm-none-eabi-objdump"
+MODEL_ENTRY_POINTS = ("run", "step", "scores", "reset")  # <name>_run, ... : the model API of model.h
+
+_FUNC_HEAD = re.compile(r"^([0-9a-f]+) <([^>]+)>:$")
+_INSN = re.compile(r"^\s*[0-9a-f]+:\s+([a-z][\w.]*)\s*(.*)$")
+_BRANCH = re.compile(r"^(bl|blx|b(eq|ne|cs|hs|cc|lo|mi|pl|vs|vc|hi|ls|ge|lt|gt|le|al)?)(\.[wn])?$")
+_TARGET = re.compile(r"<([^>+]+)>\s*$")  # a function's first instruction: a call or a tail call
+_REGLIST = re.compile(r"\{([^}]*)\}")
+_SP_SUB = re.compile(r"^sp, (?:sp, )?#(\d+)")
+
+
+@dataclass(frozen=True)
+class CallGraph:
+    """Direct calls between the functions of an ELF, from its disassembly."""
+
+    calls: dict[str, frozenset[str]]  # function -> functions it calls or tail-calls (bl, b to a function start)
+    indirect: frozenset[str]  # functions that call through a register (blx rN): their callees are unknown
+    frames: dict[str, int]  # stack bytes per function from its pushes and sp subtractions (fallback for .su)
+
+
+@dataclass(frozen=True)
+class StackCheck:
+    """The deepest stack the model's API can use, against the board's stack."""
+
+    bytes: int  # sum of the frames along `chain`
+    chain: tuple[str, ...]  # entry point first
+    limit: int  # the board's stack_size
+    estimated: tuple[str, ...]  # functions on the chain sized from the disassembly (no -fstack-usage entry)
+
+
+def _count_regs(text: str) -> int:
+    """Bytes a push/vpush register list occupies: 4 per core or s register, 8 per d register."""
+    m = _REGLIST.search(text)
+    if not m:
+        return 0
+    total = 0
+    for part in (p.strip() for p in m.group(1).split(",") if p.strip()):
+        width = 8 if part.startswith("d") else 4
+        if "-" in part:
+            lo, hi = (int(re.sub(r"\D", "", r) or 0) for r in part.split("-"))
+            total += width * (hi - lo + 1)
+        else:
+            total += width
+    return total
+
+
+def call_graph(elf: Path | str) -> CallGraph:
+    """Parse `arm-none-eabi-objdump -d` of elf into direct call edges, indirect callers and frame estimates."""
+    proc = subprocess.run([OBJDUMP, "-d", "--no-show-raw-insn", str(elf)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise KpgenError(f"cannot disassemble {elf}: {proc.stderr.strip() or 'objdump failed'}; build it again")
+    calls: dict[str, set[str]] = {}
+    frames: dict[str, int] = {}
+    indirect: set[str] = set()
+    func = None
+    for line in proc.stdout.splitlines():
+        head = _FUNC_HEAD.match(line)
+        if head:
+            func = head.group(2)
+            calls.setdefault(func, set())
+            frames.setdefault(func, 0)
+            continue
+        insn = _INSN.match(line) if func else None
+        if not insn:
+            continue
+        op, args = insn.group(1), insn.group(2).split(";")[0].split("@")[0].strip()
+        if _BRANCH.match(op):
+            target = _TARGET.search(insn.group(2))
+            if target and target.group(1) != func:
+                calls[func].add(target.group(1))
+            elif op == "blx" and re.fullmatch(r"(r\d+|ip|lr|sl|fp)", args):
+                indirect.add(func)
+        elif op in ("push", "push.w", "vpush", "stmdb", "stmfd", "stmdb.w") and (op.startswith(("push", "vpush"))
+                                                                                   or args.startswith("sp!")):
+            frames[func] += _count_regs(args)
+        elif op in ("sub", "sub.w", "subw", "subs") and args.startswith("sp,"):
+            m = _SP_SUB.match(args)
+            if m:
+                frames[func] += int(m.group(1))
+    return CallGraph({f: frozenset(c) for f, c in calls.items()}, frozenset(indirect), frames)
+
+
+def stack_frames(obj_dir: Path | str) -> dict[str, tuple[int, str]]:
+    """-fstack-usage per function: (bytes, kind), kind "static", "dynamic" or "dynamic,bounded"; largest wins."""
+    out: dict[str, tuple[int, str]] = {}
+    for su in sorted(Path(obj_dir).glob("*.su")):
+        for line in su.read_text(encoding="utf-8").splitlines():
+            m = _SU_LINE.match(line)
+            if m:
+                func, n, kind = m.group("func"), int(m.group("bytes")), m.group("kind")
+                if func not in out or n > out[func][0] or kind == "dynamic":
+                    out[func] = (max(n, out.get(func, (0, ""))[0]), kind)
+    return out
+
+
+def worst_stack(
+    entries: Iterable[str], frames: dict[str, tuple[int, str]], graph: CallGraph
+) -> tuple[int, tuple[str, ...], tuple[str, ...]]:
+    """(bytes, chain, estimated) of the deepest call chain from any entry: the sum of its frames.
+
+    Frames come from -fstack-usage, else from the disassembly (library code). Refuses, with the chain,
+    recursion, calls through function pointers and variable-size frames, whose depth has no static bound.
+    """
+    memo: dict[str, tuple[int, tuple[str, ...]]] = {}
+    estimated: set[str] = set()
+
+    def frame(f: str, path: tuple[str, ...]) -> int:
+        if f in frames:
+            n, kind = frames[f]
+            if kind == "dynamic":
+                raise KpgenError(
+                    f"{f} has a variable-size stack frame (alloca or a variable-length array) on the call chain "
+                    f"{' -> '.join(path)}, so its stack use has no bound; use fixed-size arrays"
+                )
+            return n
+        estimated.add(f)
+        return graph.frames.get(f, 0)
+
+    def deepest(f: str, path: tuple[str, ...]) -> tuple[int, tuple[str, ...]]:
+        if f in memo:
+            return memo[f]
+        if f in graph.indirect:
+            raise KpgenError(
+                f"{f} calls through a function pointer on the call chain {' -> '.join(path)}, so its stack use "
+                "cannot be bounded; call functions directly in code the model runs"
+            )
+        best: tuple[int, tuple[str, ...]] = (0, ())
+        for callee in sorted(graph.calls.get(f, ())):
+            if callee in path:
+                loop = path[path.index(callee):] + (callee,)
+                raise KpgenError(
+                    f"recursion {' -> '.join(loop)}: its stack use has no bound; emitted code must not recurse"
+                )
+            depth = deepest(callee, path + (callee,))
+            if depth[0] > best[0]:
+                best = depth
+        memo[f] = (frame(f, path) + best[0], (f,) + best[1])
+        return memo[f]
+
+    worst: tuple[int, tuple[str, ...]] = (0, ())
+    for e in entries:
+        d = deepest(e, (e,))
+        if d[0] > worst[0] or not worst[1]:
+            worst = d
+    return worst[0], worst[1], tuple(f for f in worst[1] if f in estimated)
+
+
+def check_stack(elf: Path | str, obj_dir: Path | str, board, name: str) -> StackCheck:
+    """The deepest call chain from the model's API (<name>_run, _step, _scores, _reset), from -fstack-usage and
+    the call graph of the built ELF, against the board's stack_size: a KpgenError with the numbers if it
+    does not fit. Interrupts that arrive while the model runs need their own room on top."""
+    graph = call_graph(elf)
+    if not graph.calls:
+        raise KpgenError(f"the disassembly of {elf} lists no functions; build it again")
+    entries = [e for e in (f"{name}_{e}" for e in MODEL_ENTRY_POINTS) if e in graph.calls]
+    if not entries:  # a firmware that never calls the model (its check will fail): nothing of the model to size
+        return StackCheck(bytes=0, chain=(), limit=board.stack_size, estimated=())
+    need, chain, estimated = worst_stack(entries, stack_frames(obj_dir), graph)
+    if need > board.stack_size:
+        raise KpgenError(
+            f"the model needs {need:,} bytes of stack ({' -> '.join(chain)}, from -fstack-usage) but board "
+            f"{board.name} has stack_size {board.stack_size:,}; raise stack_size in {board.path} or use a board "
+            "with more RAM"
+        )
+    return StackCheck(bytes=need, chain=chain, limit=board.stack_size, estimated=estimated)

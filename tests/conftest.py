@@ -19,3 +19,25 @@ def runtime_lib(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
 def runtime_lib_dsp(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
     """runtime_c/*.c built for the host with __ARM_FEATURE_DSP on a stand-in <arm_acle.h>: the DSP loops."""
     return ctypes.CDLL(str(build_runtime(tmp_path_factory.mktemp("runtime_dsp"), dsp_emulated=True)))
+
+
+@pytest.fixture(scope="session")
+def runtime_lib_mul16(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
+    """The portable path with the Armv6-M (Cortex-M0) 16 x 16 high multiply of the gates (KP_MUL16)."""
+    return ctypes.CDLL(str(build_runtime(tmp_path_factory.mktemp("runtime_mul16"), mul16=True)))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """Example counts of the property and fuzz tests (tests/example_counts.py), also kept in the pytest cache."""
+    from example_counts import COUNTS, FINDINGS
+
+    if COUNTS:
+        total = sum(COUNTS.values())
+        terminalreporter.write_line(f"kpgen generated examples: {total} in {len(COUNTS)} property/fuzz tests")
+        for name, n in sorted(COUNTS.items()):
+            terminalreporter.write_line(f"  {name}: {n}")
+    cache = getattr(config, "cache", None)  # None under -p no:cacheprovider
+    if cache is not None and COUNTS:
+        cache.set("kpgen/example_counts", dict(sorted(COUNTS.items())))
+    if cache is not None and FINDINGS:
+        cache.set("kpgen/findings", FINDINGS)

@@ -32,8 +32,12 @@ def test_render_is_deterministic() -> None:
     a = render_sources(m, load_board("m4"), exp, "model", "x.pt")
     b = render_sources(m, load_board("m4"), exp, "model", "x.pt")
     assert a == b
-    assert set(a) == {"model.h", "model.c", "main.c", "vectors.h", "vectors.c", "link.ld", "Makefile"}
-    assert "static const int8_t model_l0_ax[" in a["model.c"]
+    assert set(a) == {"model.h", "model.c", "main.c", "vectors.h", "vectors.c", "link.ld", "Makefile",
+                      "CMakeLists.txt", "arm-none-eabi.cmake", "kpgen_size.cmake"}
+    lib = render_sources(m, load_board("m4"), exp, "model", "x.pt", target="lib")
+    assert set(lib) == {"model.h", "model.c", "Makefile", "CMakeLists.txt", "arm-none-eabi.cmake", "kpgen_size.cmake"}
+    assert lib["model.c"] == a["model.c"] and "libmodel.a" in lib["Makefile"]
+    assert "static const int32_t model_l0_ax[" in a["model.c"]  # int8 factors packed 4 to a word
 
 
 def test_bad_name_is_refused() -> None:
