@@ -167,8 +167,10 @@ def _bytes(n: int) -> str:
 
 
 def _core_label(core: str) -> str:
-    """"cortex-m55" -> "Cortex-M55" (other -mcpu names unchanged)."""
-    return "Cortex-" + core[len("cortex-") :].upper() if core.startswith("cortex-") else core
+    """"cortex-m55" -> "Cortex-M55", "cortex-m0plus" -> "Cortex-M0+" (other -mcpu names unchanged)."""
+    if not core.startswith("cortex-"):
+        return core
+    return "Cortex-" + core[len("cortex-") :].upper().replace("PLUS", "+")
 
 
 def format_board_table(boards: Sequence[Board]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import os
 
 import pytest
 
@@ -41,3 +42,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
         cache.set("kpgen/example_counts", dict(sorted(COUNTS.items())))
     if cache is not None and FINDINGS:
         cache.set("kpgen/findings", FINDINGS)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """With KPGEN_NO_SKIP=1 (set by `make test`), a skipped test is a failure: a skip never counts as a pass."""
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.skipped and os.environ.get("KPGEN_NO_SKIP") == "1":
+        rep.outcome = "failed"
+        rep.longrepr = f"skipped, but `make test` forbids skips (KPGEN_NO_SKIP=1): {rep.longrepr}"

@@ -256,7 +256,8 @@ def board_projects(work: Path, vectors: Path) -> dict[str, Path]:
 
 @pytest.mark.parametrize("name", ALL_BOARDS)
 def test_every_board_profile_builds(name: str, board_projects: dict[str, Path], work: Path, example_q) -> None:
-    """Compile and link for every board (real ones included); the image starts where the board boots."""
+    """Compile and link for every board (real ones included) with make and with CMake; the image starts where
+    the board boots."""
     b = load_board(name)
     d = board_projects[name]
     sh(["make", "-j2"], d, clean_env(work))
@@ -268,6 +269,13 @@ def test_every_board_profile_builds(name: str, board_projects: dict[str, Path], 
     assert sizes["text"] + sizes["data"] <= b.flash_size and sizes["data"] + sizes["bss"] <= b.ram_size
     est = fit.estimate(example_q, b, "firmware", vector_samples=1, steps=28)  # a lower bound: never above the real
     assert est.flash <= sizes["text"] + sizes["data"] and est.ram <= sizes["data"] + sizes["bss"] + b.stack_size
+    # the same project with CMake, outside the source directory, gives the same image
+    cm = work / "boards-cmake" / name
+    sh(["cmake", "-S", str(d), "-B", str(cm)], work, clean_env(work))
+    sh(["cmake", "--build", str(cm), "-j2"], work, clean_env(work))
+    assert (cm / "fw.elf").is_file() and (cm / "fw.hex").stat().st_size > 0
+    cm_sizes = toolchain.elf_sizes(cm / "fw.elf")
+    assert cm_sizes["text"] + cm_sizes["data"] <= b.flash_size and cm_sizes["data"] + cm_sizes["bss"] <= b.ram_size
 
 
 def test_real_board_is_refused_by_run(board_projects: dict[str, Path]) -> None:
