@@ -201,7 +201,8 @@ def format_board_table(boards: Sequence[Board]) -> str:
 # --------------------------------------------------------------------------------------------- rendering
 
 
-def _jinja_env():
+def template_env():
+    """The jinja2 environment every generated file is rendered with (templates/, strict, trimmed blocks)."""
     import jinja2
 
     return jinja2.Environment(
@@ -215,7 +216,7 @@ def _jinja_env():
 
 def render_linker_script(board: Board) -> str:
     """templates/link.ld.j2 for this board's memory map."""
-    return _jinja_env().get_template("link.ld.j2").render(board=board)
+    return template_env().get_template("link.ld.j2").render(board=board)
 
 
 def object_name(source: str) -> str:
@@ -233,7 +234,7 @@ def render_makefile(board: Board, sources: Sequence[str], include_dirs: Sequence
     if len(set(objects)) != len(objects):
         raise KpgenError("two sources map to the same object file; rename one of them")
     return (
-        _jinja_env()
+        template_env()
         .get_template("Makefile.j2")
         .render(board=board, sources=list(sources), include_dirs=list(include_dirs))
     )

@@ -9,11 +9,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import jinja2
 import numpy as np
 
 from kpgen import KpgenError, __version__, golden, layout
-from kpgen.boards import REPO_ROOT, Board
+from kpgen.boards import REPO_ROOT, Board, template_env
 from kpgen.ir import LSTMLayerQ, ModelQ
 from kpgen.vectors import Expected
 
@@ -105,16 +104,6 @@ def _hex_lines(words: np.ndarray, per_line: int = 6) -> str:
     return ",\n".join("        " + ", ".join(ws[i : i + per_line]) for i in range(0, len(ws), per_line))
 
 
-def _env() -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-
-
 TARGETS = ("firmware", "lib")
 
 _BOOT2_PLACEHOLDER = """/* boot2_placeholder.c: {size} zero bytes where the boot ROM looks for its second-stage boot loader (boot2).
@@ -137,7 +126,7 @@ def render_sources(
         raise KpgenError(f"unknown target {target!r}; use one of: {', '.join(TARGETS)}")
     if not name.isidentifier() or not name.isascii():
         raise KpgenError(f"model name {name!r} is not a C identifier; use letters, digits and underscores")
-    env = _env()
+    env = template_env()
     ctx = {
         "version": __version__,
         "name": name,
