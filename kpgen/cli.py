@@ -134,6 +134,12 @@ def emit(checkpoint: Path, board: str, out: Path | None, name: str, samples: int
         f"wrote {out}: {md['params']} parameters ({md['param_compression']}x fewer than dense), "
         f"{md['weight_bytes_int8']} weight bytes, arena {m['arena_bytes']} bytes, {what}"
     )
+    fe = m["fit_estimate"]
+    click.echo(
+        f"fits {m['board']}: flash at least {fe['flash_at_least']:,} of {fe['flash_available']:,} bytes "
+        f"(model data {fe['model_flash']:,}), RAM at least {fe['ram_at_least']:,} of {fe['ram_available']:,} bytes "
+        "(estimate before linking; the linker checks exactly)"
+    )
 
 
 @main.command()

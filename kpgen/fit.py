@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kpgen import KpgenError
+from kpgen import KpgenError, golden
 from kpgen.boards import Board
 from kpgen.ir import ModelQ
 
-# Activation tables: sigmoid and tanh, 257 int16 each.
-TABLE_BYTES = 2 * 257 * 2
+# Activation tables: sigmoid and tanh, golden.TABLE_SIZE int16 each.
+TABLE_BYTES = 2 * golden.TABLE_SIZE * 2  # sigmoid and tanh, int16
 # One kp_lstm_params_s8 record per layer (pointers and shapes), generously.
 LAYER_RECORD_BYTES = 96
 # Code, lower bounds: the kernels and model functions (library), and the test firmware's additions

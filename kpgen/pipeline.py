@@ -142,7 +142,8 @@ def emit_project(
     data = test_set(model, vectors)
     xq_all = golden.quantize_input(data.x, qmodel.input_scale)
     n = min(samples, len(xq_all))
-    fit.check_fits(fit.estimate(qmodel, board, target, vector_samples=n, steps=int(xq_all.shape[1])))
+    est = fit.estimate(qmodel, board, target, vector_samples=n, steps=int(xq_all.shape[1]))
+    fit.check_fits(est)
     float_acc = golden_acc = None
     if data.y is not None:
         float_acc = reference.accuracy(reference.float_forward(model, data.x), data.y)
@@ -159,6 +160,13 @@ def emit_project(
         "checkpoint": source,
         "model": model_summary(model, qmodel),
         "arena_bytes": arena_bytes(qmodel),
+        "fit_estimate": {
+            "model_flash": est.model_flash,
+            "flash_at_least": est.flash,
+            "flash_available": est.flash_available,
+            "ram_at_least": est.ram,
+            "ram_available": board.ram_size,
+        },
         "accuracy": {
             "test_set": data.source,
             "test_samples": int(len(data.x)),
