@@ -387,7 +387,7 @@ def write_markdown(results: list[Result], runtime: dict[str, int], path: Path, s
         "",
         *_table(results),
         "",
-        f"Runtime code at -Os for the Cortex-M4 (each runtime_c/*.c compiled alone, .text): "
+        "Runtime code at -Os for the Cortex-M4 (each runtime_c/*.c compiled alone, .text): "
         + ", ".join(f"{k} {v:,}" for k, v in runtime.items()) + f"; total {sum(runtime.values()):,} bytes.",
         "",
     ]
@@ -411,7 +411,7 @@ def write_markdown(results: list[Result], runtime: dict[str, int], path: Path, s
         "  the float model on random inputs;",
         "  quantized by kpgen.quant and emitted by kpgen.emit exactly as `kpgen emit` does. Dense matrices are",
         "  KP matrices whose B factor is 1 x 1.",
-        f"- KP factors: for each matrix, the factor shapes with the fewest multiply-accumulates among those at",
+        "- KP factors: for each matrix, the factor shapes with the fewest multiply-accumulates among those at",
         f"  least {MIN_COMPRESSION:.0f}x smaller than the dense matrix (kpgen.bench.kp_factors).",
         "- Inputs: uniform in [-1, 1], 2 sequences; every firmware checks itself against the integer reference",
         "  and kpgen checks its output again (kpgen.pipeline.run_project), then counts one inference.",

@@ -13,7 +13,6 @@ on hand-counted firmwares.
 
 from __future__ import annotations
 
-import bisect
 import math
 import re
 from dataclasses import dataclass, field

@@ -79,7 +79,7 @@ def format_report(rep) -> str:
     if rep.instructions is not None and rep.per_function:
         lines += ["", "  instructions by function (one inference):"] + _stages(rep.per_function, rep.instructions)
     if rep.timed_out:
-        lines.append(f"\nFAILED: the firmware did not finish within the timeout and was killed")
+        lines.append("\nFAILED: the firmware did not finish within the timeout and was killed")
     if rep.fault_pc is not None:
         lines.append(f"\nFAILED: the firmware faulted (HardFault) at pc=0x{rep.fault_pc:08x}")
     if rep.exit_code not in (0, None) and not rep.fault_pc:

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from firmware import build_fixture
 from kpgen import cycles, qemu, toolchain
-from kpgen.boards import load_board, prepare_firmware_dir
+from kpgen.boards import load_board
 from kpgen.cycles import base_mnemonic, decode, register_count
 from kpgen.qemu import Insn, Profile
 
@@ -138,10 +139,7 @@ TAKEN = {  # kernel -> {mnemonic: times taken} for N iterations
 @pytest.fixture(scope="module", params=["m4", "m55"])
 def cycles_fw(request, tmp_path_factory):
     b = load_board(request.param)
-    fw_dir = tmp_path_factory.mktemp(f"cycles-{b.name}")
-    shutil.copyfile(FIXTURE, fw_dir / "main.c")
-    prepare_firmware_dir(b, fw_dir, ["main.c"])
-    return b, toolchain.build(fw_dir, jobs=2)
+    return b, build_fixture(b, FIXTURE, tmp_path_factory.mktemp(f"cycles-{b.name}"))
 
 
 @pytest.mark.qemu

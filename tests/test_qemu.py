@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from firmware import build_fixture
 from kpgen import KpgenError
 from kpgen import qemu, toolchain
 from kpgen.boards import load_board, prepare_firmware_dir
@@ -34,10 +35,7 @@ def board():
 
 @pytest.fixture(scope="module")
 def fw(board, tmp_path_factory):
-    fw_dir = tmp_path_factory.mktemp("hello")
-    shutil.copyfile(FIXTURE, fw_dir / "main.c")
-    prepare_firmware_dir(board, fw_dir, ["main.c"])
-    return toolchain.build(fw_dir, jobs=2)
+    return build_fixture(board, FIXTURE, tmp_path_factory.mktemp("hello"))
 
 
 @pytest.fixture(scope="module")
@@ -222,10 +220,7 @@ QEMU_BOARDS = ["m0", "m3", "m4", "m7", "m33", "m55"]
 @pytest.fixture(scope="module", params=QEMU_BOARDS)
 def board_fw(request, tmp_path_factory):
     b = load_board(request.param)
-    fw_dir = tmp_path_factory.mktemp(f"hello-{b.name}")
-    shutil.copyfile(FIXTURE, fw_dir / "main.c")
-    prepare_firmware_dir(b, fw_dir, ["main.c"])
-    return b, toolchain.build(fw_dir, jobs=2)
+    return b, build_fixture(b, FIXTURE, tmp_path_factory.mktemp(f"hello-{b.name}"))
 
 
 def test_every_board_boots_prints_exits_and_counts(board_fw):

@@ -1,0 +1,15 @@
+"""Build a one-file test firmware (a fixture main.c) for a board with kpgen's own templates and start-up code."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from kpgen import toolchain
+from kpgen.boards import Board, prepare_firmware_dir
+
+
+def build_fixture(board: Board, main_c: Path, fw_dir: Path) -> toolchain.BuildResult:
+    shutil.copyfile(main_c, fw_dir / "main.c")
+    prepare_firmware_dir(board, fw_dir, ["main.c"])
+    return toolchain.build(fw_dir, jobs=2)
