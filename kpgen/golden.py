@@ -121,6 +121,22 @@ def kp_acc_bound(a: np.ndarray, b: np.ndarray, t_shift: int, t_bits: int = 16) -
     return int(np.max(np.sum(np.abs(_i64(a)), axis=1))) * int(np.max(kp_t_bound(b, t_shift, min(t_bits, 63))))
 
 
+def kp_matrix_s8(m, x: np.ndarray, t_bits: int = 16) -> np.ndarray:
+    """y = W x for a whole KPMatrixQ (any number of factors; HKP top rows): int8 x [..., N] -> int32 [..., M].
+
+    The specification of kp_matvec_s8 in C for every matrix kpgen emits (docs/quantization.md)."""
+    if m.rest or m.top is not None:
+        raise NotImplementedError("k > 2 factors and HKP")
+    return kp_matvec_s8(m.a, m.b, x, m.t_shift, t_bits)
+
+
+def matrix_acc_bound(m, t_bits: int = 16) -> int:
+    """Largest |y| kp_matrix_s8 can produce for any int8 input (|x| <= 128)."""
+    if m.rest or m.top is not None:
+        raise NotImplementedError("k > 2 factors and HKP")
+    return kp_acc_bound(m.a, m.b, m.t_shift, t_bits)
+
+
 GATE_SHIFT_MAX = 32  # gate requantizers: shift 1..32 (one 32x32 -> high 32 multiply in C)
 
 

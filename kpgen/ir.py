@@ -1,35 +1,67 @@
 """Framework-free intermediate representation: float IR (from the loader) and integer IR (from the quantizer).
 
-Nothing here imports torch. Gate order in every LSTM matrix and bias is (i, f, g, o), each block H rows.
+Nothing here imports torch. Gate order in every LSTM matrix and bias is (i, f, g, o), in every GRU matrix
+(r, z, n), each block H rows; FastRNN and FastGRNN matrices have H rows.
+
+A matrix is always a `KPMatrixF` / `KPMatrixQ`: two or more Kronecker factors W = A (x) B (x) rest..., and
+for hybrid KP (HKP) `top`, r dense rows stacked above the Kronecker part: W = [top; A (x) B (x) ...].
+A dense matrix is the case B = 1 x 1.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
 # --------------------------------------------------------------------------------------------- float IR
 
 
+def _kron_all(factors) -> np.ndarray:
+    out = np.asarray(factors[0])
+    for f in factors[1:]:
+        out = np.kron(out, f)
+    return out
+
+
 @dataclass(frozen=True)
 class KPMatrixF:
-    """A matrix W = A (x) B kept as its two factors (A: m1 x n1, B: m2 x n2; W: m1*m2 x n1*n2)."""
+    """W = [top; A (x) B (x) rest[0] (x) ...]: Kronecker factors (A: m1 x n1, B: m2 x n2, ...) and, for hybrid
+    KP, r dense rows on top (top: r x N, N = n1*n2*...). Plain KP: rest = (), top = None."""
 
     a: np.ndarray
     b: np.ndarray
+    rest: tuple[np.ndarray, ...] = ()
+    top: np.ndarray | None = None
+
+    @property
+    def factors(self) -> tuple[np.ndarray, ...]:
+        return (self.a, self.b, *self.rest)
+
+    @property
+    def top_rows(self) -> int:
+        return 0 if self.top is None else int(self.top.shape[0])
+
+    @property
+    def kp_shape(self) -> tuple[int, int]:
+        """Rows and columns of the Kronecker part."""
+        return (math.prod(f.shape[0] for f in self.factors), math.prod(f.shape[1] for f in self.factors))
 
     @property
     def shape(self) -> tuple[int, int]:
-        return (self.a.shape[0] * self.b.shape[0], self.a.shape[1] * self.b.shape[1])
+        rows, cols = self.kp_shape
+        return (rows + self.top_rows, cols)
 
     @property
     def params(self) -> int:
-        return int(self.a.size + self.b.size)
+        return int(sum(f.size for f in self.factors) + (0 if self.top is None else self.top.size))
 
     def dense(self) -> np.ndarray:
         """The explicit matrix; for tests and reports only."""
-        return np.kron(self.a, self.b)
+        kp = _kron_all(self.factors)
+        return kp if self.top is None else np.vstack([self.top, kp])
 
 
 @dataclass(frozen=True)
@@ -41,6 +73,108 @@ class LSTMLayerF:
     wx: KPMatrixF  # (4H, I)
     wh: KPMatrixF  # (4H, H)
     bias: np.ndarray  # (4H,), input and recurrent biases already summed
+
+
+@dataclass(frozen=True)
+class GRULayerF:
+    """One KP-GRU layer, torch.nn.GRU's equations, gates (r, z, n):
+    r = sigmoid(Wx_r x + Wh_r h + bias_r), z = sigmoid(Wx_z x + Wh_z h + bias_z),
+    n = tanh(Wx_n x + bias_n + r * (Wh_n h + bias_hn)), h' = (1 - z) * n + z * h."""
+
+    input_size: int
+    hidden_size: int
+    wx: KPMatrixF  # (3H, I)
+    wh: KPMatrixF  # (3H, H)
+    bias: np.ndarray  # (3H,): b_ih + [b_hr, b_hz, 0]
+    bias_hn: np.ndarray  # (H,): b_hn, multiplied by r
+
+
+@dataclass(frozen=True)
+class FastRNNLayerF:
+    """FastRNN: h' = alpha * tanh(Wx x + Wh h + bias) + beta * h (alpha, beta already through the sigmoid)."""
+
+    input_size: int
+    hidden_size: int
+    wx: KPMatrixF  # (H, I)
+    wh: KPMatrixF  # (H, H)
+    bias: np.ndarray  # (H,)
+    alpha: float
+    beta: float
+
+
+@dataclass(frozen=True)
+class FastGRNNLayerF:
+    """FastGRNN: pre = Wx x + Wh h; z = sigmoid(pre + bias_z); h~ = tanh(pre + bias_h);
+    h' = (zeta * (1 - z) + nu) * h~ + z * h (zeta, nu already through the sigmoid)."""
+
+    input_size: int
+    hidden_size: int
+    wx: KPMatrixF  # (H, I)
+    wh: KPMatrixF  # (H, H)
+    bias_z: np.ndarray  # (H,)
+    bias_h: np.ndarray  # (H,)
+    zeta: float
+    nu: float
+
+
+@dataclass(frozen=True)
+class BiLayerF:
+    """A bidirectional layer: `fwd` reads x forwards, `bwd` reads it reversed; the output at step t is
+    [fwd h_t, bwd h_t] (bwd's outputs put back in forward time order), 2H values."""
+
+    fwd: object  # one of the *LayerF above
+    bwd: object
+
+    @property
+    def input_size(self) -> int:
+        return self.fwd.input_size
+
+    @property
+    def hidden_size(self) -> int:
+        return self.fwd.hidden_size
+
+
+def cell_of(layer: object) -> str:
+    """'lstm', 'gru', 'fastrnn' or 'fastgrnn' for a float or integer layer (the fwd cell of a bidirectional one)."""
+    inner = getattr(layer, "fwd", layer)
+    return type(inner).CELL
+
+
+def directions(layer: object) -> int:
+    return 2 if hasattr(layer, "fwd") else 1
+
+
+def sublayers(layer: object) -> tuple:
+    """(layer,) or (fwd, bwd)."""
+    return (layer.fwd, layer.bwd) if hasattr(layer, "fwd") else (layer,)
+
+
+def out_size(layer: object) -> int:
+    """Values per step that the layer hands to the next layer (H, or 2H when bidirectional)."""
+    return directions(layer) * layer.hidden_size
+
+
+def matrices(layer: object) -> tuple:
+    """Every matrix of a layer (both directions), Wx before Wh."""
+    return tuple(m for s in sublayers(layer) for m in (s.wx, s.wh))
+
+
+def vectors(layer: object) -> tuple:
+    """Every bias vector of a layer (both directions)."""
+    names = ("bias", "bias_hn", "bias_z", "bias_h")
+    return tuple(getattr(s, n) for s in sublayers(layer) for n in names if hasattr(s, n))
+
+
+def scalars(layer: object) -> int:
+    """Number of trainable scalars (FastRNN alpha, beta; FastGRNN zeta, nu)."""
+    names = ("alpha", "beta", "zeta", "nu")
+    return sum(1 for s in sublayers(layer) for n in names if hasattr(s, n))
+
+
+LSTMLayerF.CELL = "lstm"
+GRULayerF.CELL = "gru"
+FastRNNLayerF.CELL = "fastrnn"
+FastGRNNLayerF.CELL = "fastgrnn"
 
 
 @dataclass(frozen=True)
@@ -71,13 +205,17 @@ class ModelF:
 
     @property
     def params(self) -> int:
-        n = sum(l.wx.params + l.wh.params + l.bias.size for l in self.layers)
+        n = 0
+        for l in self.layers:
+            n += sum(m.params for m in matrices(l)) + sum(v.size for v in vectors(l)) + scalars(l)
         return int(n + self.head.weight.size + self.head.bias.size)
 
     @property
     def dense_params(self) -> int:
         """Parameters of the same network with uncompressed matrices."""
-        n = sum(l.wx.shape[0] * l.wx.shape[1] + l.wh.shape[0] * l.wh.shape[1] + l.bias.size for l in self.layers)
+        n = 0
+        for l in self.layers:
+            n += sum(m.shape[0] * m.shape[1] for m in matrices(l)) + sum(v.size for v in vectors(l)) + scalars(l)
         return int(n + self.head.weight.size + self.head.bias.size)
 
 
@@ -99,17 +237,61 @@ class Requant:
 
 @dataclass(frozen=True)
 class KPMatrixQ:
-    """int8 factors of W = A (x) B; the intermediate T = X B^T is rounded right by t_shift into int16."""
+    """int8 factors of W = [top; A (x) B (x) rest...] (docs/quantization.md).
+
+    Two factors: T = sat16(rsr(X B^T, t_shift)), y = vec(A T). More factors: B is replaced by the product of
+    the remaining factors, applied to each row of X the same way (recursively), and rest_shifts[j] is the
+    rounding shift of the product of factors j+2.. (so `shifts` = (t_shift, *rest_shifts), one per factor
+    boundary). HKP: the top rows' int32 products top @ x are scaled by 2**top_shift (a left shift when
+    top_shift >= 0, a rounding right shift otherwise) into the unit of the Kronecker part's output.
+    """
 
     a: np.ndarray  # int8 (m1, n1)
     b: np.ndarray  # int8 (m2, n2)
     t_shift: int
     a_scale: float
     b_scale: float
+    rest: tuple[np.ndarray, ...] = ()  # int8 factors 3..k
+    rest_shifts: tuple[int, ...] = ()
+    rest_scales: tuple[float, ...] = ()
+    top: np.ndarray | None = None  # int8 (r, N): HKP dense rows
+    top_shift: int = 0
+    top_scale: float = 1.0
+
+    @property
+    def factors(self) -> tuple[np.ndarray, ...]:
+        return (self.a, self.b, *self.rest)
+
+    @property
+    def shifts(self) -> tuple[int, ...]:
+        return (self.t_shift, *self.rest_shifts)
+
+    @property
+    def scales(self) -> tuple[float, ...]:
+        return (self.a_scale, self.b_scale, *self.rest_scales)
+
+    @property
+    def top_rows(self) -> int:
+        return 0 if self.top is None else int(self.top.shape[0])
+
+    @property
+    def kp_shape(self) -> tuple[int, int]:
+        return (math.prod(f.shape[0] for f in self.factors), math.prod(f.shape[1] for f in self.factors))
 
     @property
     def shape(self) -> tuple[int, int]:
-        return (self.a.shape[0] * self.b.shape[0], self.a.shape[1] * self.b.shape[1])
+        rows, cols = self.kp_shape
+        return (rows + self.top_rows, cols)
+
+    @property
+    def unit(self) -> float:
+        """Real value of one unit of the int32 output, per unit of the int8 input: prod(scales) * 2**sum(shifts)."""
+        return math.prod(self.scales) * 2.0 ** sum(self.shifts)
+
+    @property
+    def nbytes(self) -> int:
+        """int8 weight bytes (unpacked)."""
+        return int(sum(f.size for f in self.factors) + (0 if self.top is None else self.top.size))
 
 
 @dataclass(frozen=True)
@@ -123,6 +305,68 @@ class LSTMLayerQ:
     bias: np.ndarray  # int32 (4H,), Q3.12
     cell_frac: int  # cell state c is int16 with cell_frac fractional bits
     input_scale: float  # real value of one input step (int8 x)
+
+
+@dataclass(frozen=True)
+class GRULayerQ:
+    input_size: int
+    hidden_size: int
+    wx: KPMatrixQ  # (3H, I), gates (r, z, n)
+    wh: KPMatrixQ  # (3H, H)
+    rq_x: Requant
+    rq_h: Requant
+    bias: np.ndarray  # int32 (3H,), Q3.12
+    bias_hn: np.ndarray  # int32 (H,), Q3.12
+    input_scale: float
+    CELL: ClassVar[str] = "gru"
+
+
+@dataclass(frozen=True)
+class FastRNNLayerQ:
+    input_size: int
+    hidden_size: int
+    wx: KPMatrixQ  # (H, I)
+    wh: KPMatrixQ  # (H, H)
+    rq_x: Requant
+    rq_h: Requant
+    bias: np.ndarray  # int32 (H,), Q3.12
+    alpha: int  # Q0.15, 0..32767
+    beta: int  # Q0.15, 0..32767
+    input_scale: float
+    CELL: ClassVar[str] = "fastrnn"
+
+
+@dataclass(frozen=True)
+class FastGRNNLayerQ:
+    input_size: int
+    hidden_size: int
+    wx: KPMatrixQ  # (H, I)
+    wh: KPMatrixQ  # (H, H)
+    rq_x: Requant
+    rq_h: Requant
+    bias_z: np.ndarray  # int32 (H,), Q3.12
+    bias_h: np.ndarray  # int32 (H,), Q3.12
+    zeta: int  # Q0.15, 0..32767
+    nu: int  # Q0.15, 0..32767
+    input_scale: float
+    CELL: ClassVar[str] = "fastgrnn"
+
+
+@dataclass(frozen=True)
+class BiLayerQ:
+    fwd: object  # one of the *LayerQ
+    bwd: object
+
+    @property
+    def input_size(self) -> int:
+        return self.fwd.input_size
+
+    @property
+    def hidden_size(self) -> int:
+        return self.fwd.hidden_size
+
+
+LSTMLayerQ.CELL = "lstm"
 
 
 @dataclass(frozen=True)
@@ -145,7 +389,8 @@ class ModelQ:
 
     @property
     def weight_bytes(self) -> int:
+        """int8 weights, int32 biases and int16 scalars, unpacked."""
         n = 0
         for l in self.layers:
-            n += l.wx.a.size + l.wx.b.size + l.wh.a.size + l.wh.b.size + 4 * l.bias.size
+            n += sum(m.nbytes for m in matrices(l)) + 4 * sum(v.size for v in vectors(l)) + 2 * scalars(l)
         return int(n + self.head.weight.size + 4 * self.head.bias.size)
