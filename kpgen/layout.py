@@ -141,3 +141,102 @@ def kron_scratch_words(m1: int, n1: int, m2: int, n2: int) -> int:
     if m2 == 1 and n2 == 1:
         return p1 // 2
     return (m2 * p1 + max(p1, p2)) // 2
+
+
+# ------------------------------------------------------------------------------------------ whole matrices
+#
+# A KPMatrixQ becomes a chain of kp_kron_s8 (runtime_c/kp_matvec_s8.h): level l multiplies factor l (its A)
+# by the matrix of factors l+1.. (its inner; the last level holds the last two factors as A and B), and HKP
+# top rows are one more, dense, kp_kron_s8 (B = [[1]]) that the outermost level points to.
+
+FACTOR_NAMES = "abcdefgh"  # array suffixes of the factors of one matrix (at most golden.MAX_FACTORS)
+ONE_WORDS = (1, 0)  # pack_blocks([[1]]): the B of a dense kp_kron_s8 (only byte 0 is read)
+
+
+def matrix_levels(m) -> list[dict]:
+    """The kp_kron_s8 chain of a KPMatrixQ's Kronecker part, outermost first: per level the packed A (and B
+    on the last level) and the dimensions m1, n1, m2, n2 (m2 x n2: the level's inner matrix), t_shift."""
+    factors, shifts = m.factors, m.shifts
+    levels = []
+    for l in range(len(factors) - 1):
+        rest = factors[l + 1 :]
+        m2 = int(np.prod([f.shape[0] for f in rest]))
+        n2 = int(np.prod([f.shape[1] for f in rest]))
+        last = l == len(factors) - 2
+        if last:
+            pa, pb = pack_kron(factors[l], factors[l + 1])
+        else:
+            pa, pb = (pack_blocks(factors[l]) if a_in_blocks(m2) else pack_rows(factors[l])), None
+        m1, n1 = factors[l].shape
+        levels.append({"a": pa, "b": pb, "m1": int(m1), "n1": int(n1), "m2": m2, "n2": n2, "t_shift": int(shifts[l])})
+    return levels
+
+
+def matrix_scratch_words(m) -> int:
+    """int32 words of scratch kp_matvec_s8 needs for a whole KPMatrixQ (runtime_c/kp_matvec_s8.c).
+
+    Two factors: kron_scratch_words. More: the T^T of every level but the last (m2 rows of cols_padded(n1)
+    int16), one int32 result of the largest such m2, then the larger of the last level's kron scratch and one
+    widened row of any level's A. HKP top rows run first, in their own dense scratch (the same words)."""
+    levels = matrix_levels(m)
+    last = levels[-1]
+    words = kron_scratch_words(last["m1"], last["n1"], last["m2"], last["n2"])
+    if len(levels) > 1:
+        outer = levels[:-1]
+        tts = sum(lv["m2"] * cols_padded(lv["n1"]) // 2 for lv in outer)
+        res = max(lv["m2"] for lv in outer)
+        work = max([words] + [cols_padded(lv["n1"]) // 2 for lv in outer])
+        words = tts + res + work
+    if m.top is not None:
+        words = max(words, kron_scratch_words(m.top_rows, m.kp_shape[1], 1, 1))
+    return int(words)
+
+
+def _c_words(words: np.ndarray, per_line: int = 8, indent: str = "    ") -> str:
+    """C initialiser lines of int32 words (the emitter's style: 8 a line, indented)."""
+    flat = [str(int(v)) for v in np.asarray(words).reshape(-1)] or ["0"]
+    return ",\n".join(indent + ", ".join(flat[i : i + per_line]) for i in range(0, len(flat), per_line))
+
+
+def matrix_context(m) -> dict:
+    """Everything templates/kp_matrix.j2 needs to emit one KPMatrixQ: its arrays (C initialiser text and word
+    counts), the kp_kron_s8 chain (outermost first; `name` is the array suffix of each level's A, `b` that of
+    the last level's B), the HKP top rows and shift, shapes, weight counts and the scratch it needs."""
+    factors = m.factors
+    levels = matrix_levels(m)
+    arrays, chain = [], []
+    for l, lv in enumerate(levels):
+        f = factors[l]
+        arrays.append({"name": FACTOR_NAMES[l], "words": int(lv["a"].size), "text": _c_words(lv["a"]),
+                       "shape": tuple(int(v) for v in f.shape),
+                       "layout": "4-row blocks" if a_in_blocks(lv["m2"]) else "rows"})  # fmt: skip
+        entry = {k: lv[k] for k in ("m1", "n1", "m2", "n2", "t_shift")}
+        entry.update({"a": FACTOR_NAMES[l], "b": None, "inner": l + 1 < len(levels)})
+        if lv["b"] is not None:
+            fb = factors[l + 1]
+            arrays.append({"name": FACTOR_NAMES[l + 1], "words": int(lv["b"].size), "text": _c_words(lv["b"]),
+                           "shape": tuple(int(v) for v in fb.shape), "layout": "4-row blocks"})  # fmt: skip
+            entry["b"] = FACTOR_NAMES[l + 1]
+        chain.append(entry)
+    top = None
+    if m.top is not None:
+        tw = pack_blocks(m.top)
+        top = {"rows": m.top_rows, "cols": int(m.top.shape[1]), "words": int(tw.size), "text": _c_words(tw),
+               "shift": int(m.top_shift)}  # fmt: skip
+    rows, cols = m.kp_shape
+    return {
+        "arrays": arrays,
+        "chain": chain,
+        "levels": len(chain),
+        "top": top,
+        "top_shift": int(m.top_shift) if m.top is not None else 0,
+        "kp_rows": int(rows),
+        "kp_cols": int(cols),
+        "shape": tuple(int(v) for v in m.shape),
+        "factors": len(factors),
+        "factor_text": " (x) ".join(f"{FACTOR_NAMES[j].upper()} ({f.shape[0]} x {f.shape[1]})" for j, f in enumerate(factors)),
+        "is_dense": len(factors) == 2 and m.b.shape == (1, 1),
+        "weights": int(m.nbytes),
+        "dense_weights": int(m.shape[0] * m.shape[1]),
+        "scratch_words": matrix_scratch_words(m),
+    }

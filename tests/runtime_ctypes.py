@@ -164,9 +164,13 @@ def _p(a: np.ndarray, ptype: type) -> ctypes._Pointer:
 
 
 class Kron(ctypes.Structure):
-    """Mirror of kp_kron_s8."""
+    """Mirror of kp_kron_s8 (inner, top: NULL and top_shift 0 unless given)."""
 
-    _fields_ = [("a", P32), ("b", P32), ("m1", I32), ("n1", I32), ("m2", I32), ("n2", I32), ("t_shift", I32)]
+
+Kron._fields_ = [
+    ("a", P32), ("b", P32), ("m1", I32), ("n1", I32), ("m2", I32), ("n2", I32), ("t_shift", I32),
+    ("inner", ctypes.POINTER(Kron)), ("top", ctypes.POINTER(Kron)), ("top_shift", I32),
+]  # fmt: skip
 
 
 class LSTMParams(ctypes.Structure):
@@ -201,6 +205,32 @@ class PackedKron:
         self.pa, self.pb = _arr(pa, np.int32), _arr(pb, np.int32)
         self.struct = Kron(_p(self.pa, P32), _p(self.pb, P32), *self.shape, t_shift)
         self.scratch = layout.kron_scratch_words(*self.shape)
+
+
+class PackedMatrix:
+    """A whole KPMatrixQ (any number of factors, HKP top rows) as the chain of kp_kron_s8 the emitter builds
+    (kpgen.layout.matrix_context / templates/kp_matrix.j2), with every array and nested struct kept alive."""
+
+    def __init__(self, m) -> None:
+        self.keep: list = []
+        levels = layout.matrix_levels(m)
+        inner = None
+        for lv in reversed(levels):  # innermost first, so each level can point to the next
+            pa = _arr(lv["a"], np.int32)
+            pb = None if lv["b"] is None else _arr(lv["b"], np.int32)
+            k = Kron(_p(pa, P32), None if pb is None else _p(pb, P32), lv["m1"], lv["n1"], lv["m2"], lv["n2"],
+                     lv["t_shift"], None if inner is None else ctypes.pointer(inner))  # fmt: skip
+            self.keep += [pa, pb, k]
+            inner = k
+        self.struct = inner
+        if m.top is not None:
+            pt, one = _arr(layout.pack_blocks(m.top), np.int32), np.array(layout.ONE_WORDS, np.int32)
+            top = Kron(_p(pt, P32), _p(one, P32), m.top_rows, m.kp_shape[1], 1, 1, 0)
+            self.keep += [pt, one, top]
+            self.struct.top = ctypes.pointer(top)
+            self.struct.top_shift = m.top_shift
+        self.shape = m.shape
+        self.scratch = layout.matrix_scratch_words(m)
 
 
 class Runtime:
@@ -252,6 +282,19 @@ class Runtime:
         assert tv[-1] == POISON and y[-1] == POISON, "kp_matvec_s8 wrote past its scratch or output"
         y = y[:-1]
         return y
+
+    def matrix(self, m, x: np.ndarray, scratch_words: int | None = None) -> np.ndarray:
+        """kp_matvec_s8 on a whole KPMatrixQ (PackedMatrix) and one vector x (N,) -> int32 (M,); the scratch is
+        layout.matrix_scratch_words words (or scratch_words), poisoned, with a guard word after it and y."""
+        pm = PackedMatrix(m)
+        x = _arr(x, np.int8)
+        assert x.shape == (pm.shape[1],)
+        words = pm.scratch if scratch_words is None else scratch_words
+        tv = np.full(words + 1, POISON, np.int32)
+        y = np.full(pm.shape[0] + 1, POISON, np.int32)
+        self.lib.kp_matvec_s8(ctypes.byref(pm.struct), _p(x, P8), _p(tv, P32), _p(y, P32))
+        assert tv[-1] == POISON and y[-1] == POISON, "kp_matvec_s8 wrote past its scratch or output"
+        return y[:-1].copy()
 
     def fc(self, w: np.ndarray, bias: np.ndarray, x: np.ndarray) -> np.ndarray:
         """kp_fc_s8 on one vector x (cols,) -> int32 (rows,)."""
