@@ -18,6 +18,7 @@ from kpgen.ir import (
     ModelQ,
     Requant,
 )
+from kpgen import ir
 
 GATE_FRAC = 12  # gate pre-activations are Q3.12
 H_SCALE = 1.0 / 128.0  # hidden state is Q0.7
@@ -63,26 +64,99 @@ def t_shift_for(b_q: np.ndarray, t_bits: int = 16) -> int:
     return s
 
 
+FACTOR_NAMES = "ABCDEFGH"  # the factors of W = A (x) B (x) C ..., as messages and the emitted arrays name them
+
+
+def factor_shifts(factors: list[np.ndarray] | tuple[np.ndarray, ...], t_bits: int = 16) -> tuple[int, ...]:
+    """Worst-case rounding shifts of a chain of int8 factors: shifts[j] rounds the products of factor j+2 into
+    the intermediate factor j+1 multiplies. Innermost first: the last factor's sums (|x| <= 128) get t_shift_for;
+    each outer intermediate's worst case is sum |F[p, :]| times the worst rounded element below it, and gets
+    the smallest shift that keeps it inside t_bits, so no intermediate can saturate. Two factors: (t_shift_for(B),)."""
+    k = len(factors)
+    if t_bits >= 32:
+        return (0,) * (k - 1)
+    limit = 2 ** (t_bits - 1) - 1
+    shifts = [0] * (k - 1)
+    worst = 128 * np.sum(np.abs(np.asarray(factors[-1], np.int64)), axis=1)
+    for j in range(k - 2, -1, -1):
+        s = 0
+        while golden.rsr(np.int64(np.max(worst, initial=0)), s) > limit:
+            s += 1
+        shifts[j] = s
+        if j > 0:
+            rows = np.sum(np.abs(np.asarray(factors[j], np.int64)), axis=1)
+            worst = (rows[:, None] * golden.rsr(worst, s)[None, :]).reshape(-1)
+    return tuple(shifts)
+
+
+def top_shift_for(top_absmax: float, kp_unit: float) -> int:
+    """HKP: the smallest integer s with top_absmax / (kp_unit * 2**s) <= 127, at least golden.TOP_SHIFT_MIN
+    (a coarser scale than needed, which only costs precision); 0 for all-zero top rows."""
+    if top_absmax == 0:
+        return 0
+    s = math.ceil(math.log2(top_absmax / (127.0 * kp_unit)))
+    while top_absmax / (kp_unit * 2.0**s) > 127:
+        s += 1
+    while top_absmax / (kp_unit * 2.0 ** (s - 1)) <= 127:
+        s -= 1
+    return max(s, golden.TOP_SHIFT_MIN)
+
+
+def _quantize_top(q: KPMatrixQ, top: np.ndarray | None, what: str) -> KPMatrixQ:
+    """Add HKP top rows to a quantized Kronecker part: int8 in the Kronecker output's unit times 2**top_shift."""
+    if top is None:
+        return q
+    top = np.asarray(top, dtype=np.float64)
+    if top.ndim != 2 or top.shape[1] != q.kp_shape[1]:
+        raise KpgenError(f"{what}: the HKP top rows are {top.shape}, the Kronecker part has {q.kp_shape[1]} columns; "
+                         "re-export the model")
+    absmax = float(np.max(np.abs(top), initial=0.0))
+    if not math.isfinite(absmax):
+        raise KpgenError(f"{what}: the HKP top rows hold a non-finite weight; retrain the model")
+    unit = q.unit
+    s = top_shift_for(absmax, unit)
+    if s > golden.TOP_SHIFT_MAX:
+        raise KpgenError(f"{what}: the HKP top rows ({absmax:.3g}) are 2**{s} steps of the Kronecker part's unit "
+                         f"{unit:.3g}, more than 2**{golden.TOP_SHIFT_MAX}; check for exploding top-row weights")
+    scale = unit * 2.0**s
+    top_q = np.clip(np.round(top / scale), -127, 127).astype(np.int8)
+    return KPMatrixQ(**{**q.__dict__, "top": top_q, "top_shift": s, "top_scale": scale})
+
+
 def quantize_kp(m: KPMatrixF, what: str, t_bits: int = 16) -> KPMatrixQ:
-    """int8 factors with per-factor scales. A dense matrix (B is 1x1) is folded: A * b00 is quantized and B
-    becomes [[1]] with scale 1 and t_shift 0, so T = x exactly and the accumulator is W x (the C runtime
-    then runs its dense kernel)."""
-    if m.a.shape[1] > MAX_N1:
-        raise KpgenError(
-            f"{what}: factor A has {m.a.shape[1]} columns, more than {MAX_N1}; the int32 accumulator "
-            "could overflow: choose factor shapes with fewer columns in A"
-        )
-    if m.b.shape[1] > MAX_N2:
-        raise KpgenError(
-            f"{what}: factor B has {m.b.shape[1]} columns, more than {MAX_N2}; the int32 sum of X B^T could "
-            "overflow: choose factor shapes with fewer columns in B"
-        )
-    if m.b.shape == (1, 1):
+    """int8 factors with per-factor scales and worst-case shifts (factor_shifts); HKP top rows in the unit of
+    the Kronecker part's output (top_shift_for). A dense matrix (two factors, B 1x1) is folded: A * b00 is
+    quantized and B becomes [[1]] with scale 1 and t_shift 0, so T = x exactly and the accumulator is W x (the
+    C runtime then runs its dense kernel)."""
+    factors = m.factors
+    if len(factors) > golden.MAX_FACTORS:
+        raise KpgenError(f"{what}: {len(factors)} Kronecker factors, more than the {golden.MAX_FACTORS} the C runtime "
+                         "chains; choose fewer factors")
+    for j, f in enumerate(factors):
+        name, last = FACTOR_NAMES[j], j == len(factors) - 1
+        if not last and f.shape[1] > MAX_N1:
+            raise KpgenError(
+                f"{what}: factor {name} has {f.shape[1]} columns, more than {MAX_N1}; the int32 accumulator "
+                f"could overflow: choose factor shapes with fewer columns in {name}"
+            )
+        if last and f.shape[1] > MAX_N2:
+            raise KpgenError(
+                f"{what}: factor {name} has {f.shape[1]} columns, more than {MAX_N2}; the int32 sum of X {name}^T "
+                f"could overflow: choose factor shapes with fewer columns in {name}"
+            )
+    if len(factors) == 2 and m.b.shape == (1, 1):
         a, sa = symmetric_int8(np.asarray(m.a, dtype=np.float64) * float(m.b[0, 0]))
-        return KPMatrixQ(a=a, b=np.ones((1, 1), np.int8), t_shift=0, a_scale=sa, b_scale=1.0)
-    a, sa = symmetric_int8(m.a)
-    b, sb = symmetric_int8(m.b)
-    return KPMatrixQ(a=a, b=b, t_shift=t_shift_for(b, t_bits), a_scale=sa, b_scale=sb)
+        q = KPMatrixQ(a=a, b=np.ones((1, 1), np.int8), t_shift=0, a_scale=sa, b_scale=1.0)
+    else:
+        qs = [symmetric_int8(np.asarray(f, dtype=np.float64)) for f in factors]
+        shifts = factor_shifts([f for f, _ in qs], t_bits)
+        q = KPMatrixQ(a=qs[0][0], b=qs[1][0], t_shift=shifts[0], a_scale=qs[0][1], b_scale=qs[1][1],
+                      rest=tuple(f for f, _ in qs[2:]), rest_shifts=shifts[1:], rest_scales=tuple(s for _, s in qs[2:]))
+    q = _quantize_top(q, m.top, what)
+    problems = golden.matrix_limits(q) if t_bits == 16 else []
+    if problems:
+        raise KpgenError(f"{what}: {problems[0]}; the int32 kernels cannot run it (check for exploding weights)")
+    return q
 
 
 def requant_gate(m: float, acc_bound: int, what: str) -> Requant:
@@ -121,32 +195,90 @@ def cell_frac_for(cell_absmax: float) -> int:
     return max(0, min(15, 15 - int_bits))
 
 
-def quantize_lstm(layer: LSTMLayerF, input_scale: float, cell_absmax: float, idx: int, t_bits: int = 16) -> LSTMLayerQ:
+def _matrices_and_requants(layer, input_scale: float, idx: int | str, t_bits: int) -> dict:
+    """wx, wh (int8 factors) and their gate requantizers rq_x, rq_h to Q3.12: one accumulator unit of Wx x is
+    worth wx.unit * input_scale, of Wh h wh.unit / 128 (h is Q0.7)."""
     wx = quantize_kp(layer.wx, f"layer {idx} Wx", t_bits)
     wh = quantize_kp(layer.wh, f"layer {idx} Wh", t_bits)
     gate = float(2**GATE_FRAC)
-    rq_x = requant_gate(wx.a_scale * wx.b_scale * input_scale * 2**wx.t_shift * gate,
-                        golden.kp_acc_bound(wx.a, wx.b, wx.t_shift, t_bits), f"layer {idx} Wx")
-    rq_h = requant_gate(wh.a_scale * wh.b_scale * H_SCALE * 2**wh.t_shift * gate,
-                        golden.kp_acc_bound(wh.a, wh.b, wh.t_shift, t_bits), f"layer {idx} Wh")
-    bias = np.round(layer.bias.astype(np.float64) * gate)
-    if np.max(np.abs(bias), initial=0) >= 2**31:
-        raise KpgenError(f"layer {idx}: a bias does not fit int32 in Q3.12; retrain with bounded biases")
-    q = LSTMLayerQ(
-        input_size=layer.input_size,
-        hidden_size=layer.hidden_size,
-        wx=wx,
-        wh=wh,
-        rq_x=rq_x,
-        rq_h=rq_h,
-        bias=bias.astype(np.int32),
-        cell_frac=cell_frac_for(cell_absmax),
-        input_scale=input_scale,
-    )
-    problems = golden.kernel_limits(q) if t_bits == 16 else []  # other widths: golden experiments only
+    rq_x = requant_gate(wx.unit * input_scale * gate, golden.matrix_acc_bound(wx, t_bits), f"layer {idx} Wx")
+    rq_h = requant_gate(wh.unit * H_SCALE * gate, golden.matrix_acc_bound(wh, t_bits), f"layer {idx} Wh")
+    return {"input_size": layer.input_size, "hidden_size": layer.hidden_size, "wx": wx, "wh": wh,
+            "rq_x": rq_x, "rq_h": rq_h}  # fmt: skip
+
+
+def _bias_q312(b: np.ndarray, name: str, idx: int | str) -> np.ndarray:
+    """round(b * 4096) as int32 (Q3.12); refuses a value outside int32."""
+    bias = np.round(np.asarray(b, dtype=np.float64) * float(2**GATE_FRAC))
+    if not np.all(np.isfinite(bias)) or np.max(np.abs(bias), initial=0) >= 2**31:
+        raise KpgenError(f"layer {idx}: a {name} does not fit int32 in Q3.12; retrain with bounded biases")
+    return bias.astype(np.int32)
+
+
+def _scalar_q015(v: float, name: str, idx: int | str) -> int:
+    """A FastRNN / FastGRNN scalar in [0, 1] (already through its sigmoid) as Q0.15: round(v * 32768), at most 32767."""
+    if not (math.isfinite(v) and 0.0 <= v <= 1.0):
+        raise KpgenError(f"layer {idx}: {name} = {v!r} is outside 0..1; give it after its sigmoid (re-export the model)")
+    return min(int(round(v * 32768.0)), 32767)
+
+
+def _checked(q, idx: int | str, t_bits: int):
+    """q, if it passes golden.kernel_limits (checked for t_bits 16 only: other widths are golden experiments)."""
+    problems = golden.kernel_limits(q) if t_bits == 16 else []
     if problems:
         raise KpgenError(f"layer {idx}: {problems[0]}; the int32 kernels cannot run it (check for exploding weights or biases)")
     return q
+
+
+def quantize_lstm(layer: LSTMLayerF, input_scale: float, cell_absmax: float, idx: int | str, t_bits: int = 16) -> LSTMLayerQ:
+    common = _matrices_and_requants(layer, input_scale, idx, t_bits)
+    bias = _bias_q312(layer.bias, "bias", idx)
+    q = LSTMLayerQ(**common, bias=bias, cell_frac=cell_frac_for(cell_absmax), input_scale=input_scale)
+    return _checked(q, idx, t_bits)
+
+
+def quantize_gru(layer: ir.GRULayerF, input_scale: float, idx: int | str, t_bits: int = 16) -> ir.GRULayerQ:
+    """int8 matrices, Q3.12 biases (bias 3H, bias_hn H); h is Q0.7 like the LSTM's."""
+    common = _matrices_and_requants(layer, input_scale, idx, t_bits)
+    q = ir.GRULayerQ(**common, bias=_bias_q312(layer.bias, "bias", idx),
+                     bias_hn=_bias_q312(layer.bias_hn, "bias_hn entry", idx), input_scale=input_scale)  # fmt: skip
+    return _checked(q, idx, t_bits)
+
+
+def quantize_fastrnn(layer: ir.FastRNNLayerF, input_scale: float, idx: int | str, t_bits: int = 16) -> ir.FastRNNLayerQ:
+    """int8 matrices, Q3.12 bias, alpha and beta in Q0.15."""
+    common = _matrices_and_requants(layer, input_scale, idx, t_bits)
+    q = ir.FastRNNLayerQ(**common, bias=_bias_q312(layer.bias, "bias", idx),
+                         alpha=_scalar_q015(layer.alpha, "alpha", idx), beta=_scalar_q015(layer.beta, "beta", idx),
+                         input_scale=input_scale)  # fmt: skip
+    return _checked(q, idx, t_bits)
+
+
+def quantize_fastgrnn(layer: ir.FastGRNNLayerF, input_scale: float, idx: int | str, t_bits: int = 16) -> ir.FastGRNNLayerQ:
+    """int8 matrices, Q3.12 biases bias_z and bias_h, zeta and nu in Q0.15."""
+    common = _matrices_and_requants(layer, input_scale, idx, t_bits)
+    q = ir.FastGRNNLayerQ(**common, bias_z=_bias_q312(layer.bias_z, "bias_z entry", idx),
+                          bias_h=_bias_q312(layer.bias_h, "bias_h entry", idx), zeta=_scalar_q015(layer.zeta, "zeta", idx),
+                          nu=_scalar_q015(layer.nu, "nu", idx), input_scale=input_scale)  # fmt: skip
+    return _checked(q, idx, t_bits)
+
+
+def quantize_layer(layer: object, input_scale: float, cell_absmax: float, idx: int, t_bits: int = 16) -> object:
+    """Any float layer -> its integer layer; a BiLayerF's two directions get the same input scale. cell_absmax
+    is used by LSTM layers only (the others' state is h, fixed Q0.7)."""
+    if isinstance(layer, ir.BiLayerF):
+        return ir.BiLayerQ(fwd=quantize_layer(layer.fwd, input_scale, cell_absmax, f"{idx} (forward)", t_bits),
+                           bwd=quantize_layer(layer.bwd, input_scale, cell_absmax, f"{idx} (backward)", t_bits))  # fmt: skip
+    if isinstance(layer, LSTMLayerF):
+        return quantize_lstm(layer, input_scale, cell_absmax, idx, t_bits)
+    if isinstance(layer, ir.GRULayerF):
+        return quantize_gru(layer, input_scale, idx, t_bits)
+    if isinstance(layer, ir.FastRNNLayerF):
+        return quantize_fastrnn(layer, input_scale, idx, t_bits)
+    if isinstance(layer, ir.FastGRNNLayerF):
+        return quantize_fastgrnn(layer, input_scale, idx, t_bits)
+    raise KpgenError(f"layer {idx}: {type(layer).__name__} is not a layer kpgen can quantize; "
+                     "use an LSTM, GRU, FastRNN or FastGRNN layer")  # fmt: skip
 
 
 def quantize_dense(head: DenseF) -> DenseQ:
@@ -179,7 +311,7 @@ def quantize_model(model: ModelF, t_bits: int = 16) -> ModelQ:
     layers = []
     scale = input_scale
     for i, (layer, cmax) in enumerate(zip(model.layers, cal.cell_absmax)):
-        layers.append(quantize_lstm(layer, scale, cmax, i, t_bits))
+        layers.append(quantize_layer(layer, scale, cmax, i, t_bits))
         scale = H_SCALE
     return ModelQ(
         input_size=model.input_size,

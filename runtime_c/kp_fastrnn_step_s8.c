@@ -1,0 +1,100 @@
+/*
+ * kp_fastrnn_step_s8.c - one FastRNN or FastGRNN time step (see kp_fastrnn_step_s8.h).
+ */
+#include "kp_fastrnn_step_s8.h"
+
+#include "kp_activation_s16.h"
+#include "kp_common.h"
+
+#if defined(__GNUC__)
+#define KP_FAST_INLINE static inline __attribute__((always_inline))
+#else
+#define KP_FAST_INLINE static inline
+#endif
+
+/*
+ * FastRNN, unit by unit: h~ = tanh(sat16(rq(ax) + rq(ah) + bias)), h' = sat8(rsr(alpha h~ + beta (h << 8), 23)).
+ * With alpha, beta in 0..32767, |h~| <= 32768 and h << 8 in -32768..32512 the sum lies in
+ * -2147418112 .. 2138996993, and with its rounding term 2^22 still inside int32. sx, sh: literal 32 in the
+ * usual case (the accumulator's pre-shift folds away).
+ */
+KP_FAST_INLINE void kp_fastrnn_units(const kp_fastrnn_params_s8 *p, const int32_t *ax, const int32_t *ah, int8_t *h,
+                                     int32_t sx, int32_t sh)
+{
+    const int32_t hs = p->hidden_size;
+    const int32_t mx = p->mult_x;
+    const int32_t mh = p->mult_h;
+    const int32_t alpha = p->alpha;
+    const int32_t beta = p->beta;
+    const int32_t *bias = p->bias;
+    const int16_t *tanh_mid = p->tanh_table + KP_ACT_TABLE_SIZE / 2;
+    int32_t u;
+    for (u = 0; u < hs; u++) {
+        const int32_t ht = kp_act_s16(kp_ssat16(kp_gate_rq(ax[u], mx, sx, kp_gate_rq(ah[u], mh, sh, bias[u]))), tanh_mid);
+        h[u] = (int8_t)kp_ssat8((alpha * ht + beta * ((int32_t)h[u] * 256) + ((int32_t)1 << 22)) >> 23);
+    }
+}
+
+/*
+ * FastGRNN, unit by unit: pre = rq(ax) + rq(ah); z = sigmoid(sat16(pre + bias_z)); h~ = tanh(sat16(pre + bias_h));
+ * g = rsr(zeta (32768 - z), 15) + nu, computed as ((zeta 2^15 + 2^14 - zeta z) >> 15) + nu (the same number);
+ * v = g h~ + z (h << 8). rsr(zeta (32768 - z), 15) <= 32768 - z, so g + z <= 32768 + nu <= 65535 and
+ * |v| <= 32768 * 65535 < 2^31; v's rounding term could overflow, so rsr(v, 23) is (v >> 23) + bit 22 of v.
+ */
+KP_FAST_INLINE void kp_fastgrnn_units(const kp_fastgrnn_params_s8 *p, const int32_t *ax, const int32_t *ah,
+                                      int8_t *h, int32_t sx, int32_t sh)
+{
+    const int32_t hs = p->hidden_size;
+    const int32_t mx = p->mult_x;
+    const int32_t mh = p->mult_h;
+    const int32_t zeta = p->zeta;
+    const int32_t nu = p->nu;
+    const int32_t gz = zeta * 32768 + ((int32_t)1 << 14);
+    const int32_t *bias_z = p->bias_z;
+    const int32_t *bias_h = p->bias_h;
+    const int16_t *sig = p->sigmoid_table + KP_ACT_TABLE_SIZE / 2;
+    const int16_t *tanh_mid = p->tanh_table + KP_ACT_TABLE_SIZE / 2;
+    int32_t u;
+    for (u = 0; u < hs; u++) {
+        const int32_t pre = kp_gate_rq(ax[u], mx, sx, kp_gate_rq(ah[u], mh, sh, 0));
+        const int32_t z = kp_act_s16(kp_ssat16(pre + bias_z[u]), sig);
+        const int32_t ht = kp_act_s16(kp_ssat16(pre + bias_h[u]), tanh_mid);
+        const int32_t g = ((gz - zeta * z) >> 15) + nu;
+        const int32_t v = g * ht + z * ((int32_t)h[u] * 256);
+        h[u] = (int8_t)kp_ssat8((v >> 23) + ((v >> 22) & 1));
+    }
+}
+
+static KP_STAGE void kp_fastrnn_cell_s8(const kp_fastrnn_params_s8 *p, const int32_t *ax, const int32_t *ah, int8_t *h)
+{
+    if (p->shift_x == 32 && p->shift_h == 32) {
+        kp_fastrnn_units(p, ax, ah, h, 32, 32);
+    } else {
+        kp_fastrnn_units(p, ax, ah, h, p->shift_x, p->shift_h);
+    }
+}
+
+static KP_STAGE void kp_fastgrnn_cell_s8(const kp_fastgrnn_params_s8 *p, const int32_t *ax, const int32_t *ah,
+                                         int8_t *h)
+{
+    if (p->shift_x == 32 && p->shift_h == 32) {
+        kp_fastgrnn_units(p, ax, ah, h, 32, 32);
+    } else {
+        kp_fastgrnn_units(p, ax, ah, h, p->shift_x, p->shift_h);
+    }
+}
+
+/* Both mat-vecs run first (they read the old h), then the units update h in place. */
+void kp_fastrnn_step_s8(const kp_fastrnn_params_s8 *p, const int8_t *x, int8_t *h, const kp_lstm_scratch_s8 *s)
+{
+    kp_matvec_s8(&p->wx, x, s->tv, s->acc_x);
+    kp_matvec_s8(&p->wh, h, s->tv, s->acc_h);
+    kp_fastrnn_cell_s8(p, s->acc_x, s->acc_h, h);
+}
+
+void kp_fastgrnn_step_s8(const kp_fastgrnn_params_s8 *p, const int8_t *x, int8_t *h, const kp_lstm_scratch_s8 *s)
+{
+    kp_matvec_s8(&p->wx, x, s->tv, s->acc_x);
+    kp_matvec_s8(&p->wh, h, s->tv, s->acc_h);
+    kp_fastgrnn_cell_s8(p, s->acc_x, s->acc_h, h);
+}
