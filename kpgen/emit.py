@@ -13,7 +13,7 @@ import numpy as np
 
 from kpgen import KpgenError, __version__, golden, layout
 from kpgen.boards import REPO_ROOT, Board, template_env
-from kpgen.ir import LSTMLayerQ, ModelQ
+from kpgen.ir import ModelQ, cell_of, matrices, out_size, sublayers
 from kpgen.vectors import Expected
 
 TEMPLATES = REPO_ROOT / "templates"
@@ -33,24 +33,43 @@ class ArenaField:
         return self.count * {"int8_t": 1, "int16_t": 2, "int32_t": 4}[self.ctype]
 
 
-def arena_fields(model: ModelQ) -> list[ArenaField]:
+GATES = {"lstm": 4, "gru": 3, "fastrnn": 1, "fastgrnn": 1}
+
+
+def max_steps(model: ModelQ, steps: int = 0) -> int:
+    """Longest sequence a model with a bidirectional layer is emitted for: the training length (meta seq_len)
+    or `steps`, whichever is larger (streaming models have no limit; they do not store sequences)."""
+    seq_len = model.meta.get("seq_len")
+    return max(int(seq_len) if isinstance(seq_len, int) and seq_len > 0 else 1, int(steps))
+
+
+def arena_fields(model: ModelQ, steps: int = 0) -> list[ArenaField]:
     """Every byte of state and scratch, widest type first so the struct has no inner padding.
 
-    acc_x, acc_h: the two mat-vec results (4H int32); tv: kp_matvec_s8's scratch for the largest matrix
-    (kpgen.layout.kron_scratch_words); gates: the gate values (4H int16 in 2H words); c, h: the state.
+    acc_x, acc_h: the two mat-vec results (G*H int32, G = 4 LSTM, 3 GRU, 1 FastRNN/FastGRNN); tv: kp_matvec_s8's
+    scratch for the largest matrix (kpgen.layout.matrix_scratch_words); gates: the LSTM gate values (4H int16
+    in 2H words); c: LSTM cell states; h: hidden states (one per layer, shared by a bidirectional layer's
+    two directions, which run one after the other). A model with a bidirectional layer also keeps every
+    layer's output sequence (out: max_steps x H or 2H int8) and the head's input (feat).
     """
-    h4 = max(4 * l.hidden_size for l in model.layers)
-    scratch = [layout.kron_scratch_words(*m.a.shape, *m.b.shape) for l in model.layers for m in (l.wx, l.wh)]
-    fields = [ArenaField("acc_x", "int32_t", h4), ArenaField("acc_h", "int32_t", h4)]
-    fields.append(ArenaField("tv", "int32_t", max(scratch)))
-    fields += [ArenaField(f"c{i}", "int16_t", l.hidden_size) for i, l in enumerate(model.layers)]
-    fields.insert(3, ArenaField("gates", "int32_t", h4 // 2))
+    subs = [s for l in model.layers for s in sublayers(l)]
+    acc = max(GATES[cell_of(s)] * s.hidden_size for s in subs)
+    scratch = max(layout.matrix_scratch_words(m) for l in model.layers for m in matrices(l))
+    fields = [ArenaField("acc_x", "int32_t", acc), ArenaField("acc_h", "int32_t", acc)]
+    fields.append(ArenaField("tv", "int32_t", scratch))
+    gates = max((2 * s.hidden_size for s in subs if cell_of(s) == "lstm"), default=1)
+    fields.append(ArenaField("gates", "int32_t", gates))
+    fields += [ArenaField(f"c{i}", "int16_t", l.hidden_size) for i, l in enumerate(model.layers) if cell_of(l) == "lstm"]
     fields += [ArenaField(f"h{i}", "int8_t", l.hidden_size) for i, l in enumerate(model.layers)]
+    if not golden.is_streaming(model):
+        t = max_steps(model, steps)
+        fields += [ArenaField(f"out{i}", "int8_t", t * out_size(l)) for i, l in enumerate(model.layers)]
+        fields.append(ArenaField("feat", "int8_t", out_size(model.layers[-1])))
     return fields
 
 
-def arena_bytes(model: ModelQ) -> int:
-    raw = sum(f.nbytes for f in arena_fields(model))
+def arena_bytes(model: ModelQ, steps: int = 0) -> int:
+    raw = sum(f.nbytes for f in arena_fields(model, steps))
     return (raw + 3) // 4 * 4
 
 
@@ -63,40 +82,75 @@ def c_array(values: np.ndarray, per_line: int = 16, indent: str = "    ") -> str
     return ",\n".join(indent + line for line in lines)
 
 
-def _layer_context(layer: LSTMLayerQ) -> dict:
-    """One layer's template values: factors packed as the kernels read them (kpgen.layout), requantizers."""
+CELL_C = {  # cell -> (params type, step function)
+    "lstm": ("kp_lstm_params_s8", "kp_lstm_step_s8"),
+    "gru": ("kp_gru_params_s8", "kp_gru_step_s8"),
+    "fastrnn": ("kp_fastrnn_params_s8", "kp_fastrnn_step_s8"),
+    "fastgrnn": ("kp_fastgrnn_params_s8", "kp_fastgrnn_step_s8"),
+}
+CELL_TITLE = {"lstm": "LSTM, gates (i, f, g, o)", "gru": "GRU, gates (r, z, n)", "fastrnn": "FastRNN",
+              "fastgrnn": "FastGRNN"}
+VECTOR_NAMES = ("bias", "bias_hn", "bias_z", "bias_h")
+
+
+def _matrix_context(m) -> dict:
+    ctx = dict(layout.matrix_context(m))
+    rows, cols = m.shape
+    ctx.update({
+        "rows": rows,
+        "cols": cols,
+        "dense": m.b.shape == (1, 1) and not m.rest and m.top is None,
+        "factor_shapes": " (x) ".join(f"({f.shape[0]} x {f.shape[1]})" for f in m.factors),
+        "top_rows": m.top_rows,
+        "params": m.nbytes - (1 if m.b.shape == (1, 1) else 0),
+    })  # fmt: skip
+    return ctx
+
+
+def _sublayer_context(layer, lid: str, direction: str) -> dict:
+    """One direction of one layer: matrices (packed by kpgen.layout, rendered by templates/kp_matrix.j2),
+    requantizers, bias vectors and the cell's scalars."""
     problems = golden.kernel_limits(layer)
     if problems:
-        raise KpgenError(f"layer {problems[0]}; the int32 kernels cannot run it: re-quantize the model with kpgen")
-    packed = dict(zip(("ax", "bx"), layout.pack_kron(layer.wx.a, layer.wx.b)))
-    packed.update(zip(("ah", "bh"), layout.pack_kron(layer.wh.a, layer.wh.b)))
-    ctx = {k: c_array(v, per_line=8) for k, v in packed.items()}
-    ctx.update({f"{k}_words": int(v.size) for k, v in packed.items()})
-    ctx.update({
+        raise KpgenError(f"layer {lid}: {problems[0]}; the int32 kernels cannot run it: re-quantize the model with kpgen")
+    cell = cell_of(layer)
+    ctype, step = CELL_C[cell]
+    return {
+        "id": lid,
+        "cell": cell,
+        "title": CELL_TITLE[cell] + (f", {direction}" if direction else ""),
+        "ctype": ctype,
+        "step": step,
         "input_size": layer.input_size,
         "hidden_size": layer.hidden_size,
-        "bias": c_array(layer.bias, per_line=8),
-        "ax_shape": layer.wx.a.shape,
-        "bx_shape": layer.wx.b.shape,
-        "ah_shape": layer.wh.a.shape,
-        "bh_shape": layer.wh.b.shape,
-        "wx_dense": layer.wx.b.shape == (1, 1),
-        "wh_dense": layer.wh.b.shape == (1, 1),
-        "wx_rows": layer.wx.shape[0],
-        "wx_cols": layer.wx.shape[1],
-        "wh_rows": layer.wh.shape[0],
-        "wh_cols": layer.wh.shape[1],
-        "wx_params": layer.wx.a.size + (0 if layer.wx.b.shape == (1, 1) else layer.wx.b.size),
-        "wh_params": layer.wh.a.size + (0 if layer.wh.b.shape == (1, 1) else layer.wh.b.size),
-        "tx_shift": layer.wx.t_shift,
-        "th_shift": layer.wh.t_shift,
+        "wx": _matrix_context(layer.wx),
+        "wh": _matrix_context(layer.wh),
         "mult_x": layer.rq_x.mult,
         "shift_x": layer.rq_x.shift,
         "mult_h": layer.rq_h.mult,
         "shift_h": layer.rq_h.shift,
-        "cell_frac": layer.cell_frac,
-    })  # fmt: skip
-    return ctx
+        "vectors": [{"name": n, "count": int(getattr(layer, n).size), "values": c_array(getattr(layer, n), per_line=8)}
+                    for n in VECTOR_NAMES if hasattr(layer, n)],
+        "scalars": {n: int(getattr(layer, n)) for n in ("alpha", "beta", "zeta", "nu", "cell_frac") if hasattr(layer, n)},
+    }
+
+
+def _layer_context(layer, index: int) -> dict:
+    subs = sublayers(layer)
+    if len(subs) == 1:
+        parts = [_sublayer_context(subs[0], f"l{index}", "")]
+    else:
+        parts = [_sublayer_context(subs[0], f"l{index}f", "forward"),
+                 _sublayer_context(subs[1], f"l{index}b", "backward (reads the sequence reversed)")]
+    return {
+        "index": index,
+        "cell": cell_of(layer),
+        "bidirectional": len(subs) == 2,
+        "input_size": layer.input_size,
+        "hidden_size": layer.hidden_size,
+        "out_size": out_size(layer),
+        "subs": parts,
+    }
 
 
 def _hex_lines(words: np.ndarray, per_line: int = 6) -> str:
@@ -127,6 +181,7 @@ def render_sources(
     if not name.isidentifier() or not name.isascii():
         raise KpgenError(f"model name {name!r} is not a C identifier; use letters, digits and underscores")
     env = template_env()
+    steps = max_steps(model, expected.inputs.shape[1])
     ctx = {
         "version": __version__,
         "name": name,
@@ -139,12 +194,15 @@ def render_sources(
         "hidden_sizes": [l.hidden_size for l in model.layers],
         "input_scale": model.input_scale,
         "out_scale": model.head.out_scale,
-        "arena_bytes": arena_bytes(model),
-        "arena_fields": arena_fields(model),
+        "arena_bytes": arena_bytes(model, steps),
+        "arena_fields": arena_fields(model, steps),
+        "streaming": golden.is_streaming(model),
+        "max_steps": steps,
+        "cells": sorted({cell_of(l) for l in model.layers}),
         "sigmoid_table": c_array(model.sigmoid_table),
         "tanh_table": c_array(model.tanh_table),
         "table_size": golden.TABLE_SIZE,
-        "layers": [_layer_context(l) for l in model.layers],
+        "layers": [_layer_context(l, i) for i, l in enumerate(model.layers)],
         "head_rows": model.head.weight.shape[0],
         "head_cols": model.head.weight.shape[1],
         "head_w": c_array(model.head.weight),

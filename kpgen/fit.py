@@ -63,7 +63,7 @@ def estimate(model: ModelQ, board: Board, target: str, vector_samples: int = 0, 
         reserved = board.stack_size + board.heap_size + RAM_FIRMWARE_STATIC_BYTES
     else:
         vector_flash, code, reserved = 0, CODE_LIB_BYTES, 0
-    return Estimate(board, target, model_flash_bytes(model), vector_flash, code, arena_bytes(model), reserved)
+    return Estimate(board, target, model_flash_bytes(model), vector_flash, code, arena_bytes(model, steps), reserved)
 
 
 def check_fits(e: Estimate) -> None:

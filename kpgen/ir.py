@@ -55,7 +55,14 @@ class KPMatrixF:
         return (rows + self.top_rows, cols)
 
     @property
+    def is_dense(self) -> bool:
+        """A plain dense matrix: A with B = [[1]] (how the loader stores dense matrices), no more factors or rows."""
+        return self.b.shape == (1, 1) and float(self.b[0, 0]) == 1.0 and not self.rest and self.top is None
+
+    @property
     def params(self) -> int:
+        if self.is_dense:
+            return int(self.a.size)
         return int(sum(f.size for f in self.factors) + (0 if self.top is None else self.top.size))
 
     def dense(self) -> np.ndarray:

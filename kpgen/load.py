@@ -19,13 +19,33 @@ from typing import NoReturn
 import numpy as np
 
 from kpgen import KpgenError
-from kpgen.ir import Calibration, DenseF, KPMatrixF, LSTMLayerF, ModelF
+from kpgen.ir import (
+    BiLayerF,
+    Calibration,
+    DenseF,
+    FastGRNNLayerF,
+    FastRNNLayerF,
+    GRULayerF,
+    KPMatrixF,
+    LSTMLayerF,
+    ModelF,
+)
 
 FORMAT = "kpgen-checkpoint"
 SUPPORTED_VERSIONS = (1,)
 DOC = "docs/checkpoint.md"
 TOP_KEYS = ("format", "version", "arch", "state_dict", "calibration")
 ARCH_INT_KEYS = ("input_size", "hidden_size", "num_layers", "num_classes")
+GATES = {"lstm": 4, "gru": 3, "fastrnn": 1, "fastgrnn": 1}
+CELL_NAMES = {"lstm": "LSTM", "gru": "GRU", "fastrnn": "FastRNN", "fastgrnn": "FastGRNN"}
+METHODS = ("kp", "hkp", "prune", "small", "dense", "lowrank", "mixed")
+# per cell: its other tensors (name -> rows as a multiple of H; 0 for a scalar)
+CELL_TENSORS = {
+    "lstm": {"bias": 4},
+    "gru": {"bias": 3, "bias_hn": 1},
+    "fastrnn": {"bias": 1, "alpha": 0, "beta": 0},
+    "fastgrnn": {"bias_z": 1, "bias_h": 1, "zeta": 0, "nu": 0},
+}
 # What torch.load raises on empty, truncated, corrupt or non-torch files (after UnpicklingError and
 # PermissionError are handled): typically RuntimeError, EOFError, KeyError, ValueError, IndexError, OSError or
 # zipfile.BadZipFile. A damaged pickle can make torch's own rebuild code fail in any way (tests/test_fuzz.py found
@@ -171,33 +191,165 @@ def _factor_pair(chk: _Checker, value: object, where: str) -> tuple[tuple[int, i
     return (m1, n1), (m2, n2)
 
 
-def _check_emittable(chk: _Checker, arch: dict) -> None:
-    """Training-side checkpoint variants (arch.method, wx_specs; docs/checkpoint.md) are named and refused."""
-    method, cell, bidir = arch.get("method", "kp"), arch.get("cell"), arch.get("bidirectional", False)
-    kinds = {"kp": "KP", "hkp": "hybrid-KP", "prune": "pruned dense", "lowrank": "low-rank", "small": "small dense",
-             "dense": "dense", "mixed": "mixed-matrix"}
-    cells = {"lstm": "LSTM", "gru": "GRU", "fastrnn": "FastRNN", "fastgrnn": "FastGRNN"}
-    if "method" not in arch and "wx_specs" not in arch:
-        return  # format v1 proper
-    if not (isinstance(method, str) and isinstance(cell, str) and cell in cells and method in kinds):
-        return  # unknown values get the generic checks' messages
-    if method != "kp" or cell != "lstm" or bidir is True or "wx_specs" in arch:
-        what = f"{'bidirectional ' if bidir is True else ''}{kinds[method]} {cells[cell]}"
-        if what == "KP LSTM":
-            what = "KP LSTM with other than 2 factors or padded factors"
-        chk.fail(f"is a {what} model (arch.method {method!r}), which kpgen cannot emit yet",
-                 f"emit a unidirectional 2-factor KP-LSTM (kpgen train, or kpgen compress --method kp); see {DOC}")
+def _is_variant(arch: dict) -> bool:
+    """True for the training-side form (arch.method / per-layer matrix specs; docs/checkpoint.md)."""
+    return "method" in arch or "wx_specs" in arch
+
+
+def _dims(chk: _Checker, value: object, where: str) -> list[tuple[int, int]]:
+    """A factor list [[m1, n1], [m2, n2], ...] of at least two positive int pairs."""
+    try:
+        pairs = [(m, n) for m, n in value]  # type: ignore[misc, union-attr]
+        ok = len(pairs) >= 2 and all(_is_int(v) and v > 0 for p in pairs for v in p)
+    except (TypeError, ValueError):
+        ok = False
+    chk.require(ok, f"{where} is {_show(value)}, not a list [[m1, n1], [m2, n2], ...] of positive ints", f"see {DOC}")
+    return pairs
+
+
+def _check_spec(chk: _Checker, spec: object, where: str, rows: int, cols: int) -> dict:
+    """One matrix spec of a variant checkpoint, checked against the matrix it must make (rows x cols)."""
+    if spec == "dense":
+        spec = {"kind": "dense"}
+    elif isinstance(spec, (list, tuple)):
+        spec = {"kind": "kp", "factors": spec}
+    chk.require(isinstance(spec, dict) and "kind" in spec, f"{where} is {_show(spec)}, not a matrix spec", f"see {DOC}")
+    kind = spec["kind"]
+    if kind == "lowrank":
+        chk.fail(f"{where} is a low-rank matrix, which kpgen cannot emit (it has no low-rank kernel)",
+                 "compress with --method kp, hkp or prune instead, or multiply U V out into a dense matrix")
+    chk.require(kind in ("kp", "hkp", "dense"), f"{where} has kind {_show(kind)}, not 'kp', 'hkp' or 'dense'",
+                f"see {DOC}")
+    if kind == "dense":
+        return {"kind": "dense", "rows": rows, "cols": cols}
+    chk.require(not spec.get("pad"), f"{where} has padded Kronecker factors, which kpgen cannot emit",
+                "choose factor shapes whose products are exactly the matrix (kpgen plan lists them)")
+    pairs = _dims(chk, spec.get("factors"), f"{where}.factors")
+    top = 0
+    if kind == "hkp":
+        top = spec.get("dense_rows")
+        chk.require(_is_int(top) and 0 <= top < rows, f"{where}.dense_rows is {_show(top)}, not an int in 0..{rows - 1}",
+                    f"see {DOC}")
+    kr, kc = math.prod(p[0] for p in pairs), math.prod(p[1] for p in pairs)
+    shape = " (x) ".join(f"({m}x{n})" for m, n in pairs)
+    chk.require(
+        kr == rows - top and kc == cols,
+        f"{where} factors {shape} make a {kr}x{kc} matrix but the layer needs {rows - top}x{cols}"
+        + (f" below {top} dense rows" if top else ""),
+        f"choose factors whose row sizes multiply to {rows - top} and column sizes to {cols}",
+    )
+    return {"kind": kind, "factors": pairs, "dense_rows": top, "rows": rows, "cols": cols}
+
+
+def _check_variant_arch(chk: _Checker, arch: dict) -> dict:
+    """cell, bidirectional, method and per-layer wx_specs / wh_specs of a variant checkpoint."""
+    missing = [k for k in ("cell", *ARCH_INT_KEYS, "wx_specs", "wh_specs") if k not in arch]
+    chk.require(not missing, f"arch is missing key(s) {', '.join(missing)}", f"add them as documented in {DOC}")
+    cell = arch["cell"]
+    chk.require(isinstance(cell, str) and cell in GATES, f"arch.cell {_show(cell)} is not supported",
+                f"use one of {', '.join(GATES)}")
+    method = arch.get("method", "kp")
+    chk.require(isinstance(method, str) and method in METHODS, f"arch.method {_show(method)} is not known",
+                f"use one of {', '.join(METHODS)}")
+    bidir = arch.get("bidirectional", False)
+    chk.require(isinstance(bidir, bool), f"arch.bidirectional is {_show(bidir)}, not true or false", f"see {DOC}")
+    for k in ARCH_INT_KEYS:
+        chk.require(_is_int(arch[k]) and arch[k] > 0, f"arch.{k} is {_show(arch[k])}, not a positive int", f"see {DOC}")
+    n_layers, hid = arch["num_layers"], arch["hidden_size"]
+    dirs = 2 if bidir else 1
+    specs = {"wx": [], "wh": []}
+    for name in ("wx", "wh"):
+        fs = arch[f"{name}_specs"]
+        chk.require(isinstance(fs, (list, tuple)) and len(fs) == n_layers,
+                    f"arch.{name}_specs must list one matrix spec per layer ({n_layers})", f"see {DOC}")
+        for k, spec in enumerate(fs):
+            cols = hid if name == "wh" else (arch["input_size"] if k == 0 else dirs * hid)
+            specs[name].append(_check_spec(chk, spec, f"arch.{name}_specs[{k}]", GATES[cell] * hid, cols))
+    return {"cell": cell, "bidirectional": bidir, "specs": specs}
+
+
+def _matrix_shapes(prefix: str, spec: dict) -> dict[str, tuple[int, ...]]:
+    """state_dict names and shapes of one matrix (kpgen.nn.matrix)."""
+    if spec["kind"] == "dense":
+        return {f"{prefix}.weight": (spec["rows"], spec["cols"])}
+    kp = prefix if spec["kind"] == "kp" else f"{prefix}.kp"
+    pairs = spec["factors"]
+    if len(pairs) == 2:
+        out = {f"{kp}.a": pairs[0], f"{kp}.b": pairs[1]}
+    else:
+        out = {f"{kp}.factors.{j}": p for j, p in enumerate(pairs)}
+    if spec["kind"] == "hkp":
+        out[f"{prefix}.dense_weight"] = (spec["dense_rows"], spec["cols"])
+    return out
+
+
+def variant_shapes(arch: dict, v: dict) -> dict[str, tuple[int, ...]]:
+    """state_dict key -> shape for a validated variant arch."""
+    hid, n_cls = arch["hidden_size"], arch["num_classes"]
+    dirs = ("fwd.", "bwd.") if v["bidirectional"] else ("",)
+    shapes: dict[str, tuple[int, ...]] = {}
+    for k in range(arch["num_layers"]):
+        for d in dirs:
+            for name in ("wx", "wh"):
+                shapes.update(_matrix_shapes(f"layers.{k}.{d}{name}", v["specs"][name][k]))
+            for t, mult in CELL_TENSORS[v["cell"]].items():
+                shapes[f"layers.{k}.{d}{t}"] = (mult * hid,) if mult else ()
+    shapes["head.weight"] = (n_cls, len(dirs) * hid)
+    shapes["head.bias"] = (n_cls,)
+    return shapes
+
+
+def _matrix_ir(w: dict[str, np.ndarray], prefix: str, spec: dict) -> KPMatrixF:
+    if spec["kind"] == "dense":
+        return KPMatrixF(w[f"{prefix}.weight"], np.ones((1, 1)))
+    kp = prefix if spec["kind"] == "kp" else f"{prefix}.kp"
+    if len(spec["factors"]) == 2:
+        fs = [w[f"{kp}.a"], w[f"{kp}.b"]]
+    else:
+        fs = [w[f"{kp}.factors.{j}"] for j in range(len(spec["factors"]))]
+    top = w[f"{prefix}.dense_weight"] if spec["kind"] == "hkp" and spec["dense_rows"] > 0 else None
+    return KPMatrixF(fs[0], fs[1], tuple(fs[2:]), top)
+
+
+def _sigmoid(v: float) -> float:
+    return 1.0 / (1.0 + math.exp(-v)) if v >= 0 else math.exp(v) / (1.0 + math.exp(v))
+
+
+def _variant_layer(w: dict[str, np.ndarray], p: str, cell: str, wx: KPMatrixF, wh: KPMatrixF, i: int, h: int):
+    if cell == "lstm":
+        return LSTMLayerF(i, h, wx, wh, w[f"{p}bias"])
+    if cell == "gru":
+        return GRULayerF(i, h, wx, wh, w[f"{p}bias"], w[f"{p}bias_hn"])
+    if cell == "fastrnn":
+        return FastRNNLayerF(i, h, wx, wh, w[f"{p}bias"], _sigmoid(float(w[f"{p}alpha"])), _sigmoid(float(w[f"{p}beta"])))
+    return FastGRNNLayerF(i, h, wx, wh, w[f"{p}bias_z"], w[f"{p}bias_h"],
+                          _sigmoid(float(w[f"{p}zeta"])), _sigmoid(float(w[f"{p}nu"])))
+
+
+def _variant_layers(arch: dict, v: dict, w: dict[str, np.ndarray]) -> tuple:
+    hid = arch["hidden_size"]
+    dirs = ("fwd.", "bwd.") if v["bidirectional"] else ("",)
+    layers = []
+    for k in range(arch["num_layers"]):
+        i = arch["input_size"] if k == 0 else len(dirs) * hid
+        subs = []
+        for d in dirs:
+            p = f"layers.{k}.{d}"
+            wx = _matrix_ir(w, p + "wx", v["specs"]["wx"][k])
+            wh = _matrix_ir(w, p + "wh", v["specs"]["wh"][k])
+            subs.append(_variant_layer(w, p, v["cell"], wx, wh, i, hid))
+        layers.append(BiLayerF(*subs) if len(subs) == 2 else subs[0])
+    return tuple(layers)
 
 
 def _check_arch(chk: _Checker, arch: dict) -> dict:
     """Sizes and per-layer factor shapes; every product must match its matrix."""
-    _check_emittable(chk, arch)
     missing = [k for k in ("cell", *ARCH_INT_KEYS, "wx_factors", "wh_factors") if k not in arch]
     chk.require(not missing, f"arch is missing key(s) {', '.join(missing)}", f"add them as documented in {DOC}")
     chk.require(
         isinstance(arch["cell"], str) and arch["cell"] == "lstm",
         f"arch.cell {_show(arch['cell'])} is not supported",
-        "use cell 'lstm'",
+        "use cell 'lstm' (other cells are saved in the arch.method form of docs/checkpoint.md, as kpgen train does)",
     )
     for k in ARCH_INT_KEYS:
         chk.require(_is_int(arch[k]) and arch[k] > 0, f"arch.{k} is {_show(arch[k])}, not a positive int", f"see {DOC}")
@@ -250,7 +402,7 @@ def _check_tensors(chk: _Checker, sd: dict, shapes: dict[str, tuple[int, ...]]) 
     chk.require(
         not extra,
         f"state_dict has unexpected tensor(s) {', '.join(extra)}",
-        f"remove them; a KP-LSTM layer has exactly the tensors listed in {DOC}",
+        f"remove them; each layer has exactly the tensors listed in {DOC}",
     )
     arrays = {}
     for key, shape in shapes.items():
@@ -273,9 +425,12 @@ def _check_tensors(chk: _Checker, sd: dict, shapes: dict[str, tuple[int, ...]]) 
     return arrays
 
 
-def _check_calibration(chk: _Checker, cal: dict, n_layers: int) -> Calibration:
-    """input_absmax and cell_absmax (gate_absmax optional), positive and finite."""
+def _check_calibration(chk: _Checker, cal: dict, n_layers: int, cell: str = "lstm") -> Calibration:
+    """input_absmax and cell_absmax (gate_absmax optional), positive and finite. Cells other than the LSTM
+    record state_absmax (max |h|) instead of cell_absmax; it is kept in Calibration.cell_absmax."""
     fix = f"record them on training data as in {DOC}"
+    if cell != "lstm" and "cell_absmax" not in cal and "state_absmax" in cal:
+        cal = {**cal, "cell_absmax": cal["state_absmax"]}
 
     def positive(v: object) -> bool:
         return _is_number(v) and math.isfinite(v) and v > 0
@@ -305,6 +460,17 @@ def checkpoint_to_ir(raw: object, name: str = "<checkpoint>") -> ModelF:
     chk = _Checker(name)
     ck = _check_top(chk, raw)
     arch = ck["arch"]
+    if _is_variant(arch):
+        v = _check_variant_arch(chk, arch)
+        w = _check_tensors(chk, ck["state_dict"], variant_shapes(arch, v))
+        return ModelF(
+            input_size=arch["input_size"],
+            num_classes=arch["num_classes"],
+            layers=_variant_layers(arch, v, w),
+            head=DenseF(w["head.weight"], w["head.bias"]),
+            calibration=_check_calibration(chk, ck["calibration"], arch["num_layers"], v["cell"]),
+            meta={**dict(ck.get("meta", {})), "method": arch.get("method", "kp")},
+        )
     factors = _check_arch(chk, arch)
     w = _check_tensors(chk, ck["state_dict"], expected_shapes(arch, factors))
     calibration = _check_calibration(chk, ck["calibration"], arch["num_layers"])

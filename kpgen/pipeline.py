@@ -12,7 +12,7 @@ import numpy as np
 from kpgen import KpgenError, __version__, cycles, datasets, fit, golden, qemu, quant, reference, toolchain
 from kpgen.boards import load_board
 from kpgen.emit import MANIFEST, arena_bytes, render_sources, write_tree
-from kpgen.ir import ModelF, ModelQ
+from kpgen.ir import ModelF, ModelQ, cell_of, directions, matrices, sublayers
 from kpgen.load import load_checkpoint
 from kpgen.vectors import expected_for
 from kpgen.verify import Verification, verify_output
@@ -65,17 +65,34 @@ def test_set(model: ModelF, vectors: Path | None, seed: int = 0) -> TestSet:
     return TestSet(x=split.x_test.astype(np.float64), y=split.y_test, source=f"{name} test split")
 
 
+def _matrix_summary(m) -> dict:
+    """Shape, kind and parameter counts of one float matrix."""
+    rows, cols = m.shape
+    dense = m.b.shape == (1, 1) and not m.rest and m.top is None
+    out = {"rows": rows, "cols": cols, "kind": "dense" if dense else ("hkp" if m.top is not None else "kp")}
+    if not dense:
+        out["factors"] = [list(f.shape) for f in m.factors]
+    if m.top is not None:
+        out["dense_rows"] = m.top_rows
+    out["params"] = rows * cols if dense else m.params
+    return out
+
+
 def model_summary(model: ModelF, qmodel: ModelQ) -> dict:
     layers = []
     for lf in model.layers:
-        dense = lf.wx.shape[0] * lf.wx.shape[1] + lf.wh.shape[0] * lf.wh.shape[1]
-        kp = lf.wx.params + lf.wh.params
+        mats = matrices(lf)
+        dense = sum(m.shape[0] * m.shape[1] for m in mats)
+        kp = sum(_matrix_summary(m)["params"] for m in mats)
+        first = sublayers(lf)[0]
         layers.append(
             {
+                "cell": cell_of(lf),
+                "bidirectional": directions(lf) == 2,
                 "input_size": lf.input_size,
                 "hidden_size": lf.hidden_size,
-                "wx_factors": [list(lf.wx.a.shape), list(lf.wx.b.shape)],
-                "wh_factors": [list(lf.wh.a.shape), list(lf.wh.b.shape)],
+                "wx": _matrix_summary(first.wx),
+                "wh": _matrix_summary(first.wh),
                 "matrix_params_dense": dense,
                 "matrix_params_kp": kp,
                 "matrix_compression": round(dense / kp, 2),
@@ -159,7 +176,7 @@ def emit_project(
         "name": name,
         "checkpoint": source,
         "model": model_summary(model, qmodel),
-        "arena_bytes": arena_bytes(qmodel),
+        "arena_bytes": arena_bytes(qmodel, int(expected.inputs.shape[1])),
         "fit_estimate": {
             "model_flash": est.model_flash,
             "flash_at_least": est.flash,

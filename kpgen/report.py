@@ -61,7 +61,7 @@ def format_report(rep) -> str:
     for i, layer in enumerate(md["layers"]):
         rows.append(
             (
-                f"layer {i} matrices",
+                f"layer {i} matrices ({layer.get('cell', 'lstm')}{', bidirectional' if layer.get('bidirectional') else ''})",
                 f"{layer['matrix_params_dense']:,} -> {layer['matrix_params_kp']:,} parameters "
                 f"({layer['matrix_compression']}x)",
             )

@@ -11,8 +11,19 @@ from __future__ import annotations
 import numpy as np
 
 from kpgen import golden
-from kpgen.ir import Calibration, DenseF, KPMatrixF, LSTMLayerF, ModelF
-from kpgen.reference import kp_apply
+from kpgen.ir import (
+    BiLayerF,
+    Calibration,
+    DenseF,
+    FastGRNNLayerF,
+    FastRNNLayerF,
+    GRULayerF,
+    KPMatrixF,
+    LSTMLayerF,
+    ModelF,
+    out_size,
+)
+from kpgen.reference import kp_apply, run_layer
 
 Factors = tuple[int, int, int, int]  # (m1, n1, m2, n2): W (m1*m2 x n1*n2) = A (m1 x n1) (x) B (m2 x n2)
 
@@ -144,3 +155,95 @@ def kp_lstm_model(
 ) -> ModelF:
     """A calibrated random one-layer KP-LSTM classifier; factors default to default_factors."""
     return random_model_f(hidden_size, input_size, num_classes, wx_factors, wh_factors, seed)
+
+
+GATES = {"lstm": 4, "gru": 3, "fastrnn": 1, "fastgrnn": 1}
+
+
+def _split(m: int, n: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Split an m x n factor into two (m = ma * mb, n = na * nb), each side as even as the divisors allow."""
+    def half(v: int) -> int:
+        return max((d for d in range(1, v + 1) if v % d == 0 and d * d <= v), default=1)
+    ma, na = half(m), half(n)
+    return (ma, na), (m // ma, n // na)
+
+
+def random_kind_matrix(rng: np.random.Generator, rows: int, cols: int, kind: str, top_rows: int = 0) -> KPMatrixF:
+    """A random rows x cols matrix of one kind: 'dense', 'kp' (2 factors), 'kp3' (3 factors), 'hkp' (top_rows
+    dense rows over a 2-factor Kronecker part). Entries of the product ~ N(0, 1/cols)."""
+    if kind == "dense":
+        return random_matrix(rng, (rows, cols, 1, 1))
+    kp_rows = rows - (top_rows if kind == "hkp" else 0)
+    m1, n1, m2, n2 = default_factors(kp_rows, cols)
+    if kind == "kp3":
+        (ma, na), (mb, nb) = _split(m2, n2)
+        shapes = [(m1, n1), (ma, na), (mb, nb)]
+    else:
+        shapes = [(m1, n1), (m2, n2)]
+    s = cols ** (-0.5 / len(shapes))
+    fs = [rng.normal(0.0, s, sh) for sh in shapes]
+    top = rng.normal(0.0, cols**-0.5, (top_rows, cols)) if kind == "hkp" else None
+    return KPMatrixF(fs[0], fs[1], tuple(fs[2:]), top)
+
+
+def _random_cell(rng, cell: str, inputs: int, hidden: int, kind: str, top_rows: int):
+    rows = GATES[cell] * hidden
+    wx = random_kind_matrix(rng, rows, inputs, kind, top_rows)
+    wh = random_kind_matrix(rng, rows, hidden, kind, top_rows)
+    if cell == "lstm":
+        bias = rng.uniform(-0.1, 0.1, rows)
+        bias[hidden : 2 * hidden] += 1.0
+        return LSTMLayerF(inputs, hidden, wx, wh, bias)
+    if cell == "gru":
+        return GRULayerF(inputs, hidden, wx, wh, rng.uniform(-0.2, 0.2, rows), rng.uniform(-0.2, 0.2, hidden))
+    if cell == "fastrnn":
+        return FastRNNLayerF(inputs, hidden, wx, wh, rng.uniform(-0.2, 0.2, hidden), float(rng.uniform(0.05, 0.5)),
+                             float(rng.uniform(0.5, 0.95)))
+    return FastGRNNLayerF(inputs, hidden, wx, wh, rng.uniform(0.5, 1.5, hidden), rng.uniform(-0.2, 0.2, hidden),
+                          float(rng.uniform(0.5, 0.9)), float(rng.uniform(0.01, 0.1)))
+
+
+def calibrate_any(model: ModelF, x: np.ndarray) -> Calibration:
+    """max |x|; per layer max |c| (LSTM) or max |h| (other cells) over both directions, and max |pre-activation|."""
+    seq = np.asarray(x, dtype=np.float64)
+    state, gates = [], []
+    for layer in model.layers:
+        out, cells, pre = run_layer(layer, seq)
+        st = cells if type(getattr(layer, "fwd", layer)).CELL == "lstm" else out
+        state.append(max(float(np.max(np.abs(st))), 1e-3))
+        gates.append(float(np.max(np.abs(pre))))
+        seq = out
+    return Calibration(float(np.max(np.abs(x))), tuple(state), tuple(gates))
+
+
+def random_rnn_model(
+    cell: str,
+    inputs: int,
+    hidden: int,
+    classes: int,
+    *,
+    kind: str = "kp",
+    top_rows: int = 0,
+    layers: int = 1,
+    bidirectional: bool = False,
+    seed: int = 0,
+    seq_len: int = 8,
+) -> ModelF:
+    """A calibrated random classifier of any cell ('lstm', 'gru', 'fastrnn', 'fastgrnn'), matrix kind (see
+    random_kind_matrix), depth and direction."""
+    rng = np.random.default_rng(seed)
+    built = []
+    size = inputs
+    for _ in range(layers):
+        if bidirectional:
+            layer = BiLayerF(_random_cell(rng, cell, size, hidden, kind, top_rows),
+                             _random_cell(rng, cell, size, hidden, kind, top_rows))
+        else:
+            layer = _random_cell(rng, cell, size, hidden, kind, top_rows)
+        built.append(layer)
+        size = out_size(layer)
+    head = DenseF(weight=rng.normal(0.0, size**-0.5, (classes, size)), bias=rng.uniform(-0.1, 0.1, classes))
+    meta = {"source": f"kpgen.synth {cell} {kind} seed {seed}", "seq_len": seq_len}
+    model = ModelF(inputs, classes, tuple(built), head, Calibration(1.0, (1.0,) * layers), meta)
+    cal = calibrate_any(model, random_inputs(seed + 1, 64, seq_len, inputs))
+    return ModelF(inputs, classes, model.layers, head, cal, meta)

@@ -31,7 +31,8 @@ def _fnv_bytes(d: np.ndarray, byte_cols: np.ndarray) -> np.ndarray:
 
 
 def state_digests(trace: golden.GoldenTrace) -> np.ndarray:
-    """Running FNV-1a digest after each step over every layer's h (int8) then c (int16, little-endian)."""
+    """Running FNV-1a digest after each step over every layer's outputs (int8) then cell state (int16,
+    little-endian; LSTM layers of streaming models only, see golden.GoldenTrace)."""
     n, steps = trace.hidden[0].shape[:2]
     d = np.full(n, FNV_OFFSET, dtype=np.uint64)
     out = np.empty((n, steps), dtype=np.uint32)

@@ -37,7 +37,7 @@ def test_render_is_deterministic() -> None:
     lib = render_sources(m, load_board("m4"), exp, "model", "x.pt", target="lib")
     assert set(lib) == {"model.h", "model.c", "Makefile", "CMakeLists.txt", "arm-none-eabi.cmake", "kpgen_size.cmake"}
     assert lib["model.c"] == a["model.c"] and "libmodel.a" in lib["Makefile"]
-    assert "static const int32_t model_l0_ax[" in a["model.c"]  # int8 factors packed 4 to a word
+    assert "static const int32_t model_l0_wx_a[" in a["model.c"]  # int8 factors packed 4 to a word
 
 
 def test_bad_name_is_refused() -> None:

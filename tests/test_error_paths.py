@@ -201,7 +201,7 @@ def _bad_layer() -> ModelQ:
 def test_emitter_refuses_layers_outside_the_kernel_limits() -> None:
     m = _bad_layer()
     exp = expected_for(m, np.zeros((1, 2, 4), np.int8))
-    with pytest.raises(KpgenError, match=r"layer Wx: .*; the int32 kernels cannot run it: re-quantize the model"):
+    with pytest.raises(KpgenError, match=r"layer l0: Wx: .*; the int32 kernels cannot run it: re-quantize the model"):
         render_sources(m, load_board("m4"), exp, "model", "x.pt")
 
 
