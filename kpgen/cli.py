@@ -65,45 +65,82 @@ def main() -> None:
 def _factors(ctx, param, value):
     if value is None:
         return None
-    from kpgen.train import parse_factors
+    from kpgen.plan import parse_shapes
 
     try:
-        return parse_factors(value)
+        return parse_shapes(value)
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
+
+
+_FACTOR_HELP = ("any number of factors, F1 first, or 'dense'. Default: the demo's shapes where they make the matrix, "
+                "else the planner's first 2-factor choice: highest rank bound, then cheapest (`kpgen plan`)")
 
 
 @main.command()
 @click.option("-o", "--out", "out", type=click.Path(path_type=Path), default=Path("model.pt"), show_default=True,
               help="Checkpoint to write.")
 @click.option("--dataset", default="mnist", show_default=True, help="Training data (shipped inside packages).")
+@click.option("--cell", type=click.Choice(["lstm", "gru", "fastrnn", "fastgrnn"]), default="lstm", show_default=True,
+              help="Recurrent cell; Wx and Wh have G*H rows, G = 4 (lstm), 3 (gru), 1 (fastrnn, fastgrnn).")
+@click.option("--bidirectional", is_flag=True, help="A forward and a backward layer each; the head reads both.")
 @click.option("--hidden", "hidden_size", type=click.IntRange(1), default=128, show_default=True,
-              help="LSTM hidden units H.")
+              help="Hidden units H (per direction).")
+@click.option("--method", type=click.Choice(["kp", "hkp", "dense"]), default="kp", show_default=True,
+              help="Matrices: kp (Kronecker products), hkp (top --dense-rows rows dense, the rest Kronecker), "
+                   "dense (uncompressed baseline).")
+@click.option("--dense-rows", type=click.IntRange(1), default=None,
+              help="hkp: rows kept dense at the top of every matrix (the factors then make the other G*H - R rows).")
 @click.option("--wx-factors", callback=_factors, default="16x2,32x14", show_default=True,
-              help="Shapes of A and B in Wx = A (x) B (Wx is 4H x inputs).")
+              help="Shapes of the factors of Wx = F1 (x) F2 (x) ... (G*H x inputs): " + _FACTOR_HELP + ".")
 @click.option("--wh-factors", callback=_factors, default="16x8,32x16", show_default=True,
-              help="Shapes of A and B in Wh = A (x) B (Wh is 4H x H).")
+              help="Shapes of the factors of Wh (G*H x H): " + _FACTOR_HELP + ".")
 @click.option("--layers", "num_layers", type=click.IntRange(1), default=1, show_default=True,
-              help="Stacked LSTM layers (layers after the first take --wh-factors for Wx too).")
+              help="Stacked layers (layers after the first take Wh's shapes for Wx too).")
 @click.option("--epochs", type=click.IntRange(1), default=60, show_default=True, help="Training epochs.")
 @click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.02, show_default=True,
               help="Peak learning rate (AdamW, warm-up then cosine decay).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (data split and weights).")
 @click.option("--force", is_flag=True, help="Replace an existing checkpoint.")
-def train(out: Path, force: bool, **cfg) -> None:
-    """Train a KP-LSTM classifier on DATASET, calibrate it, and write a checkpoint (docs/checkpoint.md).
+@click.pass_context
+def train(ctx: click.Context, out: Path, force: bool, method: str, dense_rows: int | None, **cfg) -> None:
+    """Train a recurrent classifier on DATASET, calibrate it, and write a checkpoint (docs/checkpoint.md).
 
-    The defaults are the demo's model: about 1.5 minutes on 2 CPU cores.
+    The defaults are the demo's KP-LSTM: about 1.5 minutes on 2 CPU cores. Any other cell, bidirectional
+    layers, more than two factors, HKP or dense matrices give the training-side checkpoint variant
+    (docs/compression.md).
     """
-    from kpgen.train import save_checkpoint, train_model
+    from click.core import ParameterSource
+
+    from kpgen import datasets
+    from kpgen.plan import model_matrix_counts, train_specs
+    from kpgen.train import DEFAULT_CONFIG, save_checkpoint, train_model
 
     if out.exists() and not force:
         raise KpgenError(f"{out} exists; remove it or pass --force to replace it")
-    ckpt = train_model(**cfg, log=lambda msg: click.echo(msg, err=True))
+    given = {k: None if ctx.get_parameter_source(k) == ParameterSource.DEFAULT else cfg[k]
+             for k in ("wx_factors", "wh_factors")}
+    inputs = datasets.load(cfg["dataset"], seed=cfg["seed"]).num_features
+    wx, wh = train_specs(
+        cfg["cell"], inputs, cfg["hidden_size"], method, given["wx_factors"], given["wh_factors"], dense_rows,
+        preferred=(DEFAULT_CONFIG["wx_factors"], DEFAULT_CONFIG["wh_factors"]),
+        context=f" with --hidden {cfg['hidden_size']} over the {inputs} inputs of {cfg['dataset']}",
+    )
+    log = lambda msg: click.echo(msg, err=True)  # noqa: E731
+    for choice in (wx, wh):
+        log(choice.describe())
+    cfg.update(wx_factors=wx.spec, wh_factors=wh.spec)
+    ckpt = train_model(**cfg, log=log)
     save_checkpoint(ckpt, out)
-    acc = ckpt["meta"].get("float_test_accuracy")
-    click.echo(f"wrote {out} (float test accuracy {100 * acc:.2f}%)" if acc is not None else f"wrote {out}")
+    arch, meta = ckpt["arch"], ckpt["meta"]
+    specs = [arch.get("wx_specs", arch.get("wx_factors")), arch.get("wh_specs", arch.get("wh_factors"))]
+    dense, kept = model_matrix_counts(arch["cell"], arch["input_size"], arch["hidden_size"], arch["num_layers"],
+                                      cfg["bidirectional"], *specs)
+    what = f"{arch['cell']}{', bidirectional' if cfg['bidirectional'] else ''}, {method}"
+    acc = meta.get("float_test_accuracy")
+    click.echo(f"wrote {out} ({what}: matrices {dense:,} -> {kept:,} parameters, {dense / kept:.2f}x; "
+               f"float test accuracy {100 * acc:.2f}%)")
 
 
 @main.command()
@@ -213,24 +250,45 @@ def flash(project: Path, board: str | None, probe: str | None, dry_run: bool, ti
 
 
 @main.command("plan")
-@click.option("--rows", type=click.IntRange(1), required=True, help="Rows M of the matrix (e.g. 4H for an LSTM).")
-@click.option("--cols", type=click.IntRange(1), required=True, help="Columns N (inputs, or H).")
-@click.option("--ratio", type=click.FloatRange(1), default=None, help="Compress at least this much: at most M*N/R parameters.")
-@click.option("--max-params", type=click.IntRange(1), default=None, help="At most this many parameters.")
+@click.argument("checkpoint", type=click.Path(path_type=Path), required=False)
+@click.option("--rows", type=click.IntRange(1), default=None, help="Rows M of the matrix (e.g. 4H for an LSTM).")
+@click.option("--cols", type=click.IntRange(1), default=None, help="Columns N (inputs, or H).")
+@click.option("--ratio", type=click.FloatRange(1), default=None,
+              help="Compress at least this much: at most M*N/R parameters (for a CHECKPOINT: every matrix).")
+@click.option("--max-params", type=click.IntRange(1), default=None,
+              help="At most this many parameters (for a CHECKPOINT: all its matrices together, shared in "
+                   "proportion to their sizes).")
 @click.option("--factors", "num_factors", type=click.IntRange(1, 4), default=2, show_default=True,
               help="Kronecker factors per matrix (the C side supports 2).")
 @click.option("--pad", type=click.FloatRange(0), default=0.125, show_default=True,
               help="Largest padding of an awkward dimension, as a fraction (0: never pad).")
-@click.option("--top", type=click.IntRange(1), default=10, show_default=True, help="Candidates to list.")
-def plan_cmd(rows: int, cols: int, ratio: float | None, max_params: int | None, num_factors: int, pad: float,
-             top: int) -> None:
-    """List Kronecker factorizations of a ROWS x COLS matrix, best first, and hybrid-KP ones for a budget.
+@click.option("--top", type=click.IntRange(1), default=None,
+              help="Candidates to list  [default: 10; 5 per matrix shape for a CHECKPOINT]")
+def plan_cmd(checkpoint: Path | None, rows: int | None, cols: int | None, ratio: float | None,
+             max_params: int | None, num_factors: int, pad: float, top: int | None) -> None:
+    """List Kronecker factorizations of a ROWS x COLS matrix, or of every recurrent matrix of CHECKPOINT, best
+    first, and hybrid-KP ones for a budget.
 
+    CHECKPOINT: any kpgen checkpoint (also the training-side variants: GRU, FastRNN, FastGRNN, bidirectional,
+    HKP, low rank, dense, pruned) or a torch LSTM/GRU + Linear state dict, as `kpgen compress` reads them.
     Rules (rank bound, MACs, padding): docs/compression.md.
     """
     from kpgen.plan import format_plan, plan
 
-    click.echo(format_plan(plan(rows, cols, ratio, max_params, num_factors, pad), top=top))
+    if checkpoint is not None:
+        if rows is not None or cols is not None:
+            raise KpgenError("give a CHECKPOINT or --rows and --cols, not both; see `kpgen plan --help`")
+        from kpgen.compress import read_source
+        from kpgen.plan import describe_model, format_model_plan, model_matrices
+
+        model, _ = read_source(checkpoint)
+        click.echo(format_model_plan(f"{checkpoint} ({describe_model(model)})", model_matrices(model), ratio,
+                                     max_params, num_factors, pad, top=top or 5))
+        return
+    if rows is None or cols is None:
+        raise KpgenError("give --rows M and --cols N for one matrix, or a CHECKPOINT for every matrix of a model; "
+                         "see `kpgen plan --help`")
+    click.echo(format_plan(plan(rows, cols, ratio, max_params, num_factors, pad), top=top or 10))
 
 
 @main.command()

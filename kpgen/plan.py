@@ -25,7 +25,9 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from kpgen import KpgenError
 from kpgen.nn.kp import kp_macs
+from kpgen.nn.matrix import matrix_spec, spec_params
 
 Shape2 = tuple[int, int]
 DEFAULT_PAD = 0.125
@@ -262,4 +264,281 @@ def format_plan(p: Plan, top: int = 10) -> str:
     if p.budget is not None:
         lines += ["", "Hybrid KP (top rows dense, the rest Kronecker), best first (same order):"]
         lines += _table(p.hkp, top) if p.hkp else ["  no dense row fits the budget"]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ factor shapes for `kpgen train`
+
+GATES = {"lstm": 4, "gru": 3, "fastrnn": 1, "fastgrnn": 1}  # rows of Wx and Wh per hidden unit
+CELL_NAMES = {"lstm": "an LSTM", "gru": "a GRU", "fastrnn": "a FastRNN", "fastgrnn": "a FastGRNN"}
+TRAIN_METHODS = ("kp", "hkp", "dense")
+
+
+def parse_shapes(text: str) -> list[list[int]] | str:
+    """'4x2,4x2,8x7' -> [[4, 2], [4, 2], [8, 7]] (F1's shape first, any number >= 2 of factors); 'dense' ->
+    'dense'; ValueError if malformed."""
+    t = text.strip().lower()
+    if t == "dense":
+        return "dense"
+    try:
+        shapes = [[int(v) for v in part.strip().split("x")] for part in t.split(",")]
+        ok = all(len(s) == 2 and s[0] >= 1 and s[1] >= 1 for s in shapes)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"factor shapes {text!r} are not of the form M1xN1,M2xN2[,...] with positive sizes "
+                         f"(e.g. 16x2,32x14), nor 'dense'")
+    if len(shapes) < 2:
+        raise ValueError(f"factor shapes {text!r}: a Kronecker product needs at least two factors "
+                         f"(e.g. 16x2,32x14); give 'dense' for an uncompressed matrix")
+    return shapes
+
+
+def shapes_text(shapes) -> str:
+    """[[16, 2], [32, 14]] -> '16x2,32x14' (the command-line form)."""
+    return ",".join(f"{m}x{n}" for m, n in shapes)
+
+
+@dataclass(frozen=True)
+class MatrixChoice:
+    """The spec `kpgen train` gives one matrix (Wx or Wh of the first layer), and where it came from."""
+
+    name: str  # 'Wx' or 'Wh'
+    rows: int
+    cols: int
+    spec: dict | str  # a kpgen.nn.matrix spec
+    source: str  # 'given', 'method' (--method dense), 'default' (the demo's shapes) or 'planned'
+
+    def describe(self) -> str:
+        params = spec_params(self.spec, self.rows, self.cols)
+        what = describe_spec(self.spec)
+        how = {"given": "as given", "method": "--method dense", "default": "the demo's default",
+               "planned": "planned: highest rank bound, then fewest parameters + MACs"}[self.source]
+        return (f"{self.name} {self.rows}x{self.cols}: {what}, {params:,} parameters "
+                f"({self.rows * self.cols / params:.2f}x), rank <= {spec_rank_bound(self.spec, self.rows, self.cols)} "
+                f"({how})")
+
+
+def train_specs(
+    cell: str,
+    input_size: int,
+    hidden_size: int,
+    method: str = "kp",
+    wx: list | str | None = None,
+    wh: list | str | None = None,
+    dense_rows: int | None = None,
+    preferred: tuple = (None, None),
+    context: str = "",
+) -> tuple[MatrixChoice, MatrixChoice]:
+    """The Wx and Wh specs of a model `kpgen train` builds, checked; KpgenError (one line, with the fix) if bad.
+
+    wx / wh: factor shapes as given (any number of factors), 'dense', or None: `preferred` (the demo's shapes)
+    where they make the matrix, else the planner's best unpadded 2-factor product (highest rank bound, then
+    fewest parameters + MACs). method: kp, hkp (dense_rows top rows dense, the factors make the rest) or dense.
+    Layers after the first reuse Wh's spec for their input matrix (kpgen.nn.KPRNNClassifier), so checking the
+    first layer's two matrices checks them all. context names the model in messages
+    (" with --hidden 128 over the 28 inputs of mnist").
+    """
+    if cell not in GATES:
+        raise ValueError(f"unknown cell {cell!r}")
+    if method not in TRAIN_METHODS:
+        raise ValueError(f"unknown method {method!r}")
+    g, rows = GATES[cell], GATES[cell] * hidden_size
+    model = f"{CELL_NAMES[cell]}{context}"
+    gh = f"{g}H" if g > 1 else "H"
+    if method != "hkp" and dense_rows is not None:
+        raise KpgenError("--dense-rows applies to --method hkp only; drop it, or pass --method hkp")
+    if method == "dense":
+        given = [opt for opt, v in (("--wx-factors", wx), ("--wh-factors", wh)) if v is not None and v != "dense"]
+        if given:
+            raise KpgenError(f"{' and '.join(given)} do not apply to --method dense (every matrix is dense); "
+                             f"drop them, or use --method kp or hkp")
+        return (MatrixChoice("Wx", rows, input_size, {"kind": "dense"}, "method"),
+                MatrixChoice("Wh", rows, hidden_size, {"kind": "dense"}, "method"))
+    if method == "hkp":
+        if dense_rows is None:
+            block = _first_block(rows, input_size)
+            raise KpgenError(f"--method hkp needs --dense-rows R: the top R of the {rows} rows of Wx and Wh "
+                             f"({gh} for {model}) stay dense, the rest is a Kronecker product; e.g. --dense-rows "
+                             f"{block}")
+        if dense_rows >= rows:
+            raise KpgenError(f"--dense-rows {dense_rows} leaves no rows for the Kronecker part: Wx and Wh of "
+                             f"{model} have {rows} rows ({gh}); use fewer than {rows}")
+    r = dense_rows if method == "hkp" else 0
+    out = []
+    for name, opt, value, cols, pref, side in (
+        ("Wx", "--wx-factors", wx, input_size, preferred[0], "inputs"),
+        ("Wh", "--wh-factors", wh, hidden_size, preferred[1], "H"),
+    ):
+        what = f"{name} of {model} is {gh} x {side} = {rows}x{cols}"
+        if r:
+            what += f", its top {r} rows dense (--dense-rows), so its Kronecker part is {rows - r}x{cols}"
+        if value == "dense":
+            out.append(MatrixChoice(name, rows, cols, {"kind": "dense"}, "given"))
+            continue
+        if value is not None:
+            m, n = _product(value)
+            if (m, n) != (rows - r, cols):
+                best = _best_or_none(rows - r, cols)
+                hint = f"e.g. {shapes_text(best.factors)} " if best else ""
+                raise KpgenError(f"{opt} {shapes_text(value)} make a {m}x{n} matrix, but {what}; give shapes whose "
+                                 f"rows multiply to {rows - r} and columns to {cols}, {hint}(`kpgen plan --rows "
+                                 f"{rows - r} --cols {cols}` lists candidates)")
+            shapes, source = value, "given"
+        elif pref is not None and not r and _product(pref) == (rows, cols):
+            shapes, source = pref, "default"
+        else:
+            best = _best_or_none(rows - r, cols)
+            if best is None:
+                raise KpgenError(f"no 2-factor Kronecker product makes a {rows - r}x{cols} matrix ({what}); give "
+                                 f"{opt} dense, use --method dense, or more hidden units")
+            shapes, source = [list(f) for f in best.factors], "planned"
+        shapes = [list(map(int, s)) for s in shapes]
+        spec = {"kind": "hkp", "factors": shapes, "dense_rows": r} if r else {"kind": "kp", "factors": shapes}
+        out.append(MatrixChoice(name, rows, cols, spec, source))
+    return out[0], out[1]
+
+
+def _product(shapes) -> tuple[int, int]:
+    """The size of the matrix the factor shapes make."""
+    return math.prod(int(s[0]) for s in shapes), math.prod(int(s[1]) for s in shapes)
+
+
+def _best_or_none(rows: int, cols: int) -> Candidate | None:
+    try:
+        return best_kp(rows, cols, None, num_factors=2, pad=0.0)
+    except ValueError:
+        return None
+
+
+def _first_block(rows: int, cols: int) -> int:
+    """Rows one row of the best product's first factor covers (m2): the smallest dense block HKP adds."""
+    best = _best_or_none(rows, cols)
+    return math.prod(f[0] for f in best.factors[1:]) if best else 1
+
+
+def model_matrix_counts(cell: str, input_size: int, hidden_size: int, num_layers: int, bidirectional: bool,
+                        wx_specs: list, wh_specs: list) -> tuple[int, int]:
+    """(dense weights, stored weights) of every recurrent matrix of a model, both directions counted."""
+    dirs = 2 if bidirectional else 1
+    rows = GATES[cell] * hidden_size
+    dense = kept = 0
+    for k in range(num_layers):
+        for spec, cols in ((wx_specs[k], input_size if k == 0 else dirs * hidden_size), (wh_specs[k], hidden_size)):
+            dense += dirs * rows * cols
+            kept += dirs * spec_params(spec, rows, cols)
+    return dense, kept
+
+
+# -------------------------------------------------------------------------------- every matrix of a checkpoint
+
+
+def spec_rank_bound(spec: object, rows: int, cols: int) -> int:
+    """The rank bound of a rows x cols matrix under a kpgen.nn.matrix spec."""
+    s = matrix_spec(spec)
+    if s["kind"] in ("kp", "hkp"):
+        return Candidate(rows, cols, tuple(tuple(f) for f in s["factors"]), s.get("dense_rows", 0)).rank_bound
+    if s["kind"] == "lowrank":
+        return min(rows, cols, s["rank"])
+    return min(rows, cols)
+
+
+def describe_spec(spec: object) -> str:
+    """'kp 16x2 (x) 32x14', 'hkp 16 dense rows + 31x2 (x) 16x14', 'lowrank rank 4', 'dense'."""
+    s = matrix_spec(spec)
+    if s["kind"] in ("kp", "hkp"):
+        text = " (x) ".join(f"{m}x{n}" for m, n in s["factors"])
+        if s["kind"] == "hkp":
+            return f"hkp {s['dense_rows']} dense rows + {text}"
+        return f"kp {text}" + (" (padded)" if s.get("pad") else "")
+    if s["kind"] == "lowrank":
+        return f"lowrank rank {s['rank']}"
+    return "dense"
+
+
+@dataclass(frozen=True)
+class ModelMatrix:
+    """One recurrent matrix of a model as it is now."""
+
+    name: str  # its module name, e.g. 'layers.0.wx' or 'layers.1.bwd.wh'
+    rows: int
+    cols: int
+    spec: dict
+    params: int  # weights stored (nonzero weights of a pruned dense matrix)
+
+    def describe(self) -> str:
+        return (f"{self.name} {self.rows}x{self.cols}: now {describe_spec(self.spec)}, {self.params:,} parameters "
+                f"({self.rows * self.cols / max(1, self.params):.2f}x), rank <= "
+                f"{spec_rank_bound(self.spec, self.rows, self.cols)}")
+
+
+def model_matrices(model) -> list[ModelMatrix]:
+    """Every recurrent matrix of a kpgen.nn.KPRNNClassifier, in module order."""
+    out = []
+    for name, mod in model.matrices():
+        parts = name.split(".")
+        k, which = int(parts[1]), parts[-1]
+        spec = (model.wx_specs if which == "wx" else model.wh_specs)[k]
+        weight = getattr(mod, "weight", None)
+        params = int((weight != 0).sum()) if spec["kind"] == "dense" and weight is not None else int(mod.weight_params)
+        out.append(ModelMatrix(name, int(mod.out_features), int(mod.in_features), spec, params))
+    return out
+
+
+def describe_model(model) -> str:
+    """'lstm, 1 layer, H 128, 28 inputs, 10 classes' (and 'bidirectional')."""
+    layers = f"{model.num_layers} layer{'s' if model.num_layers > 1 else ''}"
+    bi = ", bidirectional" if model.bidirectional else ""
+    return f"{model.cell}{bi}, {layers}, H {model.hidden_size}, {model.input_size} inputs, {model.num_classes} classes"
+
+
+def format_model_plan(
+    title: str,
+    matrices: list[ModelMatrix],
+    ratio: float | None = None,
+    max_params: int | None = None,
+    num_factors: int = 2,
+    pad: float = DEFAULT_PAD,
+    top: int = 5,
+) -> str:
+    """What `kpgen plan CHECKPOINT` prints: a plan per matrix shape, then what the first candidates total.
+
+    Budget: --ratio R gives every matrix at most rows*cols/R parameters; --max-params P is for all matrices
+    together, shared in proportion to their dense sizes (the same as a ratio of total/P for each); both: the
+    smaller.
+    """
+    total = sum(m.rows * m.cols for m in matrices)
+    now = sum(m.params for m in matrices)
+    lines = [f"{title}: {len(matrices)} recurrent matrices, {total:,} weights dense, {now:,} now "
+             f"({total / max(1, now):.2f}x)"]
+    if ratio is not None or max_params is not None:
+        parts = [f"every matrix at most 1/{ratio:g} of its weights"] if ratio is not None else []
+        if max_params is not None:
+            parts.append(f"all matrices together at most {max_params:,} parameters, shared in proportion to size "
+                         f"({total / max_params:.2f}x)")
+        lines.append("budget: " + "; ".join(parts))
+    shapes: dict[tuple[int, int], list[ModelMatrix]] = {}
+    for m in matrices:
+        shapes.setdefault((m.rows, m.cols), []).append(m)
+    firsts: dict[tuple[int, int], tuple[Candidate | None, Candidate | None]] = {}
+    for (rows, cols), group in shapes.items():
+        share = None if max_params is None else max(1, max_params * rows * cols // total)
+        p = plan(rows, cols, ratio, share, num_factors, pad)
+        firsts[(rows, cols)] = (p.kp[0] if p.kp else None, p.hkp[0] if p.hkp else None)
+        lines += [""] + [m.describe() for m in group] + [format_plan(p, top=top)]
+    lines.append("")
+    for label, idx in (("Kronecker", 0), ("hybrid KP", 1)):
+        if idx == 1 and ratio is None and max_params is None:
+            break
+        picks = [firsts[(m.rows, m.cols)][idx] for m in matrices]
+        missing = sorted({m.name for m, c in zip(matrices, picks) if c is None})
+        if missing:
+            lines.append(f"#1 {label} candidates: none fits the budget for {', '.join(missing)}")
+            continue
+        kept = sum(c.params for c in picks)
+        macs = sum(c.macs for c in picks)
+        full = all(c.rank_bound == min(c.rows, c.cols) for c in picks)
+        lines.append(f"#1 {label} candidate of every matrix: {total:,} -> {kept:,} parameters "
+                     f"({total / kept:.2f}x), {macs:,} MACs per step"
+                     + ("; every rank bound full" if full else "; some rank bounds below full"))
     return "\n".join(lines)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from kpgen.cli import main
@@ -110,3 +111,64 @@ def test_train_defaults_are_the_demo_config() -> None:
 def test_train_refuses_bad_factors(tmp_path: Path) -> None:
     res = _invoke("train", "-o", str(tmp_path / "m.pt"), "--wx-factors", "16by2")
     assert res.exit_code == 2 and "factor shapes" in res.output
+
+
+_TINY = ["--dataset", "digits", "--hidden", "8", "--epochs", "1", "--batch-size", "256"]
+
+
+@pytest.mark.parametrize("args,cell,bidirectional,kinds", [
+    ([], "lstm", False, None),
+    (["--cell", "gru"], "gru", False, ("kp", "kp")),
+    (["--cell", "fastrnn", "--bidirectional"], "fastrnn", True, ("kp", "kp")),
+    (["--cell", "fastgrnn", "--method", "hkp", "--dense-rows", "2"], "fastgrnn", False, ("hkp", "hkp")),
+    (["--method", "dense", "--layers", "2"], "lstm", False, ("dense", "dense")),
+    (["--wx-factors", "2x2,4x2,4x2", "--wh-factors", "4x2,8x4"], "lstm", False, ("kp", "kp")),
+    (["--cell", "gru", "--bidirectional", "--wh-factors", "dense"], "gru", True, ("kp", "dense")),
+], ids=["lstm-v1", "gru", "fastrnn-bidirectional", "fastgrnn-hkp", "dense-2-layers", "three-factors",
+        "gru-bidirectional-dense-wh"])  # fmt: skip
+def test_train_every_cell_and_method(tmp_path: Path, args, cell, bidirectional, kinds) -> None:
+    """`kpgen train` builds every model kpgen can train; factor shapes it was not given are planned for the
+    cell's G*H rows, and the checkpoint loads back (format v1 for a unidirectional 2-factor KP-LSTM)."""
+    import torch
+
+    from kpgen.train.loop import model_from_checkpoint
+
+    out = tmp_path / "m.pt"
+    res = _invoke("train", "-o", str(out), *_TINY, *args)
+    assert res.exit_code == 0, res.output
+    assert f"wrote {out} ({cell}" in res.stdout and "float test accuracy" in res.stdout
+    ckpt = torch.load(out, weights_only=True)
+    arch = ckpt["arch"]
+    assert arch["cell"] == cell and arch["hidden_size"] == 8 and arch["input_size"] == 8
+    rows = {"lstm": 32, "gru": 24, "fastrnn": 8, "fastgrnn": 8}[cell]
+    if kinds is None:  # the LSTM with planned 2-factor shapes: checkpoint v1, as kpgen emit reads it
+        assert "method" not in arch and len(arch["wx_factors"][0]) == 2
+        assert "Wx 32x8: kp " in res.stderr and "(planned: highest rank bound" in res.stderr
+    else:
+        assert arch["bidirectional"] is bidirectional
+        assert (arch["wx_specs"][0]["kind"], arch["wh_specs"][0]["kind"]) == kinds
+        assert f"Wx {rows}x8: " in res.stderr and f"Wh {rows}x8: " in res.stderr
+    model = model_from_checkpoint(ckpt)
+    assert model.cell == cell and model.bidirectional is bidirectional
+    assert model(torch.zeros(2, 8, 8)).shape == (2, 10)
+    if "--dense-rows" in args:
+        assert arch["wx_specs"][0]["dense_rows"] == 2 and arch["wh_specs"][0]["dense_rows"] == 2
+    if "2x2,4x2,4x2" in args:
+        assert arch["wx_specs"][0]["factors"] == [[2, 2], [4, 2], [4, 2]]
+        assert "(as given)" in res.stderr
+
+
+def test_train_keeps_the_demo_factors_where_they_fit() -> None:
+    """The demo's shapes (an LSTM, 4H = 512, 28 inputs) stay the default; another cell gets planned ones."""
+    from kpgen.plan import train_specs
+    from kpgen.train import DEFAULT_CONFIG
+
+    pref = (DEFAULT_CONFIG["wx_factors"], DEFAULT_CONFIG["wh_factors"])
+    wx, wh = train_specs("lstm", 28, 128, preferred=pref)
+    assert (wx.source, wh.source) == ("default", "default")
+    assert wx.spec["factors"] == [[16, 2], [32, 14]] and wh.spec["factors"] == [[16, 8], [32, 16]]
+    wx, wh = train_specs("gru", 28, 128, preferred=pref)
+    assert (wx.source, wh.source) == ("planned", "planned")
+    assert wx.spec["factors"] == [[24, 2], [16, 14]] and wh.spec["factors"] == [[24, 8], [16, 16]]
+    wx, _ = train_specs("lstm", 28, 128, method="hkp", dense_rows=16, preferred=pref)
+    assert wx.spec == {"kind": "hkp", "factors": [[31, 2], [16, 14]], "dense_rows": 16}

@@ -68,6 +68,12 @@ def vec(tmp_path_factory) -> Path:
 # ------------------------------------------------------------------------------------- bad checkpoints
 
 
+def _lowrank(ck: dict) -> None:
+    """Turn a v1 checkpoint's arch into a training-side low-rank one (the tensors are not even looked at)."""
+    ck["arch"].update(method="lowrank", wx_specs=[{"kind": "lowrank", "rank": 2}] * 2,
+                      wh_specs=[{"kind": "lowrank", "rank": 2}] * 2)
+
+
 def _set(d: dict, key, value) -> None:
     d[key] = value
 
@@ -123,8 +129,8 @@ BAD_DICTS = [
     ("factor-form", lambda ck: _set(ck["arch"]["wx_factors"], 1, [8, 2, 2, 2]),
      ["arch.wx_factors[1] is [8, 2, 2, 2], not [[m1, n1], [m2, n2]] with positive ints"]),
     ("not-a-tensor", lambda ck: _set(ck["state_dict"], "head.bias", [0.0, 0.0, 0.0]), ["is a list, not a tensor"]),
-    ("training-variant", lambda ck: _set(ck["arch"], "method", "lowrank"),
-     ["is a low-rank LSTM model (arch.method 'lowrank'), which kpgen cannot emit yet"]),
+    ("training-variant", lambda ck: _lowrank(ck),
+     ["arch.wx_specs[0] is a low-rank matrix, which kpgen cannot emit (it has no low-rank kernel)"]),
     ("gate-sum", lambda ck: _scale(ck, "layers.1.bias", 0.0) or _scale(ck, "layers.1.bias", 0.0, add=524287.0),
      ["layer 1: the gate sum can reach"]),
     # what the quantizer cannot represent (docs/quantization.md), reported with the checkpoint's name
@@ -348,6 +354,40 @@ def test_train_refuses_existing_checkpoint(tmp_path: Path) -> None:
     (tmp_path / "model.pt").write_bytes(b"keep")
     one_line_error(CliRunner().invoke(main, ["train", "-o", str(tmp_path / "model.pt")]), "exists", "--force")
     assert (tmp_path / "model.pt").read_bytes() == b"keep"
+
+
+_TINY = ["--dataset", "digits", "--hidden", "8", "--epochs", "1"]
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--method", "hkp"],
+     ["--method hkp needs --dense-rows R", "32 rows", "an LSTM with --hidden 8", "e.g. --dense-rows"]),
+    (["--dense-rows", "4"], ["--dense-rows applies to --method hkp only"]),
+    (["--method", "dense", "--wh-factors", "4x2,8x4"], ["--wh-factors do not apply to --method dense"]),
+    (["--method", "hkp", "--dense-rows", "32"], ["--dense-rows 32 leaves no rows", "use fewer than 32"]),
+    (["--cell", "gru", "--wx-factors", "16x2,32x14"],
+     ["--wx-factors 16x2,32x14 make a 512x28 matrix", "Wx of a GRU with --hidden 8 over the 8 inputs of digits",
+      "3H x inputs = 24x8", "rows multiply to 24 and columns to 8", "kpgen plan --rows 24 --cols 8"]),
+    (["--method", "hkp", "--dense-rows", "8", "--wh-factors", "4x2,8x4"],
+     ["make a 32x8 matrix", "its Kronecker part is 24x8", "rows multiply to 24"]),
+    (["--cell", "fastrnn", "--hidden", "1"], ["no 2-factor Kronecker product makes a 1x1 matrix", "--method dense"]),
+], ids=["hkp-needs-dense-rows", "dense-rows-without-hkp", "factors-with-dense", "dense-rows-too-many",
+        "factor-product", "hkp-factor-product", "no-factorization"])  # fmt: skip
+def test_train_refuses_bad_model_options(tmp_path: Path, args: list[str], needles: list[str]) -> None:
+    """Bad combinations of cell, method and factor shapes: one line naming the matrix and the fix, before any
+    training, and no checkpoint."""
+    res = CliRunner().invoke(main, ["train", "-o", str(tmp_path / "m.pt"), *_TINY, *args], prog_name="kpgen")
+    one_line_error(res, *needles)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["examples/mnist-kplstm.pt", "--rows", "512"], "give a CHECKPOINT or --rows and --cols, not both"),
+    (["--rows", "512"], "give --rows M and --cols N for one matrix, or a CHECKPOINT"),
+    (["nope.pt"], "nope.pt: no such file"),
+], ids=["both", "neither", "missing-checkpoint"])  # fmt: skip
+def test_plan_refuses_bad_arguments(args: list[str], needle: str) -> None:
+    one_line_error(CliRunner().invoke(main, ["plan", *args], prog_name="kpgen"), needle)
 
 
 # ---------------------------------------------------------------------------- disk full while writing

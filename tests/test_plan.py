@@ -107,3 +107,66 @@ def test_cli_plan_example():
 def test_cli_plan_needs_sizes():
     res = CliRunner().invoke(main, ["plan", "--cols", "10"])
     assert res.exit_code == 2
+
+
+EXAMPLE = "examples/mnist-kplstm.pt"
+
+
+def _cli(*args):
+    return CliRunner().invoke(main, list(args), prog_name="kpgen")
+
+
+def test_cli_plan_for_every_matrix_of_a_checkpoint():
+    from pathlib import Path
+
+    example = str(Path(__file__).resolve().parents[1] / EXAMPLE)
+    res = _cli("plan", example, "--top", "2")
+    assert res.exit_code == 0, res.output
+    out = res.output
+    assert "(lstm, 1 layer, H 128, 28 inputs, 10 classes): 2 recurrent matrices, 79,872 weights dense, 1,120 now" in out
+    assert "layers.0.wx 512x28: now kp 16x2 (x) 32x14, 480 parameters (29.87x), rank <= 28" in out
+    assert "layers.0.wh 512x128: now kp 16x8 (x) 32x16, 640 parameters (102.40x), rank <= 128" in out
+    assert "W 512x28: 14,336 weights" in out and "W 512x128: 65,536 weights" in out
+    assert "1  32x2 (x) 16x14" in out and "1  32x8 (x) 16x16" in out
+    assert "#1 Kronecker candidate of every matrix: 79,872 -> 800 parameters (99.84x)" in out
+    assert "Hybrid KP" not in out  # no budget, nothing for dense rows to spend
+
+
+def test_plan_for_training_side_variants(tmp_path):
+    """A bidirectional two-layer GRU with HKP and low-rank matrices: every matrix is listed with what it is now,
+    matrices of one shape share one plan, and --max-params is shared by all of them in proportion to size."""
+    from kpgen.nn import KPRNNClassifier
+    from kpgen.train import make_checkpoint, save_checkpoint
+
+    hkp = {"kind": "hkp", "factors": [[5, 2], [4, 4]], "dense_rows": 4}  # 24x8 = 4 dense rows + 20x8
+    model = KPRNNClassifier("gru", 8, 8, 10, hkp, {"kind": "lowrank", "rank": 2}, num_layers=2, bidirectional=True)
+    path = tmp_path / "variant.pt"
+    save_checkpoint(make_checkpoint(model, {"input_absmax": 1.0, "state_absmax": [1.0, 1.0], "gate_absmax": [1.0, 1.0]},
+                                    {"dataset": "digits"}), path)
+    res = _cli("plan", str(path), "--max-params", "400", "--top", "1")
+    assert res.exit_code == 0, res.output
+    out = res.output
+    assert "(gru, bidirectional, 2 layers, H 8, 8 inputs, 10 classes): 8 recurrent matrices" in out
+    assert "layers.0.fwd.wx 24x8: now hkp 4 dense rows + 5x2 (x) 4x4, 58 parameters" in out
+    assert "layers.0.bwd.wx 24x8" in out and "layers.1.bwd.wx 24x16" in out
+    assert "layers.1.fwd.wh 24x8: now lowrank rank 2, 64 parameters (3.00x), rank <= 2" in out
+    assert out.count("W 24x8:") == 1 and out.count("W 24x16:") == 1  # one plan per shape
+    total = 6 * 24 * 8 + 2 * 24 * 16
+    assert f"all matrices together at most 400 parameters, shared in proportion to size ({total / 400:.2f}x)" in out
+    assert f"budget {400 * 24 * 8 // total} parameters" in out
+    assert "#1 hybrid KP candidate of every matrix" in out
+
+
+def test_plan_for_a_torch_state_dict(tmp_path):
+    """A dense torch LSTM: what `kpgen compress --method kp --ratio R` will choose from, before compressing."""
+    lstm, fc = torch.nn.LSTM(8, 16, batch_first=True), torch.nn.Linear(16, 10)
+    sd = {**{f"rnn.{k}": v for k, v in lstm.state_dict().items()}, **{f"fc.{k}": v for k, v in fc.state_dict().items()}}
+    torch.save(sd, tmp_path / "dense.pt")
+    res = _cli("plan", str(tmp_path / "dense.pt"), "--ratio", "8", "--pad", "0")
+    assert res.exit_code == 0, res.output
+    assert "layers.0.wx 64x8: now dense, 512 parameters (1.00x), rank <= 8" in res.output
+    assert "budget: every matrix at most 1/8 of its weights" in res.output
+    from kpgen.plan import best_kp
+
+    first = best_kp(64, 16, 64 * 16 // 8)
+    assert f"    1  {first.describe()}" in res.output
