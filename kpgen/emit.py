@@ -91,6 +91,7 @@ CELL_C = {  # cell -> (params type, step function)
 CELL_TITLE = {"lstm": "LSTM, gates (i, f, g, o)", "gru": "GRU, gates (r, z, n)", "fastrnn": "FastRNN",
               "fastgrnn": "FastGRNN"}
 VECTOR_NAMES = ("bias", "bias_hn", "bias_z", "bias_h")
+SCALAR_NAMES = ("alpha", "beta", "zeta", "nu", "state_exp", "cell_frac")  # the int32 scalars of a cell's params
 
 
 def _matrix_context(m) -> dict:
@@ -131,7 +132,7 @@ def _sublayer_context(layer, lid: str, direction: str) -> dict:
         "shift_h": layer.rq_h.shift,
         "vectors": [{"name": n, "count": int(getattr(layer, n).size), "values": c_array(getattr(layer, n), per_line=8)}
                     for n in VECTOR_NAMES if hasattr(layer, n)],
-        "scalars": {n: int(getattr(layer, n)) for n in ("alpha", "beta", "zeta", "nu", "cell_frac") if hasattr(layer, n)},
+        "scalars": {n: int(getattr(layer, n)) for n in SCALAR_NAMES if hasattr(layer, n)},
     }
 
 

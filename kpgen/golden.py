@@ -245,6 +245,7 @@ def matrix_limits(m) -> list[str]:
 
 
 GATE_SHIFT_MAX = 32  # gate requantizers: shift 1..32 (one 32x32 -> high 32 multiply in C)
+MAX_STATE_EXP = 7  # FastRNN / FastGRNN h is Q(e).(7-e), e = state_exp in 0..7
 
 
 def _absmax(v: np.ndarray) -> int:
@@ -262,8 +263,8 @@ def kernel_limits(layer) -> list[str]:
     3. Every gate sum fits int32: |bias| + worst |requantize(ax)| + worst |requantize(ah)| < 2**31 (LSTM,
        FastRNN, GRU r and z; FastGRNN with the larger of bias_z, bias_h); GRU n: |bias_n| + worst
        |requantize(ax)| + 32768 and |bias_hn| + worst |requantize(ah)| < 2**31.
-    4. FastRNN alpha, beta and FastGRNN zeta, nu lie in 0..32767 (Q0.15): the state updates' int32 proofs
-       (docs/quantization.md) rest on it.
+    4. FastRNN alpha, beta and FastGRNN zeta, nu lie in 0..32767 (Q0.15), and their state_exp in 0..7: the
+       state updates' int32 proofs (docs/quantization.md) rest on it.
     Under these rules every intermediate of the C kernels equals the int64 one here.
     """
     if hasattr(layer, "fwd"):  # bidirectional: both directions
@@ -288,6 +289,9 @@ def kernel_limits(layer) -> list[str]:
         v = getattr(layer, name, None)
         if v is not None and not 0 <= int(v) <= 32767:
             problems.append(f"{name} = {v} outside 0..32767 (Q0.15)")
+    e = getattr(layer, "state_exp", None)
+    if e is not None and not 0 <= int(e) <= MAX_STATE_EXP:
+        problems.append(f"state_exp = {e} outside 0..{MAX_STATE_EXP}")
     if problems:
         return problems
     wx, wh = worst
@@ -402,11 +406,12 @@ def kp_fastrnn_step_s8(
     """One FastRNN step: x int8 [..., I], h int8 [..., H] -> h' int8 (sigmoid_table unused: same signature
     as the other cells).
 
-    h~ = tanh(sat16(gx + gh + bias)) (Q0.15); h' = sat8(rsr(alpha * h~ + beta * (h << 8), 23)).
+    h~ = tanh(sat16(gx + gh + bias)) (Q0.15); h' = sat8(rsr(rsr(alpha * h~, 8 + e) + beta * h, 15)), h and h'
+    Q(e).(7-e) with e = layer.state_exp (rsr(alpha * h~, 8 + e) is alpha * h~ in units of 2**-15 steps of h).
     """
     gx, gh = _gate_inputs(layer, x, h, t_bits)
     ht = _i64(kp_tanh_s16(sat(gx + gh + _i64(layer.bias), 16), tanh_table))
-    h_new = sat(rsr(_I64(layer.alpha) * ht + _I64(layer.beta) * (_i64(h) << _I64(8)), 23), 8)
+    h_new = sat(rsr(rsr(_I64(layer.alpha) * ht, 8 + layer.state_exp) + _I64(layer.beta) * _i64(h), 15), 8)
     return h_new.astype(np.int8)
 
 
@@ -421,14 +426,15 @@ def kp_fastgrnn_step_s8(
     """One FastGRNN step: x int8 [..., I], h int8 [..., H] -> h' int8.
 
     pre = gx + gh; z = sigmoid(sat16(pre + bias_z)); h~ = tanh(sat16(pre + bias_h)) (Q0.15);
-    g = rsr(zeta * (32768 - z), 15) + nu (Q1.15, 0..65534); h' = sat8(rsr(g * h~ + z * (h << 8), 23)).
+    g = rsr(zeta * (32768 - z), 15) + nu (Q1.15, 0..65534); h' = sat8(rsr(rsr(g * h~, 8 + e) + z * h, 15)), h and
+    h' Q(e).(7-e) with e = layer.state_exp.
     """
     gx, gh = _gate_inputs(layer, x, h, t_bits)
     pre = gx + gh
     z = _i64(kp_sigmoid_s16(sat(pre + _i64(layer.bias_z), 16), sigmoid_table))
     ht = _i64(kp_tanh_s16(sat(pre + _i64(layer.bias_h), 16), tanh_table))
     g = rsr(_I64(layer.zeta) * (32768 - z), 15) + _I64(layer.nu)
-    h_new = sat(rsr(g * ht + z * (_i64(h) << _I64(8)), 23), 8)
+    h_new = sat(rsr(rsr(g * ht, 8 + layer.state_exp) + z * _i64(h), 15), 8)
     return h_new.astype(np.int8)
 
 

@@ -340,6 +340,7 @@ class FastRNNLayerQ:
     alpha: int  # Q0.15, 0..32767
     beta: int  # Q0.15, 0..32767
     input_scale: float
+    state_exp: int = 0  # h is Q(e).(7-e): h_real = h_int * 2**(state_exp - 7), state_exp 0..7 (state_scale)
     CELL: ClassVar[str] = "fastrnn"
 
 
@@ -356,6 +357,7 @@ class FastGRNNLayerQ:
     zeta: int  # Q0.15, 0..32767
     nu: int  # Q0.15, 0..32767
     input_scale: float
+    state_exp: int = 0  # as FastRNNLayerQ's
     CELL: ClassVar[str] = "fastgrnn"
 
 
@@ -374,6 +376,13 @@ class BiLayerQ:
 
 
 LSTMLayerQ.CELL = "lstm"
+
+
+def state_scale(layer: object) -> float:
+    """Real value of one step of an integer layer's int8 state h (and output): 2**(state_exp - 7). LSTM and GRU
+    layers have no state_exp (h is Q0.7, 1/128); a BiLayerQ's directions share one exponent (fwd's is read)."""
+    inner = getattr(layer, "fwd", layer)
+    return 2.0 ** (int(getattr(inner, "state_exp", 0)) - 7)
 
 
 @dataclass(frozen=True)

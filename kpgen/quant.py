@@ -21,7 +21,7 @@ from kpgen.ir import (
 from kpgen import ir
 
 GATE_FRAC = 12  # gate pre-activations are Q3.12
-H_SCALE = 1.0 / 128.0  # hidden state is Q0.7
+H_SCALE = 1.0 / 128.0  # hidden state of LSTM and GRU layers is Q0.7 (FastRNN, FastGRNN: ir.state_scale)
 MAX_N1 = 511  # A T sums n1 products of |int8| <= 128 and |int16| <= 32768: n1 <= 511 keeps it in int32
 MAX_N2 = golden.MAX_N2  # X B^T sums n2 products of |x| <= 128 and |B| <= 127, plus T's rounding term, in int32
 
@@ -195,14 +195,28 @@ def cell_frac_for(cell_absmax: float) -> int:
     return max(0, min(15, 15 - int_bits))
 
 
-def _matrices_and_requants(layer, input_scale: float, idx: int | str, t_bits: int) -> dict:
+def state_exp_for(state_absmax: float, idx: int | str) -> int:
+    """FastRNN / FastGRNN state exponent e (h is Q(e).(7-e)): 0 up to |h| = 1, else ceil(log2(state_absmax)), so
+    the calibrated range fits; refused above golden.MAX_STATE_EXP (7: |h| up to 128)."""
+    if not (state_absmax >= 0 and math.isfinite(state_absmax)):
+        raise KpgenError(f"layer {idx}: calibration state_absmax {state_absmax!r} is not a finite number; "
+                         "recalibrate the model")  # fmt: skip
+    e = 0 if state_absmax <= 1.0 else math.ceil(math.log2(state_absmax))
+    if e > golden.MAX_STATE_EXP:
+        raise KpgenError(f"layer {idx}: calibrated state |h| up to {state_absmax:.3g} needs 2**{e}, more than the "
+                         f"2**{golden.MAX_STATE_EXP} an int8 state can hold; retrain with a smaller alpha + beta "
+                         "(FastRNN) or nu (FastGRNN)")  # fmt: skip
+    return e
+
+
+def _matrices_and_requants(layer, input_scale: float, idx: int | str, t_bits: int, h_scale: float = H_SCALE) -> dict:
     """wx, wh (int8 factors) and their gate requantizers rq_x, rq_h to Q3.12: one accumulator unit of Wx x is
-    worth wx.unit * input_scale, of Wh h wh.unit / 128 (h is Q0.7)."""
+    worth wx.unit * input_scale, of Wh h wh.unit * h_scale (1/128: h is Q0.7; FastRNN/FastGRNN 2**(e-7))."""
     wx = quantize_kp(layer.wx, f"layer {idx} Wx", t_bits)
     wh = quantize_kp(layer.wh, f"layer {idx} Wh", t_bits)
     gate = float(2**GATE_FRAC)
     rq_x = requant_gate(wx.unit * input_scale * gate, golden.matrix_acc_bound(wx, t_bits), f"layer {idx} Wx")
-    rq_h = requant_gate(wh.unit * H_SCALE * gate, golden.matrix_acc_bound(wh, t_bits), f"layer {idx} Wh")
+    rq_h = requant_gate(wh.unit * h_scale * gate, golden.matrix_acc_bound(wh, t_bits), f"layer {idx} Wh")
     return {"input_size": layer.input_size, "hidden_size": layer.hidden_size, "wx": wx, "wh": wh,
             "rq_x": rq_x, "rq_h": rq_h}  # fmt: skip
 
@@ -245,47 +259,59 @@ def quantize_gru(layer: ir.GRULayerF, input_scale: float, idx: int | str, t_bits
     return _checked(q, idx, t_bits)
 
 
-def quantize_fastrnn(layer: ir.FastRNNLayerF, input_scale: float, idx: int | str, t_bits: int = 16) -> ir.FastRNNLayerQ:
-    """int8 matrices, Q3.12 bias, alpha and beta in Q0.15."""
-    common = _matrices_and_requants(layer, input_scale, idx, t_bits)
+def quantize_fastrnn(layer: ir.FastRNNLayerF, input_scale: float, idx: int | str, t_bits: int = 16,
+                     state_exp: int = 0) -> ir.FastRNNLayerQ:
+    """int8 matrices, Q3.12 bias, alpha and beta in Q0.15; h is Q(state_exp).(7-state_exp) (state_exp_for)."""
+    common = _matrices_and_requants(layer, input_scale, idx, t_bits, 2.0 ** (state_exp - 7))
     q = ir.FastRNNLayerQ(**common, bias=_bias_q312(layer.bias, "bias", idx),
                          alpha=_scalar_q015(layer.alpha, "alpha", idx), beta=_scalar_q015(layer.beta, "beta", idx),
-                         input_scale=input_scale)  # fmt: skip
+                         input_scale=input_scale, state_exp=state_exp)  # fmt: skip
     return _checked(q, idx, t_bits)
 
 
-def quantize_fastgrnn(layer: ir.FastGRNNLayerF, input_scale: float, idx: int | str, t_bits: int = 16) -> ir.FastGRNNLayerQ:
-    """int8 matrices, Q3.12 biases bias_z and bias_h, zeta and nu in Q0.15."""
-    common = _matrices_and_requants(layer, input_scale, idx, t_bits)
+def quantize_fastgrnn(layer: ir.FastGRNNLayerF, input_scale: float, idx: int | str, t_bits: int = 16,
+                      state_exp: int = 0) -> ir.FastGRNNLayerQ:
+    """int8 matrices, Q3.12 biases bias_z and bias_h, zeta and nu in Q0.15; h as quantize_fastrnn's."""
+    common = _matrices_and_requants(layer, input_scale, idx, t_bits, 2.0 ** (state_exp - 7))
     q = ir.FastGRNNLayerQ(**common, bias_z=_bias_q312(layer.bias_z, "bias_z entry", idx),
                           bias_h=_bias_q312(layer.bias_h, "bias_h entry", idx), zeta=_scalar_q015(layer.zeta, "zeta", idx),
-                          nu=_scalar_q015(layer.nu, "nu", idx), input_scale=input_scale)  # fmt: skip
+                          nu=_scalar_q015(layer.nu, "nu", idx), input_scale=input_scale,
+                          state_exp=state_exp)  # fmt: skip
     return _checked(q, idx, t_bits)
 
 
-def quantize_layer(layer: object, input_scale: float, cell_absmax: float, idx: int, t_bits: int = 16) -> object:
-    """Any float layer -> its integer layer; a BiLayerF's two directions get the same input scale. cell_absmax
-    is used by LSTM layers only (the others' state is h, fixed Q0.7)."""
+def quantize_layer(layer: object, input_scale: float, cell_absmax: float, idx: int, t_bits: int = 16,
+                   state_exp: int | None = None) -> object:
+    """Any float layer -> its integer layer; a BiLayerF's two directions get the same input scale. cell_absmax:
+    max |c| for LSTM layers, max |h| (state_absmax) for FastRNN / FastGRNN ones, which sets their state_exp
+    (state_exp_for; unused by GRU layers, whose h is Q0.7). A BiLayerF's directions share one state_exp, that of
+    the larger of their two ranges (the calibration's one number per layer is the max over both directions), as
+    the next layer reads [fwd h, bwd h] with one scale. state_exp: given instead of derived (experiments)."""
     if isinstance(layer, ir.BiLayerF):
-        return ir.BiLayerQ(fwd=quantize_layer(layer.fwd, input_scale, cell_absmax, f"{idx} (forward)", t_bits),
-                           bwd=quantize_layer(layer.bwd, input_scale, cell_absmax, f"{idx} (backward)", t_bits))  # fmt: skip
+        if state_exp is None and isinstance(layer.fwd, (ir.FastRNNLayerF, ir.FastGRNNLayerF)):
+            state_exp = state_exp_for(cell_absmax, idx)
+        def half(sub: object, name: str) -> object:
+            return quantize_layer(sub, input_scale, cell_absmax, f"{idx} ({name})", t_bits, state_exp)
+
+        return ir.BiLayerQ(fwd=half(layer.fwd, "forward"), bwd=half(layer.bwd, "backward"))
     if isinstance(layer, LSTMLayerF):
         return quantize_lstm(layer, input_scale, cell_absmax, idx, t_bits)
     if isinstance(layer, ir.GRULayerF):
         return quantize_gru(layer, input_scale, idx, t_bits)
-    if isinstance(layer, ir.FastRNNLayerF):
-        return quantize_fastrnn(layer, input_scale, idx, t_bits)
-    if isinstance(layer, ir.FastGRNNLayerF):
-        return quantize_fastgrnn(layer, input_scale, idx, t_bits)
+    if isinstance(layer, (ir.FastRNNLayerF, ir.FastGRNNLayerF)):
+        e = state_exp_for(cell_absmax, idx) if state_exp is None else state_exp
+        fn = quantize_fastrnn if isinstance(layer, ir.FastRNNLayerF) else quantize_fastgrnn
+        return fn(layer, input_scale, idx, t_bits, e)
     raise KpgenError(f"layer {idx}: {type(layer).__name__} is not a layer kpgen can quantize; "
                      "use an LSTM, GRU, FastRNN or FastGRNN layer")  # fmt: skip
 
 
-def quantize_dense(head: DenseF) -> DenseQ:
-    """int8 weights; int32 biases at the logits' scale. Refuses biases for which bias + W h (|h| <= 128) could
-    leave int32, the width kp_fc_s8 sums in."""
+def quantize_dense(head: DenseF, state_scale: float = H_SCALE) -> DenseQ:
+    """int8 weights; int32 biases at the logits' scale w_scale * state_scale (state_scale: one step of the last
+    layer's h, ir.state_scale). Refuses biases for which bias + W h (|h| <= 128) could leave int32, the width
+    kp_fc_s8 sums in."""
     w, sw = symmetric_int8(head.weight)
-    out_scale = sw * H_SCALE
+    out_scale = sw * state_scale
     bias = np.round(head.bias.astype(np.float64) / out_scale)
     worst = np.abs(bias) + 128.0 * np.sum(np.abs(w.astype(np.float64)), axis=1) if bias.size else np.zeros(1)
     if np.max(worst, initial=0) >= 2**31:
@@ -312,13 +338,13 @@ def quantize_model(model: ModelF, t_bits: int = 16) -> ModelQ:
     scale = input_scale
     for i, (layer, cmax) in enumerate(zip(model.layers, cal.cell_absmax)):
         layers.append(quantize_layer(layer, scale, cmax, i, t_bits))
-        scale = H_SCALE
+        scale = ir.state_scale(layers[-1])  # the next layer reads this layer's h
     return ModelQ(
         input_size=model.input_size,
         num_classes=model.num_classes,
         input_scale=input_scale,
         layers=tuple(layers),
-        head=quantize_dense(model.head),
+        head=quantize_dense(model.head, ir.state_scale(layers[-1])),
         sigmoid_table=golden.make_table("sigmoid"),
         tanh_table=golden.make_table("tanh"),
         meta=dict(model.meta),

@@ -13,10 +13,11 @@
 #endif
 
 /*
- * FastRNN, unit by unit: h~ = tanh(sat16(rq(ax) + rq(ah) + bias)), h' = sat8(rsr(alpha h~ + beta (h << 8), 23)).
- * With alpha, beta in 0..32767, |h~| <= 32768 and h << 8 in -32768..32512 the sum lies in
- * -2147418112 .. 2138996993, and with its rounding term 2^22 still inside int32. sx, sh: literal 32 in the
- * usual case (the accumulator's pre-shift folds away).
+ * FastRNN, unit by unit: h~ = tanh(sat16(rq(ax) + rq(ah) + bias)), h' = sat8(rsr(rsr(alpha h~, 8 + e) + beta h, 15)),
+ * e = state_exp in 0..7 (h is Q(e).(7-e)). With alpha, beta in 0..32767, |h~| <= 32768 and h in -128..127:
+ * |alpha h~| < 2^30 (rounding term 2^(7+e) <= 2^14), |rsr(alpha h~, 8 + e)| <= 2^22, |beta h| < 2^22, so the
+ * outer sum and its rounding term 2^14 stay below 2^24. sx, sh: literal 32 in the usual case (the accumulator's
+ * pre-shift folds away).
  */
 KP_FAST_INLINE void kp_fastrnn_units(const kp_fastrnn_params_s8 *p, const int32_t *ax, const int32_t *ah, int8_t *h,
                                      int32_t sx, int32_t sh)
@@ -26,20 +27,23 @@ KP_FAST_INLINE void kp_fastrnn_units(const kp_fastrnn_params_s8 *p, const int32_
     const int32_t mh = p->mult_h;
     const int32_t alpha = p->alpha;
     const int32_t beta = p->beta;
+    const int32_t se = 8 + p->state_exp;
+    const int32_t re = (int32_t)1 << (se - 1);
     const int32_t *bias = p->bias;
     const int16_t *tanh_mid = p->tanh_table + KP_ACT_TABLE_SIZE / 2;
     int32_t u;
     for (u = 0; u < hs; u++) {
         const int32_t ht = kp_act_s16(kp_ssat16(kp_gate_rq(ax[u], mx, sx, kp_gate_rq(ah[u], mh, sh, bias[u]))), tanh_mid);
-        h[u] = (int8_t)kp_ssat8((alpha * ht + beta * ((int32_t)h[u] * 256) + ((int32_t)1 << 22)) >> 23);
+        h[u] = (int8_t)kp_ssat8((((alpha * ht + re) >> se) + beta * h[u] + ((int32_t)1 << 14)) >> 15);
     }
 }
 
 /*
  * FastGRNN, unit by unit: pre = rq(ax) + rq(ah); z = sigmoid(sat16(pre + bias_z)); h~ = tanh(sat16(pre + bias_h));
  * g = rsr(zeta (32768 - z), 15) + nu, computed as ((zeta 2^15 + 2^14 - zeta z) >> 15) + nu (the same number);
- * v = g h~ + z (h << 8). rsr(zeta (32768 - z), 15) <= 32768 - z, so g + z <= 32768 + nu <= 65535 and
- * |v| <= 32768 * 65535 < 2^31; v's rounding term could overflow, so rsr(v, 23) is (v >> 23) + bit 22 of v.
+ * h' = sat8(rsr(rsr(g h~, 8 + e) + z h, 15)), e = state_exp in 0..7. g <= 32767 + 32767 = 65534 (z >= 0) and
+ * h~ in -32768..32767, so g h~ lies in -2147418112 .. 2147352578 and with its rounding term 2^(7+e) <= 2^14 still
+ * below 2^31 - 1 (by 114685); |rsr(g h~, 8 + e)| <= 2^23 and |z h| < 2^22, so the outer sum fits easily.
  */
 KP_FAST_INLINE void kp_fastgrnn_units(const kp_fastgrnn_params_s8 *p, const int32_t *ax, const int32_t *ah,
                                       int8_t *h, int32_t sx, int32_t sh)
@@ -50,6 +54,8 @@ KP_FAST_INLINE void kp_fastgrnn_units(const kp_fastgrnn_params_s8 *p, const int3
     const int32_t zeta = p->zeta;
     const int32_t nu = p->nu;
     const int32_t gz = zeta * 32768 + ((int32_t)1 << 14);
+    const int32_t se = 8 + p->state_exp;
+    const int32_t re = (int32_t)1 << (se - 1);
     const int32_t *bias_z = p->bias_z;
     const int32_t *bias_h = p->bias_h;
     const int16_t *sig = p->sigmoid_table + KP_ACT_TABLE_SIZE / 2;
@@ -60,8 +66,7 @@ KP_FAST_INLINE void kp_fastgrnn_units(const kp_fastgrnn_params_s8 *p, const int3
         const int32_t z = kp_act_s16(kp_ssat16(pre + bias_z[u]), sig);
         const int32_t ht = kp_act_s16(kp_ssat16(pre + bias_h[u]), tanh_mid);
         const int32_t g = ((gz - zeta * z) >> 15) + nu;
-        const int32_t v = g * ht + z * ((int32_t)h[u] * 256);
-        h[u] = (int8_t)kp_ssat8((v >> 23) + ((v >> 22) & 1));
+        h[u] = (int8_t)kp_ssat8((((g * ht + re) >> se) + z * h[u] + ((int32_t)1 << 14)) >> 15);
     }
 }
 

@@ -41,6 +41,8 @@ CASES = {
                                        {"kind": "hkp", "factors": [[2, 2], [2, 2], [4, 2]], "dense_rows": 8}, 2, True,
                                        "hkp"),
     "fastgrnn-dense-stacked": ("fastgrnn", "dense", "dense", 2, False, "dense"),
+    # alpha 0.45, beta 0.97: |h| grows past 1, so h is Q(e).(7-e) with e > 0 (the state exponent, emitted)
+    "fastrnn-growing-stacked": ("fastrnn", *KP["fastrnn"], 2, False, "kp"),
 }
 
 
@@ -53,6 +55,8 @@ def build_checkpoint(case: str, seed: int = 0) -> tuple[dict, KPRNNClassifier]:
         for name, p in model.named_parameters():
             if p.dim() <= 1 and not name.startswith("head"):
                 p.add_(0.3 * torch.randn_like(p))
+            if "growing" in case and name.endswith(("alpha", "beta")):
+                p.fill_(torch.logit(torch.tensor(0.45 if name.endswith("alpha") else 0.97)))
     x = torch.rand(64, T, I, generator=torch.Generator().manual_seed(seed)) * 3.0 - 1.5
     meta = {"dataset": "random", "seq_len": T}
     return make_checkpoint(model, calibrate(model, x), meta, method=method), model
