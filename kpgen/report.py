@@ -3,6 +3,16 @@
 from __future__ import annotations
 
 
+def _checked_state(m: dict) -> str:
+    """What the per-step digests cover (golden.GoldenTrace): outputs only when a layer is bidirectional."""
+    layers = m["model"]["layers"]
+    if any(l.get("bidirectional") for l in layers):
+        return "the outputs of every layer"
+    if all(l.get("cell", "lstm") == "lstm" for l in layers):
+        return "h and c of every layer"
+    return "h of every layer and c of every LSTM layer"
+
+
 def _pct(v: float | None) -> str:
     return "n/a (no labels)" if v is None else f"{100 * v:.2f}%"
 
@@ -27,7 +37,7 @@ def format_report(rep) -> str:
             f"on-target accuracy ({ver.labelled} run on {b.name})",
             _pct(ver.target_correct / ver.labelled if ver.labelled else None),
         ),
-        ("bit-exact samples", f"{ver.exact}/{vec['samples']} (scores, and h and c of every layer at all {vec['steps']} steps)"),
+        ("bit-exact samples", f"{ver.exact}/{vec['samples']} (scores, and {_checked_state(m)} at all {vec['steps']} steps)"),
     ]
     if rep.instructions is not None:
         steps = vec["steps"]
