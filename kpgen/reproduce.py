@@ -1,0 +1,1210 @@
+"""`make reproduce`: five benchmarks on data shipped inside packages, dense and compressed at matched size.
+
+For every benchmark and seed a dense network is trained from scratch; KP, hybrid KP (HKP), pruning and low
+rank are initialised from that dense network (nearest Kronecker product, dense top rows, magnitude pruning,
+truncated SVD) and fine-tuned, as `kpgen compress` does; the small dense baseline is trained from scratch.
+Every checkpoint is then quantized by kpgen and run through the integer reference (int8 accuracy), and the
+seed-0 checkpoint of each method is emitted for the Cortex-M4, built, run bit-exact under QEMU and profiled
+(instructions per inference). Sizes are matched: pruning keeps as many nonzeros as KP has parameters, low
+rank takes the ranks that give (as near as rank 1 allows) the same parameters, and the small baseline takes
+the largest hidden size whose whole network fits KP's parameter count; the same three are also trained at
+HKP's size, which gives each baseline a line on the plot.
+
+Writes docs/results.md and docs/results.png, prints the issue's targets with the measured values (not
+asserted). Run: `make reproduce` or `python -m kpgen.reproduce [--quick] [--jobs N] [--out DIR] [--reuse]`.
+Checkpoints are kept under --work (default build/reproduce); `--reuse` evaluates those instead of
+retraining (for example after the emitter gains a cell type).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import functools
+import json
+import math
+import multiprocessing
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from kpgen import KpgenError, __version__
+from kpgen.boards import REPO_ROOT
+
+DOCS = REPO_ROOT / "docs"
+WORK = REPO_ROOT / "build" / "reproduce"
+GATES = {"lstm": 4, "gru": 3, "fastrnn": 1, "fastgrnn": 1}
+CELL_NAMES = {"lstm": "LSTM", "gru": "GRU", "fastrnn": "FastRNN", "fastgrnn": "FastGRNN"}
+
+# The issue's targets (printed, never asserted)
+KP_LAYER_MIN = 15.0  # every KP recurrent layer at least this many times fewer matrix parameters
+KP_INT8_MODEL_MIN = 50.0  # whole KP model, int8 bytes against the dense float32 model
+HKP_MODEL_MIN = 8.0  # HKP at least this many times fewer parameters than the dense model
+INT8_MAX_DROP = 0.01  # int8 accuracy at most 1 point below float, every KP model
+KP_WINS_MIN = 4  # KP at or above pruning and low rank on at least this many benchmarks
+
+
+# --------------------------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One task: the dataset, the network and its training schedule."""
+
+    name: str
+    title: str
+    dataset: str
+    cell: str
+    bidirectional: bool
+    hidden: int
+    epochs: int  # dense baseline and small baseline, from scratch
+    finetune_epochs: int  # KP, HKP, pruning and low rank, from the dense network
+    batch_size: int = 128
+    lr: float = 2e-2
+    max_train: int | None = None  # first samples of the training split only (CI)
+    max_test: int | None = None  # first samples of the test split only (CI)
+    why: str = ""
+
+
+# Sized on a 2-core machine (docs/results.md lists the measured times): the whole run, three seeds and two
+# QEMU-profiled M4 builds per method, stays well under 45 minutes with two worker processes.
+BENCHMARKS: tuple[Benchmark, ...] = (
+    Benchmark(
+        "mnist", "MNIST rows", "mnist", "lstm", False, 128, epochs=25, finetune_epochs=20,
+        why="the paper's MNIST network: one LSTM layer of 128 units reading 28 pixel rows of 28 pixels",
+    ),
+    Benchmark(
+        "basicmotions", "BasicMotions (HAR)", "basicmotions", "lstm", True, 64, epochs=120, finetune_epochs=80,
+        batch_size=40,
+        why="activity recognition with a bidirectional LSTM, like the paper's HAR network: 64 units per direction "
+        "over 6 IMU channels, 100 steps",
+    ),
+    Benchmark(
+        "japanesevowels", "JapaneseVowels (speech)", "japanesevowels", "gru", False, 64, epochs=60,
+        finetune_epochs=40, batch_size=64,
+        why="variable-length speech (7 to 29 frames, left-padded to 29) with a GRU of 64 units over 12 LPC "
+        "cepstrum coefficients",
+    ),
+    Benchmark(
+        "daphnet", "Daphnet gait", "daphnet", "fastrnn", False, 128, epochs=60, finetune_epochs=40, batch_size=64,
+        why="64-step windows of one 3-axis accelerometer (which of 3 body positions it is worn at) with FastRNN of "
+        "128 units: FastRNN has one H x H matrix where an LSTM has four, and at 64 units the biases and head "
+        "already make up a tenth of the KP network (KP alone 10.9x smaller), leaving little room for HKP",
+    ),
+    Benchmark(
+        "digits", "8x8 digits (USPS stand-in)", "digits", "fastrnn", False, 128, epochs=60, finetune_epochs=40,
+        why="FastRNN of 128 units over 8 rows of 8 pixels, standing in for the paper's USPS-FastRNN; at 64 units the "
+        "10-class head is most of the KP network (KP alone only 6.0x smaller than dense), so no HKP could be both "
+        "larger than KP and 8x smaller than dense",
+    ),
+)
+
+METHODS = ("dense", "kp", "hkp", "prune", "lowrank", "small")
+LEVELS = ("kp", "hkp")  # the sizes the baselines are matched to
+METHOD_LABELS = {"dense": "dense", "kp": "KP", "hkp": "HKP", "prune": "pruning", "lowrank": "low-rank",
+                 "small": "small"}
+
+
+@dataclass(frozen=True)
+class Config:
+    benchmarks: tuple[Benchmark, ...] = BENCHMARKS
+    seeds: tuple[int, ...] = (0, 1, 2)
+    levels: tuple[str, ...] = LEVELS
+    qemu: bool = True  # count M4 instructions for the first seed's checkpoints
+    qemu_only: tuple[str, ...] | None = None  # methods to count (None: every emittable one)
+    board: str = "m4"
+    qemu_samples: int = 2  # test sequences embedded in each firmware (each is checked bit for bit)
+    jobs: int = 2
+    threads: int = 1  # torch threads per worker
+    kp_min_ratio: float = KP_LAYER_MIN  # the KP planner's per-matrix budget
+    hkp_min_ratio: float = HKP_MODEL_MIN
+
+
+# --------------------------------------------------------------------------------------------- sizing
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One trained network of a benchmark: a method at a size level, its matrix specs and hidden size."""
+
+    method: str
+    level: str  # "dense", "kp" or "hkp": whose size it is matched to
+    hidden: int
+    wx: object
+    wh: object
+    prune_ratio: float = 1.0  # dense matrix parameters / kept nonzeros (pruning)
+    target_params: int = 0  # the parameter count it was matched to (0: none)
+
+    @property
+    def key(self) -> str:
+        return self.method if self.method in ("dense", "kp", "hkp") else f"{self.method}@{self.level}"
+
+    @property
+    def label(self) -> str:
+        base = METHOD_LABELS[self.method]
+        if self.method in ("prune", "lowrank", "small"):
+            return f"{base} (= {self.level.upper()} size)"
+        return base
+
+
+def matrix_shapes(cell: str, input_size: int, hidden: int) -> dict[str, tuple[int, int]]:
+    """Rows and columns of the one layer's Wx and Wh (per direction)."""
+    g = GATES[cell]
+    return {"wx": (g * hidden, input_size), "wh": (g * hidden, hidden)}
+
+
+def kp_matrix_spec(rows: int, cols: int, min_ratio: float) -> dict:
+    """The planner's best unpadded 2-factor KP within rows*cols/min_ratio parameters; for a thin matrix no
+    factorization reaches (e.g. 128x6 at 15x), the best of those with the fewest parameters (the layer as a
+    whole is still checked against the ratio)."""
+    from kpgen.plan import best_kp, budget_for, kp_candidates
+
+    try:
+        return best_kp(rows, cols, budget_for(rows, cols, min_ratio), num_factors=2, pad=0.0).spec()
+    except ValueError:
+        least = min(c.params for c in kp_candidates(rows, cols, 2, None, pad=0.0))
+        return best_kp(rows, cols, least, num_factors=2, pad=0.0).spec()
+
+
+def hkp_matrix_spec(rows: int, cols: int, budget: int, kp_spec: dict) -> dict:
+    """Hybrid KP within budget whose rank bound is at least KP's (dense rows must add to what KP expresses).
+
+    First the planner's candidates, best first (kpgen.plan.hkp_candidates, as `kpgen compress --method hkp`).
+    The planner only takes rows while the first factor keeps its own rank, so for square first factors (the
+    full-rank KP of an H x H FastRNN matrix, 8x8 (x) 16x16) it offers none; then the first KP candidate (planner
+    order, as good a rank bound as KP's) whose A can give up its top j rows to j * m2 dense rows within budget,
+    which keeps the overall rank bound; the most rows that fit. KP's spec if nothing fits."""
+    from kpgen.plan import Candidate, hkp_candidates, kp_candidates
+
+    kp = Candidate(rows, cols, tuple(tuple(f) for f in kp_spec["factors"]))
+    for c in hkp_candidates(rows, cols, budget, num_factors=2):
+        if c.rank_bound >= kp.rank_bound and c.params > kp.params:
+            return c.spec()
+    for base in kp_candidates(rows, cols, 2, budget, pad=0.0):
+        if base.rank_bound < kp.rank_bound:
+            break  # best first: the rank bound only falls from here
+        (m1, n1), rest = base.factors[0], base.factors[1:]
+        block = math.prod(f[0] for f in rest)
+        best = None
+        for j in range(1, m1):
+            h = Candidate(rows, cols, ((m1 - j, n1), *rest), dense_rows=j * block)
+            if h.params > budget:
+                break
+            if h.rank_bound >= kp.rank_bound and h.params > kp.params:
+                best = h
+        if best is not None:
+            return best.spec()
+    return kp_spec
+
+
+def spec_params(spec: object, rows: int, cols: int) -> int:
+    from kpgen.nn.matrix import spec_params as sp
+
+    return sp(spec, rows, cols)
+
+
+def dense_model_params(cell: str, input_size: int, hidden: int, classes: int, bidirectional: bool) -> tuple[int, int]:
+    """(whole network, recurrent matrices) parameters of the dense network; counted on the torch module."""
+    from kpgen.nn import KPRNNClassifier
+
+    m = KPRNNClassifier(cell, input_size, hidden, classes, "dense", "dense", bidirectional=bidirectional)
+    return sum(p.numel() for p in m.parameters()), sum(mm.weight_params for _, mm in m.matrices())
+
+
+def lowrank_ranks(shapes: dict[str, tuple[int, int]], target: int, directions: int) -> dict[str, int]:
+    """Ranks whose U, V total as near to `target` parameters as possible, never above it unless rank 1
+    everywhere already is: each matrix first gets its share (the same ratio for all), the highest ranks
+    give way while the total is over, then ranks grow (largest matrix first) while they still fit."""
+    dense = sum(r * c for r, c in shapes.values())
+    ratio = dense / target
+    ranks = {k: max(1, math.floor(r * c / ratio) // (r + c)) for k, (r, c) in shapes.items()}
+    cost = lambda: directions * sum(ranks[k] * sum(shapes[k]) for k in shapes)  # noqa: E731
+    while cost() > target and max(ranks.values()) > 1:
+        k = max(ranks, key=lambda k: (ranks[k], sum(shapes[k])))
+        ranks[k] -= 1
+    grown = True
+    while grown:
+        grown = False
+        for k in sorted(shapes, key=lambda k: -shapes[k][0] * shapes[k][1]):
+            limit = min(shapes[k])
+            if ranks[k] < limit and cost() + directions * sum(shapes[k]) <= target:
+                ranks[k] += 1
+                grown = True
+    return ranks
+
+
+def small_hidden(cell: str, input_size: int, classes: int, bidirectional: bool, target: int, hidden: int) -> int:
+    """The largest hidden size <= hidden whose whole dense network has at most `target` parameters (>= 1)."""
+    lo, hi = 1, hidden
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if dense_model_params(cell, input_size, mid, classes, bidirectional)[0] <= target:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """Every variant of one benchmark, with the numbers they were derived from."""
+
+    bench: Benchmark
+    input_size: int
+    classes: int
+    steps: int
+    dense_params: int
+    dense_matrix_params: int
+    variants: tuple[Variant, ...]
+
+    def variant(self, key: str) -> Variant | None:
+        return next((v for v in self.variants if v.key == key), None)
+
+
+def size_benchmark(bench: Benchmark, input_size: int, classes: int, steps: int, levels: Sequence[str] = LEVELS,
+                   kp_min_ratio: float = KP_LAYER_MIN, hkp_min_ratio: float = HKP_MODEL_MIN) -> Sizing:
+    """Plan KP and HKP, then match pruning, low rank and small to their sizes. No training."""
+    dirs = 2 if bench.bidirectional else 1
+    shapes = matrix_shapes(bench.cell, input_size, bench.hidden)
+    total, mats = dense_model_params(bench.cell, input_size, bench.hidden, classes, bench.bidirectional)
+    overhead = total - mats  # biases, FastRNN scalars, head: the same for every variant at this hidden size
+
+    def matrices_of(specs: dict) -> int:
+        return dirs * sum(spec_params(specs[k], *shapes[k]) for k in shapes)
+
+    h = bench.hidden
+    out = [Variant("dense", "dense", h, "dense", "dense", target_params=0)]
+    kp = {k: kp_matrix_spec(*shapes[k], kp_min_ratio) for k in shapes}
+    out.append(Variant("kp", "kp", h, kp["wx"], kp["wh"], target_params=overhead + matrices_of(kp)))
+    # HKP: the largest budget (smallest uniform matrix ratio, in 5% steps) for which the planner's HKP keeps the
+    # whole network >= hkp_min_ratio times smaller than the dense one
+    hkp = kp
+    ratio = hkp_min_ratio
+    while ratio < 1e4:
+        cand = {k: hkp_matrix_spec(*shapes[k], math.floor(shapes[k][0] * shapes[k][1] / ratio), kp[k]) for k in shapes}
+        if total / (overhead + matrices_of(cand)) >= hkp_min_ratio:
+            hkp = cand
+            break
+        ratio *= 1.05
+    if "hkp" in levels:
+        out.append(Variant("hkp", "hkp", h, hkp["wx"], hkp["wh"], target_params=overhead + matrices_of(hkp)))
+    for level in levels:
+        specs = kp if level == "kp" else hkp
+        target_m = matrices_of(specs)
+        target_total = overhead + target_m
+        out.append(Variant("prune", level, h, "dense", "dense", prune_ratio=mats / target_m, target_params=target_total))
+        ranks = lowrank_ranks(shapes, target_m, dirs)
+        out.append(Variant("lowrank", level, h, {"kind": "lowrank", "rank": ranks["wx"]},
+                           {"kind": "lowrank", "rank": ranks["wh"]}, target_params=target_total))
+        hs = small_hidden(bench.cell, input_size, classes, bench.bidirectional, target_total, h)
+        out.append(Variant("small", level, hs, "dense", "dense", target_params=target_total))
+    return Sizing(bench, input_size, classes, steps, total, mats, tuple(out))
+
+
+def describe_spec(spec: object) -> str:
+    """'16x2 (x) 32x14', '32 dense rows + 15x2 (x) 32x14', 'rank 3', 'dense'."""
+    if isinstance(spec, str):
+        return spec
+    kind = spec.get("kind")
+    if kind == "lowrank":
+        return f"rank {spec['rank']}"
+    if kind in ("kp", "hkp"):
+        text = " (x) ".join(f"{m}x{n}" for m, n in spec["factors"])
+        return f"{spec['dense_rows']} dense rows + {text}" if kind == "hkp" else text
+    return str(kind)
+
+
+# --------------------------------------------------------------------------------------------- training
+
+
+@functools.lru_cache(maxsize=8)
+def load_data(dataset: str, seed: int, max_train: int | None, max_test: int | None) -> tuple:
+    """(split, x_train, y_train, x_test, y_test) torch tensors, cached per process."""
+    from kpgen.train.loop import load_split
+
+    split, x_tr, y_tr, x_te, y_te = load_split(dataset, seed, max_train)
+    if max_test is not None:
+        x_te, y_te = x_te[:max_test], y_te[:max_test]
+    return split, x_tr, y_tr, x_te, y_te
+
+
+def sizing_for(bench: Benchmark, cfg: Config) -> Sizing:
+    split = load_data(bench.dataset, 0, None, None)[0]
+    return size_benchmark(bench, split.num_features, split.num_classes, split.seq_len, cfg.levels,
+                          cfg.kp_min_ratio, cfg.hkp_min_ratio)
+
+
+def derive(src, v: Variant, seed: int):
+    """The variant's network initialised from the dense one (all but `small`), as kpgen.compress does:
+    nearest KP, dense top rows, truncated SVD, or the dense weights (pruning)."""
+    import torch
+
+    from kpgen.compress import init_matrix
+    from kpgen.nn import KPRNNClassifier
+
+    torch.manual_seed(seed)
+    model = KPRNNClassifier(src.cell, src.input_size, src.hidden_size, src.num_classes, v.wx, v.wh,
+                            bidirectional=src.bidirectional)
+    with torch.no_grad():
+        dense = {n: m.dense().detach().double().clone() for n, m in src.matrices()}
+        names = {n for n, _ in model.matrices()}
+        src_params = dict(src.named_parameters())
+        for name, p in model.named_parameters():
+            if not any(name.startswith(n + ".") for n in names):
+                p.copy_(src_params[name])
+        for name, mat in model.matrices():
+            init_matrix(mat, dense[name])
+    return model
+
+
+def count_params(model, pruned: bool) -> tuple[int, int]:
+    """(whole network, recurrent matrices) parameters; a pruned network's matrices count their nonzeros."""
+    mats = 0
+    for _, m in model.matrices():
+        mats += int((m.weight != 0).sum()) if pruned else m.weight_params
+    total = sum(p.numel() for p in model.parameters()) - sum(m.weight_params for _, m in model.matrices()) + mats
+    return int(total), int(mats)
+
+
+def int8_bytes_estimate(model) -> int:
+    """What ModelQ.weight_bytes would be: int8 matrices (stored whole) and head weights, int32 biases and other
+    vectors, int16 scalars. For networks the quantizer does not take yet."""
+    matrix_ids = {id(p) for _, m in model.matrices() for p in m.parameters()}
+    n = sum(m.weight_params for _, m in model.matrices())
+    for name, p in model.named_parameters():
+        if id(p) in matrix_ids:
+            continue
+        if name == "head.weight":
+            n += p.numel()
+        elif p.ndim == 0:
+            n += 2
+        else:
+            n += 4 * p.numel()
+    return int(n)
+
+
+def train_variant(bench: Benchmark, v: Variant, seed: int, dense_model=None, log: Callable[[str], None] = print):
+    """Train (from scratch: dense, small) or derive and fine-tune (the others); returns (model, seconds, init acc)."""
+    import torch
+
+    from kpgen import datasets
+    from kpgen.compress import MagnitudePruner
+    from kpgen.nn import KPRNNClassifier
+    from kpgen.train.loop import accuracy, fit
+
+    t0 = time.perf_counter()
+    split, x_tr, y_tr, x_te, y_te = load_data(bench.dataset, seed, bench.max_train, bench.max_test)
+    init_acc = None
+    if v.method in ("dense", "small"):
+        torch.manual_seed(seed)
+        model = KPRNNClassifier(bench.cell, split.num_features, v.hidden, split.num_classes, "dense", "dense",
+                                bidirectional=bench.bidirectional)
+        epochs = bench.epochs
+    else:
+        model = derive(dense_model, v, seed)
+        init_acc = accuracy(model, x_te, y_te)
+        epochs = bench.finetune_epochs
+    pruner = MagnitudePruner(model, 1.0 - 1.0 / v.prune_ratio) if v.method == "prune" else None
+    fit(model, x_tr, y_tr, x_te, y_te, epochs=epochs, batch_size=bench.batch_size, lr=bench.lr, seed=seed,
+        max_shift=datasets.MAX_SHIFT.get(bench.dataset, 0), log=lambda s: None, after_step=pruner)
+    if pruner is not None:
+        pruner.prune_to(pruner.final)
+        pruner.apply()
+    return model, time.perf_counter() - t0, init_acc
+
+
+def fingerprint(bench: Benchmark, v: Variant, seed: int) -> str:
+    """What a kept checkpoint was trained from; --reuse takes it only if this matches."""
+    b = {k: val for k, val in dataclasses.asdict(bench).items() if k not in ("title", "why")}
+    return json.dumps({"bench": b, "variant": dataclasses.asdict(v), "seed": seed}, sort_keys=True, default=str)
+
+
+def checkpoint_for(bench: Benchmark, v: Variant, seed: int, model, seconds: float, init_acc: float | None) -> dict:
+    from kpgen.train.loop import accuracy, calibrate, make_checkpoint
+
+    split, x_tr, _, x_te, y_te = load_data(bench.dataset, seed, bench.max_train, bench.max_test)
+    params, mats = count_params(model, v.method == "prune")
+    meta = {
+        "dataset": bench.dataset,
+        "seq_len": split.seq_len,
+        "float_test_accuracy": float(accuracy(model, x_te, y_te)),
+        "init_test_accuracy": init_acc,
+        "method": v.method,
+        "level": v.level,
+        "model_params": params,
+        "matrix_params": mats,
+        "int8_bytes_estimate": int8_bytes_estimate(model),
+        "seed": seed,
+        "train_seconds": float(seconds),
+        "reproduce": fingerprint(bench, v, seed),
+    }
+    return make_checkpoint(model, calibrate(model, x_tr), meta, method=v.method)
+
+
+def as_dense_checkpoint(ckpt: dict) -> dict:
+    """A low-rank checkpoint with every U V multiplied out into a dense matrix (for the int8 path only)."""
+    import torch
+
+    from kpgen.nn import KPRNNClassifier
+    from kpgen.train.loop import make_checkpoint, model_from_checkpoint
+
+    src = model_from_checkpoint(ckpt)
+    dense = KPRNNClassifier(src.cell, src.input_size, src.hidden_size, src.num_classes, "dense", "dense",
+                            bidirectional=src.bidirectional)
+    with torch.no_grad():
+        src_params = dict(src.named_parameters())
+        names = {n for n, _ in dense.matrices()}
+        for name, p in dense.named_parameters():
+            if not any(name.startswith(n + ".") for n in names):
+                p.copy_(src_params[name])
+        mats = dict(src.matrices())
+        for name, m in dense.matrices():
+            m.weight.copy_(mats[name].dense())
+    meta = dict(ckpt["meta"], lowrank_as_dense=True)
+    return make_checkpoint(dense, ckpt["calibration"], meta, method="dense")
+
+
+def short_error(e: BaseException) -> str:
+    """One line for a table note: a KpgenError's problem (without the file name and the suggested fix, which
+    is about the user's command), or the type and message of anything else."""
+    text = " ".join(str(e).split())
+    if isinstance(e, KpgenError):
+        head, sep, rest = text.partition(": ")
+        if sep and head.endswith(".pt"):
+            text = rest
+        return text.split("; ")[0]
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def int8_accuracy(ckpt: dict, x_te, y_te) -> tuple[float, int]:
+    """(accuracy of kpgen's integer reference on the test split, int8 weight bytes as the quantizer lays them out)."""
+    from kpgen import golden, load, quant
+
+    model_f = load.checkpoint_to_ir(ckpt, f"{ckpt['meta'].get('method', 'model')}.pt")
+    qmodel = quant.quantize_model(model_f)
+    x = np.asarray(x_te, dtype=np.float64)
+    y = np.asarray(y_te)
+    correct = 0
+    for k in range(0, len(x), 500):
+        xq = golden.quantize_input(x[k : k + 500], qmodel.input_scale)
+        correct += int((golden.predict(golden.run_model(qmodel, xq).logits) == y[k : k + 500]).sum())
+    return correct / max(1, len(x)), int(qmodel.weight_bytes)
+
+
+class MeasurementError(RuntimeError):
+    """A measurement that did not come out (recorded in the results table as a note, never dropped)."""
+
+
+def count_instructions(ckpt_path: Path, board: str, samples: int) -> tuple[int, bool]:
+    """Emit for `board` into a temporary directory, build, run under QEMU, verify and profile one inference:
+    (instructions per inference, bit-exact)."""
+    from kpgen import pipeline
+
+    with tempfile.TemporaryDirectory(prefix="kpgen-reproduce-") as tmp:
+        out = Path(tmp) / "fw"
+        pipeline.emit_project(Path(ckpt_path), board, out, samples=samples)
+        rep = pipeline.run_project(out)
+        if not rep.passed:
+            why = "not bit-exact" if not rep.verification.passed else f"exit {rep.exit_code}"
+            raise MeasurementError(f"the firmware failed under QEMU ({why})")
+        if rep.instructions is None:
+            raise MeasurementError("QEMU gave no instruction count")
+        return int(rep.instructions), True
+
+
+# --------------------------------------------------------------------------------------------- one job
+
+
+@dataclass(frozen=True)
+class Job:
+    bench: Benchmark
+    seed: int
+    cfg: Config
+    work: str
+    reuse: bool
+    count_qemu: bool
+
+
+def _read_kept(path: Path, fp: str) -> dict | None:
+    if not path.is_file():
+        return None
+    from kpgen.load import read_raw
+
+    try:
+        ck = read_raw(path)
+    except KpgenError:
+        return None
+    return ck if isinstance(ck, dict) and ck.get("meta", {}).get("reproduce") == fp else None
+
+
+def run_job(job: Job) -> list[dict]:
+    """Train (or reuse) every variant of one benchmark for one seed; evaluate int8; count instructions on the
+    first seed. Returns one plain record per variant."""
+    from kpgen.train.loop import model_from_checkpoint, save_checkpoint, set_determinism
+
+    set_determinism(job.seed, threads=job.cfg.threads)
+    bench, seed = job.bench, job.seed
+    sizing = sizing_for(bench, job.cfg)
+    _, _, _, x_te, y_te = load_data(bench.dataset, seed, bench.max_train, bench.max_test)
+    kept = Path(job.work) / "checkpoints" / bench.name
+    kept.mkdir(parents=True, exist_ok=True)
+    dense_model = None
+    records: list[dict] = []
+    seen: dict[str, dict] = {}  # the same network twice (HKP = KP where no dense row fits): trained once
+    for v in sizing.variants:
+        kind = "kp" if v.method == "hkp" else v.method  # an HKP without dense rows is KP
+        sig = json.dumps([kind, v.hidden, v.wx, v.wh, round(v.prune_ratio, 9)], sort_keys=True)
+        if sig in seen:
+            records.append(dict(seen[sig], key=v.key, method=v.method, level=v.level, same_as=seen[sig]["key"]))
+            continue
+        path = kept / f"{v.key.replace('@', '-at-')}-s{seed}.pt"
+        fp = fingerprint(bench, v, seed)
+        ckpt = _read_kept(path, fp) if job.reuse else None
+        reused = ckpt is not None
+        if ckpt is None:
+            model, seconds, init_acc = train_variant(bench, v, seed, dense_model)
+            ckpt = checkpoint_for(bench, v, seed, model, seconds, init_acc)
+            save_checkpoint(ckpt, path)
+        if v.method == "dense":
+            dense_model = model_from_checkpoint(ckpt)
+        meta = ckpt["meta"]
+        rec = {
+            "bench": bench.name, "key": v.key, "method": v.method, "level": v.level, "seed": seed,
+            "hidden": v.hidden, "params": meta["model_params"], "matrix_params": meta["matrix_params"],
+            "float_acc": meta["float_test_accuracy"], "init_acc": meta.get("init_test_accuracy"),
+            "train_seconds": meta["train_seconds"], "reused": reused,
+            "int8_acc": None, "int8_bytes": None, "int8_bytes_estimate": meta["int8_bytes_estimate"],
+            "int8_note": "", "instructions": None, "qemu_note": "", "qemu_seconds": None, "same_as": None,
+        }
+        t0 = time.perf_counter()
+        try:
+            q_ckpt = as_dense_checkpoint(ckpt) if v.method == "lowrank" else ckpt
+            rec["int8_acc"], nbytes = int8_accuracy(q_ckpt, x_te.numpy(), y_te.numpy())
+            if v.method == "lowrank":
+                rec["int8_note"] = "U V quantized as one dense int8 matrix (kpgen has no low-rank kernel)"
+            else:
+                rec["int8_bytes"] = nbytes
+        except Exception as e:  # noqa: BLE001 - recorded in the table, never dropped
+            what = "U V multiplied out into a dense matrix, " if v.method == "lowrank" else ""
+            rec["int8_note"] = f"{what}not quantized: " + short_error(e)
+        rec["int8_seconds"] = time.perf_counter() - t0
+        if job.count_qemu and (job.cfg.qemu_only is None or v.method in job.cfg.qemu_only):
+            t0 = time.perf_counter()
+            if v.method == "lowrank":
+                rec["qemu_note"] = "not emitted: kpgen has no low-rank kernel"
+            else:
+                try:
+                    rec["instructions"], _ = count_instructions(path, job.cfg.board, job.cfg.qemu_samples)
+                except Exception as e:  # noqa: BLE001 - recorded in the table, never dropped
+                    rec["qemu_note"] = "not emitted: " + short_error(e)
+            rec["qemu_seconds"] = time.perf_counter() - t0
+        acc8 = "n/a" if rec["int8_acc"] is None else f"{rec['int8_acc']:.4f}"
+        ins = f"{rec['instructions']:,} instr" if rec["instructions"] else (rec["qemu_note"][:60] or "")
+        took = "reused" if reused else f"{rec['train_seconds']:.0f} s"
+        print(f"  [{bench.name} s{seed}] {v.key:<12} float {rec['float_acc']:.4f}  int8 {acc8:<6}  "
+              f"{rec['params']:>7,} params  {took}  {ins}", flush=True)
+        records.append(rec)
+        seen[sig] = rec
+    return records
+
+
+# Relative cost of one seed of each benchmark as configured (measured), to start the longest jobs first.
+JOB_COST = {"mnist": 100.0, "basicmotions": 38.0, "daphnet": 35.0, "japanesevowels": 10.0, "digits": 11.0}
+
+
+def _job_cost(job: Job) -> float:
+    b = job.bench
+    return JOB_COST.get(b.dataset, 10.0) * (b.epochs / 25 if b.dataset == "mnist" else 1.0) + (
+        10 if job.count_qemu else 0)
+
+
+def run_all(cfg: Config, work: Path, reuse: bool) -> list[dict]:
+    jobs = [Job(b, s, cfg, str(work), reuse, cfg.qemu and s == cfg.seeds[0]) for b in cfg.benchmarks for s in cfg.seeds]
+    jobs.sort(key=_job_cost, reverse=True)
+    records: list[dict] = []
+    if cfg.jobs <= 1:
+        for j in jobs:
+            records += run_job(j)
+    else:
+        ctx = multiprocessing.get_context("spawn")  # torch and fork do not mix
+        with ProcessPoolExecutor(max_workers=cfg.jobs, mp_context=ctx) as pool:
+            for recs in pool.map(run_job, jobs):
+                records += recs
+    return records
+
+
+# --------------------------------------------------------------------------------------------- results
+
+
+@dataclass
+class Row:
+    """One (benchmark, variant) over the seeds."""
+
+    bench: str
+    variant: Variant
+    records: list[dict] = field(default_factory=list)
+
+    def _vals(self, key: str) -> list[float]:
+        return [r[key] for r in self.records if r.get(key) is not None]
+
+    def mean(self, key: str) -> float | None:
+        v = self._vals(key)
+        return statistics.fmean(v) if v else None
+
+    def std(self, key: str) -> float | None:
+        v = self._vals(key)
+        return statistics.stdev(v) if len(v) > 1 else (0.0 if v else None)
+
+    @property
+    def first(self) -> dict:
+        return min(self.records, key=lambda r: r["seed"])
+
+    @property
+    def params(self) -> int:
+        return int(round(statistics.fmean(r["params"] for r in self.records)))
+
+    @property
+    def bytes(self) -> tuple[int, bool]:
+        """(int8 bytes, exact): the quantizer's count if it took the network, else the estimate."""
+        r = self.first
+        return (r["int8_bytes"], True) if r["int8_bytes"] is not None else (r["int8_bytes_estimate"], False)
+
+    @property
+    def instructions(self) -> int | None:
+        return self.first.get("instructions")
+
+    def note(self, kind: str) -> str:
+        """The first seed's int8 or qemu note."""
+        return self.first.get(f"{kind}_note", "")
+
+
+def build_rows(records: list[dict], sizings: dict[str, Sizing]) -> dict[str, list[Row]]:
+    rows: dict[str, list[Row]] = {}
+    for name, sz in sizings.items():
+        rows[name] = []
+        for v in sz.variants:
+            recs = sorted((r for r in records if r["bench"] == name and r["key"] == v.key), key=lambda r: r["seed"])
+            if recs:
+                rows[name].append(Row(name, v, recs))
+    return rows
+
+
+def pct(v: float | None, sd: float | None = None) -> str:
+    if v is None:
+        return "n/a"
+    return f"{100 * v:.1f}" if sd is None else f"{100 * v:.1f} ± {100 * sd:.1f}"
+
+
+def find(rows: list[Row], key: str) -> Row | None:
+    return next((r for r in rows if r.variant.key == key), None)
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    passed: bool | None  # None: could not be evaluated
+    detail: str
+
+
+def layer_compressions(sz: Sizing) -> list[tuple[str, int, int, float]]:
+    """Per recurrent layer (one here; both directions together): (what, dense matrix params, KP params, ratio)."""
+    kp = sz.variant("kp")
+    shapes = matrix_shapes(sz.bench.cell, sz.input_size, sz.bench.hidden)
+    dirs = 2 if sz.bench.bidirectional else 1
+    dense = dirs * sum(r * c for r, c in shapes.values())
+    kpp = dirs * (spec_params(kp.wx, *shapes["wx"]) + spec_params(kp.wh, *shapes["wh"]))
+    return [("layer 0" + (" (both directions)" if dirs == 2 else ""), dense, kpp, dense / kpp)]
+
+
+def evaluate_targets(rows: dict[str, list[Row]], sizings: dict[str, Sizing]) -> list[Target]:
+    out: list[Target] = []
+    # 1. every KP layer >= 15x
+    parts, ok = [], True
+    for name, sz in sizings.items():
+        for what, d, k, r in layer_compressions(sz):
+            parts.append(f"{name} {r:.1f}x")
+            ok &= r >= KP_LAYER_MIN
+    out.append(Target(f"KP compresses each RNN layer >= {KP_LAYER_MIN:.0f}x (matrix parameters)", ok, ", ".join(parts)))
+    # 2. whole KP model, int8 bytes vs dense float32 >= 50x
+    parts, ok = [], True
+    for name, sz in sizings.items():
+        kp = find(rows[name], "kp")
+        if kp is None:
+            continue
+        b, exact = kp.bytes
+        r = 4 * sz.dense_params / b
+        ok &= r >= KP_INT8_MODEL_MIN
+        parts.append(f"{name} {r:.1f}x ({4 * sz.dense_params:,} -> {b:,} B{'' if exact else ', estimated'})")
+    out.append(Target(f"whole KP model with int8 weights >= {KP_INT8_MODEL_MIN:.0f}x smaller than the dense float32 "
+                      "model", ok if parts else None, "; ".join(parts)))
+    # 3. KP >= pruning and low rank at equal size on >= 4 of 5
+    wins, losses, parts = 0, [], []
+    for name in sizings:
+        kp, pr, lr = (find(rows[name], k) for k in ("kp", "prune@kp", "lowrank@kp"))
+        if kp is None or pr is None or lr is None:
+            continue
+        a, p, low = kp.mean("float_acc"), pr.mean("float_acc"), lr.mean("float_acc")
+        win = a >= p and a >= low
+        wins += win
+        parts.append(f"{name} KP {pct(a)} / pruning {pct(p)} / low-rank {pct(low)}")
+        if not win:
+            losses.append(name)
+    n = len(parts)
+    need = min(KP_WINS_MIN, n)
+    detail = f"{wins} of {n}: " + "; ".join(parts) + (f". KP is below on: {', '.join(losses)}" if losses else "")
+    out.append(Target(f"KP float accuracy >= pruning and low-rank at equal size on >= {KP_WINS_MIN} of 5 benchmarks",
+                      (wins >= need and n >= KP_WINS_MIN) if n else None, detail))
+    # 4. HKP recovers >= half of KP's loss and stays >= 8x smaller
+    parts, ok = [], True
+    for name, sz in sizings.items():
+        d, kp, hkp = (find(rows[name], k) for k in ("dense", "kp", "hkp"))
+        if d is None or kp is None or hkp is None:
+            continue
+        loss = d.mean("float_acc") - kp.mean("float_acc")
+        gain = hkp.mean("float_acc") - kp.mean("float_acc")
+        ratio = sz.dense_params / hkp.params
+        rec_ok = gain >= 0.5 * loss if loss > 0 else True
+        ok &= rec_ok and ratio >= HKP_MODEL_MIN
+        rec = f"recovers {100 * gain:.1f} of {100 * loss:.1f} points" if loss > 0 else "KP lost nothing"
+        if hkp.first.get("same_as"):
+            rec += " (HKP is KP: no dense row fits)"
+        parts.append(f"{name}: {rec}, {ratio:.1f}x smaller")
+    out.append(Target(f"HKP recovers >= half of KP's accuracy loss while >= {HKP_MODEL_MIN:.0f}x smaller (parameters)",
+                      ok if parts else None, "; ".join(parts)))
+    # 5. int8 within 1 point of float, every KP model
+    parts, ok, missing = [], True, []
+    for name in sizings:
+        kp = find(rows[name], "kp")
+        if kp is None:
+            continue
+        drops = [r["float_acc"] - r["int8_acc"] for r in kp.records if r["int8_acc"] is not None]
+        if len(drops) < len(kp.records):
+            missing.append(name)
+        if drops:
+            ok &= max(drops) <= INT8_MAX_DROP + 1e-12
+            parts.append(f"{name} worst {100 * max(drops):+.1f}")
+    detail = "; ".join(parts) + (f". No int8 result (not quantized) for: {', '.join(missing)}" if missing else "")
+    out.append(Target(f"int8 accuracy within {100 * INT8_MAX_DROP:.0f} point of float for every KP model "
+                      "(float minus int8, points)", (ok and not missing) if parts else None, detail))
+    return out
+
+
+# --------------------------------------------------------------------------------------------- typical layers
+
+TYPICAL_LAYERS = (
+    ("LSTM", "lstm", 128, 28, "MNIST rows (the paper's MNIST-LSTM)"),
+    ("LSTM", "lstm", 128, 128, "a second stacked layer of the same"),
+    ("LSTM", "lstm", 32, 9, "HAR: 9 inertial channels"),
+    ("LSTM", "lstm", 64, 9, "HAR: 9 inertial channels"),
+    ("LSTM", "lstm", 64, 6, "BasicMotions: 6 IMU channels (per direction)"),
+    ("LSTM", "lstm", 64, 12, "speech: 12 cepstral coefficients"),
+    ("GRU", "gru", 64, 12, "JapaneseVowels"),
+    ("GRU", "gru", 32, 10, "keyword spotting: 10 MFCC"),
+    ("FastRNN", "fastrnn", 32, 8, "8x8 digits rows"),
+    ("FastRNN", "fastrnn", 64, 8, "8x8 digits rows"),
+    ("FastRNN", "fastrnn", 128, 3, "3-axis accelerometer"),
+    ("FastGRNN", "fastgrnn", 64, 9, "HAR: 9 inertial channels"),
+)
+
+
+# per cell: (bias entries, trainable scalars) of one layer with H units (kpgen.nn.rnn)
+LAYER_VECTORS: dict[str, Callable[[int], tuple[int, int]]] = {
+    "lstm": lambda h: (4 * h, 0),  # bias (4H)
+    "gru": lambda h: (4 * h, 0),  # bias (3H), bias_hn (H)
+    "fastrnn": lambda h: (h, 2),  # bias (H); alpha, beta
+    "fastgrnn": lambda h: (2 * h, 2),  # bias_z, bias_h (H each); zeta, nu
+}
+
+
+def typical_layer_rows(min_ratio: float = KP_LAYER_MIN) -> list[dict]:
+    """Exact KP compression of layer sizes typical of the paper's networks (the planner at min_ratio)."""
+    out = []
+    for label, cell, h, i, use in TYPICAL_LAYERS:
+        shapes = matrix_shapes(cell, i, h)
+        specs = {k: kp_matrix_spec(*shapes[k], min_ratio) for k in shapes}
+        dense = {k: shapes[k][0] * shapes[k][1] for k in shapes}
+        kp = {k: spec_params(specs[k], *shapes[k]) for k in shapes}
+        out.append({
+            "cell": label, "hidden": h, "inputs": i, "use": use, "shapes": shapes, "specs": specs,
+            "dense": dense, "kp": kp, "layer": sum(dense.values()) / sum(kp.values()),
+        })
+    return out
+
+
+# --------------------------------------------------------------------------------------------- writing
+
+
+def git_describe() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return f"{sha}{' (with uncommitted changes)' if dirty else ''}" if sha else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _fmt_int(v: int | None) -> str:
+    return "n/a" if v is None else f"{v:,}"
+
+
+class Notes:
+    """Footnotes for table cells: the same text gets the same number."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def ref(self, text: str) -> str:
+        if text not in self.items:
+            self.items.append(text)
+        return f"[{self.items.index(text) + 1}]"
+
+
+def main_table(rows: dict[str, list[Row]], sizings: dict[str, Sizing], notes: Notes) -> list[str]:
+    lines = [
+        "| benchmark | method | hidden | params | int8 bytes | × params | × bytes | float acc % | int8 acc % | "
+        "M4 instructions / inference |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, sz in sizings.items():
+        for r in rows[name]:
+            v = r.variant
+            dense_b = 4 * sz.dense_params
+            if v.method == "dense":
+                b_cell = f"{dense_b:,} (float32)"
+                b_ratio = "1.0"
+            else:
+                b, exact = r.bytes
+                b_cell = f"{b:,}" if exact else f"~{b:,} {notes.ref(estimate_note(r))}"
+                b_ratio = f"{dense_b / b:.1f}"
+            p_ratio = f"{sz.dense_params / r.params:.1f}"
+            f_acc = pct(r.mean("float_acc"), r.std("float_acc"))
+            if r.mean("int8_acc") is not None:
+                i_acc = pct(r.mean("int8_acc"), r.std("int8_acc"))
+                if r.note("int8"):
+                    i_acc += f" {notes.ref(r.note('int8'))}"
+            else:
+                i_acc = f"n/a {notes.ref(r.note('int8'))}" if r.note("int8") else "n/a"
+            if r.instructions is not None:
+                ins = f"{r.instructions:,}"
+            elif r.note("qemu"):
+                ins = f"n/a {notes.ref(r.note('qemu'))}"
+            else:
+                ins = "not counted"
+            title = sz.bench.title if v.method == "dense" else ""
+            label = v.label
+            same = r.first.get("same_as")
+            if same:
+                label += " " + notes.ref(same_note(v, same))
+            lines.append(f"| {title} | {label} | {v.hidden} | {r.params:,} | {b_cell} | {p_ratio} | {b_ratio} | "
+                         f"{f_acc} | {i_acc} | {ins} |")
+    return lines
+
+
+def same_note(v: Variant, same: str) -> str:
+    if v.method == "hkp":
+        return (f"HKP is the KP network here: no dense row fits while the whole network stays "
+                f"{HKP_MODEL_MIN:.0f}x smaller than the dense one (biases and the classifier head take the room)")
+    return f"the same network as the {same} row, trained once (HKP is KP here)"
+
+
+def estimate_note(r: Row) -> str:
+    if r.variant.method == "lowrank":
+        return ("estimated: int8 U and V, int32 biases, int8 head; kpgen has no low-rank kernel (its int8 "
+                "accuracy is of U V quantized as a dense matrix, which would take the dense bytes)")
+    return "estimated as the quantizer would count it (int8 matrices and head, int32 biases); the quantizer " \
+           "did not take this network (see its int8 note)"
+
+
+def config_table(sizings: dict[str, Sizing], rows: dict[str, list[Row]]) -> list[str]:
+    lines = [
+        "| benchmark | data (train / test, steps x features, classes) | network | epochs dense, small / fine-tune | "
+        "batch, lr | KP factors Wx; Wh | HKP Wx; Wh | pruning keeps | low-rank Wx; Wh | small hidden (KP; HKP size) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, sz in sizings.items():
+        b = sz.bench
+        split, x_tr, _, x_te, _ = load_data(b.dataset, 0, b.max_train, b.max_test)
+        net = f"{'bidirectional ' if b.bidirectional else ''}{CELL_NAMES[b.cell]} {b.hidden}"
+        kp, hkp = sz.variant("kp"), sz.variant("hkp")
+        pr = [sz.variant(f"prune@{lv}") for lv in LEVELS]
+        lr = [sz.variant(f"lowrank@{lv}") for lv in LEVELS]
+        sm = [sz.variant(f"small@{lv}") for lv in LEVELS]
+        prune = "; ".join(f"1/{v.prune_ratio:.1f}" for v in pr if v)
+        low = "; ".join(f"{describe_spec(v.wx)}, {describe_spec(v.wh)}" for v in lr if v)
+        small = "; ".join(str(v.hidden) for v in sm if v)
+        hk = f"{describe_spec(hkp.wx)}; {describe_spec(hkp.wh)}" if hkp else "-"
+        lines.append(
+            f"| {b.title} | {len(x_tr)} / {len(x_te)}, {sz.steps} x {sz.input_size}, {sz.classes} | {net} | "
+            f"{b.epochs} / {b.finetune_epochs} | {b.batch_size}, {b.lr:g} | {describe_spec(kp.wx)}; "
+            f"{describe_spec(kp.wh)} | {hk} | {prune} | {low} | {small} |"
+        )
+    return lines
+
+
+def typical_table(min_ratio: float) -> list[str]:
+    lines = [
+        "| layer | typical of | Wx | KP factors | params | × | Wh | KP factors | params | × | layer × | "
+        "layer int8 bytes (with int32 bias) vs float32 |",
+        "|---|---|---|---|---:|---:|---|---|---:|---:|---:|---:|",
+    ]
+    for t in typical_layer_rows(min_ratio):
+        cells = []
+        for k in ("wx", "wh"):
+            r, c = t["shapes"][k]
+            cells += [f"{r}x{c}", describe_spec(t["specs"][k]), f"{t['dense'][k]:,} -> {t['kp'][k]:,}",
+                      f"{t['dense'][k] / t['kp'][k]:.1f}"]
+        bias, scalars = LAYER_VECTORS[t["cell"].lower()](t["hidden"])
+        f32 = 4 * (sum(t["dense"].values()) + bias + scalars)
+        i8 = sum(t["kp"].values()) + 4 * bias + 2 * scalars
+        layer = f"{t['layer']:.1f}" + (f" (< {min_ratio:.0f})" if t["layer"] < min_ratio else "")
+        lines.append(f"| {t['cell']} H={t['hidden']}, I={t['inputs']} | {t['use']} | " + " | ".join(cells)
+                     + f" | {layer} | {f32:,} -> {i8:,} ({f32 / i8:.1f}x) |")
+    return lines
+
+
+def write_markdown(path: Path, cfg: Config, rows: dict[str, list[Row]], sizings: dict[str, Sizing],
+                   targets: list[Target], seconds: float, plot: str | None, command: str) -> None:
+    notes = Notes()
+    table = main_table(rows, sizings, notes)
+    import torch
+
+    all_recs = [rec for rs in rows.values() for r in rs for rec in r.records]
+    reused = sum(1 for rec in all_recs if rec["reused"])
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "# Results: KP against dense, HKP, pruning, low rank and small networks",
+        "",
+        f"Generated by `{command}` (kpgen.reproduce) on {now}; do not edit by hand.",
+        "",
+        "## How it was made",
+        "",
+        f"- Machine: {os.cpu_count()} CPU cores ({platform.machine()}, {platform.system()}), {cfg.jobs} worker "
+        f"process(es) with {cfg.threads} torch thread(s) each; kpgen {__version__} at commit {git_describe()}, "
+        f"torch {torch.__version__}, Python {platform.python_version()}.",
+        f"- Wall time: {seconds / 60:.1f} minutes for everything below (training, int8 evaluation, QEMU builds and "
+        f"profiles){f'; {reused} of {len(all_recs)} checkpoints were reused from an earlier run (--reuse)' if reused else ''}.",
+        f"- Seeds: {', '.join(map(str, cfg.seeds))}. A seed sets the initialisation, the batch order and, for MNIST "
+        "and 8x8 digits, the stratified random hold-out split (BasicMotions and JapaneseVowels use their official "
+        "splits, Daphnet a time split: kpgen.datasets). Accuracies are mean ± sample standard deviation over the "
+        "seeds, in percent, on the whole test split.",
+        "- Training: the dense network is trained from scratch for each seed. KP, HKP, pruning and low rank are "
+        "initialised from that seed's dense network, as `kpgen compress` does (nearest Kronecker product, Van Loan; "
+        "HKP: the dense top rows and the nearest KP of the rest; gradual magnitude pruning, Zhu and Gupta, over "
+        "the first 60% of fine-tuning; truncated SVD) and fine-tuned; the small network is trained from scratch "
+        "for the dense network's epochs. AdamW, one epoch of warm-up then cosine decay, gradient clipping at 1, "
+        "random shifts of up to 2 (MNIST) or 1 (digits) pixels; calibration on the training split.",
+        "- Sizes: KP factor shapes are the planner's best unpadded two-factor choice within 1/15 of each matrix's "
+        "parameters (kpgen.plan; where a thin input matrix has no such factorization, the smallest one). HKP is "
+        "the planner's best hybrid (kpgen.plan.hkp_candidates, as `kpgen compress --method hkp`) whose rank bound is "
+        "at least KP's (where the planner offers none, as for the square factors of FastRNN's H x H matrix, KP's "
+        "own factors with the top rows of A made dense), within the largest "
+        f"uniform per-matrix budget that keeps the whole network >= {cfg.hkp_min_ratio:.0f}x smaller than the dense "
+        "one. Pruning keeps as many nonzeros as KP (or HKP) has "
+        "matrix parameters, low rank takes the ranks nearest to the same parameters (rank 1 can be more, see "
+        "params), the small network the largest hidden size whose whole network has at most KP's (HKP's) "
+        "parameters. Biases and the classifier head are dense in every network.",
+        "- int8: every checkpoint goes through kpgen's loader and quantizer and the integer reference "
+        "(kpgen.golden.run_model) on the whole test split. Instructions: the first seed's checkpoint is emitted for "
+        f"the Cortex-M4 ({cfg.board}), built, run under QEMU with {cfg.qemu_samples} test sequences checked bit for "
+        "bit, and one inference traced (exact count, whole sequence). Instruction counts depend only on the "
+        "architecture, so they are counted once per method.",
+        "- Columns: params = parameters of the whole network (pruning: nonzeros); int8 bytes = int8 weights, int32 "
+        "biases and int16 scalars as kpgen lays them out (ModelQ.weight_bytes; a pruned network is stored dense, "
+        "so its bytes count the zeros; kpgen has no sparse format); × params and × bytes = the dense network's "
+        "parameters and float32 bytes over the row's.",
+        "",
+        "### Per benchmark",
+        "",
+    ]
+    for sz in sizings.values():
+        lines.append(f"- **{sz.bench.title}**: {sz.bench.why}.")
+    lines += ["", *config_table(sizings, rows), "", "## Results", "", *table, ""]
+    if notes.items:
+        lines += ["Notes:", ""] + [f"{i}. {t}" for i, t in enumerate(notes.items, 1)] + [""]
+    if plot:
+        lines += [f"![accuracy against compression]({plot})", "",
+                  "Float accuracy (mean ± std over the seeds) against compression in parameters, one panel per "
+                  "benchmark; each baseline is drawn at KP's and HKP's size; the dashed line is the dense "
+                  "network.", ""]
+    lines += ["## Targets", "", "Printed by `make reproduce`, never asserted by a test.", ""]
+    for t in targets:
+        status = "n/a" if t.passed is None else "PASS" if t.passed else "FAIL"
+        lines.append(f"- **{status}** {t.name}: {t.detail}.")
+    lines += ["", "## KP compression of typical layer sizes", "",
+              f"Exact factors for layer sizes typical of the paper's networks: kpgen's planner, best unpadded "
+              f"two-factor KP within 1/{KP_LAYER_MIN:.0f} of each matrix (the rank bound first, then parameters + "
+              "MACs), no training involved. Layer × = both matrices together.", "",
+              *typical_table(KP_LAYER_MIN), "", "## Timings", "",
+              "Seconds per trained network of the first seed (training and calibration, in one worker process with "
+              f"{cfg.threads} torch thread), and for all of its int8 evaluations and QEMU builds and counts:", "",
+              *timing_table(rows), ""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def timing_table(rows: dict[str, list[Row]]) -> list[str]:
+    """Seconds per network of the first seed: training (with calibration), and the int8 and QEMU steps summed."""
+    keys = [v for v in ("dense", "kp", "hkp", "prune@kp", "lowrank@kp", "small@kp", "prune@hkp", "lowrank@hkp",
+                        "small@hkp")]
+    lines = ["| benchmark | " + " | ".join(keys) + " | int8 (all) | QEMU (all) |",
+             "|---|" + "---:|" * (len(keys) + 2)]
+    for name, rs in rows.items():
+        cells = []
+        for k in keys:
+            r = find(rs, k)
+            f = r.first if r else None
+            if f is None:
+                cells.append("-")
+            elif f.get("same_as"):
+                cells.append(f"= {f['same_as']}")
+            else:
+                cells.append("reused" if f["reused"] else f"{f['train_seconds']:.0f}")
+        firsts = [r.first for r in rs if not r.first.get("same_as")]
+        i8 = sum(f.get("int8_seconds") or 0 for f in firsts)
+        qs = [f["qemu_seconds"] for f in firsts if f.get("qemu_seconds") is not None]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {i8:.0f} | {f'{sum(qs):.0f}' if qs else '-'} |")
+    return lines
+
+
+PLOT_STYLE = {  # drawn in this order: KP last, on top (HKP is KP where no dense row fits)
+    "hkp": ("#17becf", "D"), "prune": ("#d62728", "s"), "lowrank": ("#2ca02c", "^"), "small": ("#9467bd", "v"),
+    "kp": ("#1f77b4", "o"),
+}
+
+
+def write_plot(path: Path, rows: dict[str, list[Row]], sizings: dict[str, Sizing]) -> bool:
+    """Float accuracy against compression (parameters), one line per method, one panel per benchmark."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib import ticker
+    except ImportError:
+        return False
+    n = len(sizings)
+    cols = min(3, n)
+    nrows = math.ceil(n / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(5.2 * cols, 4.2 * nrows), squeeze=False)
+    for ax, (name, sz) in zip(axes.ravel(), sizings.items()):
+        rs = rows[name]
+        dense = find(rs, "dense")
+        if dense is not None and dense.mean("float_acc") is not None:
+            ax.axhline(100 * dense.mean("float_acc"), color="#555555", ls="--", lw=1, label="dense")
+            ax.errorbar([1.0], [100 * dense.mean("float_acc")], yerr=[100 * dense.std("float_acc")], fmt="o",
+                        color="#555555", capsize=3)
+        for method, (color, marker) in PLOT_STYLE.items():
+            pts = sorted((sz.dense_params / r.params, 100 * r.mean("float_acc"), 100 * r.std("float_acc"))
+                         for r in rs if r.variant.method == method and r.mean("float_acc") is not None)
+            if not pts:
+                continue
+            xs, ys, es = zip(*pts)
+            ax.errorbar(xs, ys, yerr=es, color=color, marker=marker, capsize=3, lw=1.5, label=METHOD_LABELS[method],
+                        markersize=9 if method == "hkp" else 6)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: f"{x:g}x"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.set_title(f"{sz.bench.title}: {'Bi' if sz.bench.bidirectional else ''}{CELL_NAMES[sz.bench.cell]} "
+                     f"{sz.bench.hidden}", fontsize=10)
+        ax.set_xlabel("compression (dense parameters / parameters)")
+        ax.set_ylabel("float test accuracy %")
+        ax.grid(alpha=0.3, which="both")
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    axes.ravel()[0].legend(fontsize=8, loc="lower left")
+    fig.suptitle("Accuracy against compression at matched size (make reproduce)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+# --------------------------------------------------------------------------------------------- main
+
+
+def quick_config(cfg: Config) -> Config:
+    """A smoke run: every benchmark, one seed, two epochs, subsets, no QEMU (about a minute)."""
+    bs = tuple(dataclasses.replace(b, epochs=2, finetune_epochs=1, max_train=min(b.max_train or 10**9, 400),
+                                   max_test=min(b.max_test or 10**9, 200), hidden=min(b.hidden, 64))
+               for b in cfg.benchmarks)
+    return dataclasses.replace(cfg, benchmarks=bs, seeds=cfg.seeds[:1], qemu=False)
+
+
+def reproduce(cfg: Config, out: Path, work: Path, reuse: bool = False, command: str = "make reproduce") -> dict:
+    """The whole run: train, evaluate, count, write results.md and results.png into out; returns the parts."""
+    start = time.monotonic()
+    if cfg.qemu:
+        from kpgen import toolchain
+
+        toolchain.check_tools()
+    sizings = {b.name: sizing_for(b, cfg) for b in cfg.benchmarks}
+    for sz in sizings.values():
+        print(f"{sz.bench.name}: " + ", ".join(f"{v.key} {describe_spec(v.wx)} | {describe_spec(v.wh)} (H {v.hidden})"
+                                               for v in sz.variants if v.method != "dense"), flush=True)
+    records = run_all(cfg, work, reuse)
+    rows = build_rows(records, sizings)
+    targets = evaluate_targets(rows, sizings)
+    seconds = time.monotonic() - start
+    out.mkdir(parents=True, exist_ok=True)
+    plot = "results.png" if write_plot(out / "results.png", rows, sizings) else None
+    write_markdown(out / "results.md", cfg, rows, sizings, targets, seconds, plot, command)
+    (work / "records.json").write_text(json.dumps(records, indent=1, default=str))
+    return {"rows": rows, "sizings": sizings, "targets": targets, "records": records, "seconds": seconds}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m kpgen.reproduce", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=DOCS, help="where results.md and results.png go (default docs/)")
+    ap.add_argument("--work", type=Path, default=WORK, help="checkpoints and records (default build/reproduce)")
+    ap.add_argument("--jobs", type=int, default=max(1, min(2, os.cpu_count() or 1)), help="worker processes")
+    ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    ap.add_argument("--benchmarks", default=",".join(b.name for b in BENCHMARKS), help="comma-separated subset")
+    ap.add_argument("--no-qemu", action="store_true", help="skip the M4 builds and instruction counts")
+    ap.add_argument("--reuse", action="store_true", help="evaluate kept checkpoints instead of retraining them")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 2 epochs, subsets, no QEMU")
+    args = ap.parse_args(argv)
+    names = [n.strip() for n in args.benchmarks.split(",") if n.strip()]
+    unknown = sorted(set(names) - {b.name for b in BENCHMARKS})
+    if unknown:
+        print(f"kpgen reproduce: unknown benchmark(s) {', '.join(unknown)}; known: "
+              f"{', '.join(b.name for b in BENCHMARKS)}", file=sys.stderr)
+        return 2
+    try:
+        seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
+    except ValueError:
+        print(f"kpgen reproduce: --seeds {args.seeds!r} is not a comma-separated list of integers", file=sys.stderr)
+        return 2
+    cfg = Config(benchmarks=tuple(b for b in BENCHMARKS if b.name in names), seeds=seeds, qemu=not args.no_qemu,
+                 jobs=args.jobs)
+    if args.quick:
+        cfg = quick_config(cfg)
+    command = "make reproduce" if argv is None and len(sys.argv) == 1 else "python -m kpgen.reproduce " + " ".join(
+        sys.argv[1:] if argv is None else argv)
+    try:
+        res = reproduce(cfg, args.out, args.work, reuse=args.reuse, command=command)
+    except KpgenError as e:
+        print(f"kpgen reproduce: {e}", file=sys.stderr)
+        return 2
+    print()
+    print("targets:")
+    for t in res["targets"]:
+        status = "n/a " if t.passed is None else "PASS" if t.passed else "FAIL"
+        print(f"  {status} {t.name}: {t.detail}")
+    print(f"\nwrote {args.out / 'results.md'} and {args.out / 'results.png'} in {res['seconds'] / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
