@@ -296,10 +296,20 @@ def targets(results: list[Result], runtime: dict[str, int]) -> list[tuple[str, s
         rows.append(("Helium on the M55: dense step, DSP path / Helium path instructions",
                      f"{ratio:.2f}x ({_fmt(dsp.per_step('instructions'))} / {_fmt(mve.per_step('instructions'))})",
                      ">= 2.5x", ratio >= 2.5))  # fmt: skip
-    total = sum(runtime.values())
-    rows.append(("Runtime code (runtime_c/*.c .text, -Os, Cortex-M4)", f"{total:,} bytes", "<= 4,096 bytes",
-                 total <= 4096))  # fmt: skip
+    lstm = linked_runtime(runtime, "lstm")
+    rows.append(("Runtime code an LSTM model links (its runtime_c files' .text, -Os, Cortex-M4)", f"{lstm:,} bytes",
+                 "<= 4,096 bytes", lstm <= 4096))  # fmt: skip
     return rows
+
+
+CELL_RUNTIME = {"lstm": "kp_lstm_step_s8.c", "gru": "kp_gru_step_s8.c", "fastrnn": "kp_fastrnn_step_s8.c"}
+SHARED_RUNTIME = ("kp_matvec_s8.c", "kp_activation_s16.c", "kp_fc_s8.c")
+
+
+def linked_runtime(runtime: dict[str, int], cell: str) -> int:
+    """.text of the runtime files a one-cell model links: the shared kernels and its cell's step file (FastRNN and
+    FastGRNN share one file; each links only its own functions, so this counts both: an upper bound)."""
+    return sum(runtime.get(f, 0) for f in SHARED_RUNTIME) + runtime.get(CELL_RUNTIME[cell], 0)
 
 
 def _table(results: list[Result]) -> list[str]:
@@ -388,7 +398,10 @@ def write_markdown(results: list[Result], runtime: dict[str, int], path: Path, s
         *_table(results),
         "",
         "Runtime code at -Os for the Cortex-M4 (each runtime_c/*.c compiled alone, .text): "
-        + ", ".join(f"{k} {v:,}" for k, v in runtime.items()) + f"; total {sum(runtime.values()):,} bytes.",
+        + ", ".join(f"{k} {v:,}" for k, v in runtime.items()) + f"; all of them {sum(runtime.values()):,} bytes. "
+        "A model links the shared kernels (" + ", ".join(SHARED_RUNTIME) + ") and its cell's step: "
+        + ", ".join(f"{c} {linked_runtime(runtime, c):,}" for c in CELL_RUNTIME) + " bytes "
+        "(-ffunction-sections and --gc-sections drop the rest).",
         "",
     ]
     if plot:

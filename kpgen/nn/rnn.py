@@ -4,7 +4,7 @@ Every layer keeps TWO matrices, Wx (G*H x I) for the input and Wh (G*H x H) for 
 the LSTM, 3 for the GRU, 1 for FastRNN and FastGRNN), each a Kronecker product by default or any matrix spec of
 `kpgen.nn.matrix` (HKP, low rank, dense). Thakker et al. (2019) compress the single matrix [W U] over the
 concatenation [x; h]; we use two because (1) x and h have different ranges, so for int8 each product gets its
-own input scale and requantization (h is fixed Q0.7, x is calibrated), and (2) the factor shapes stay simple:
+own input scale and requantization (h is int8 at a fixed power-of-two scale, x is calibrated), and (2) the factor shapes stay simple:
 I and H factor independently instead of having to factor I + H.
 
 All layers are batch-first: x (B, T, I) -> outputs (B, T, H), with zero initial state by default.
