@@ -65,7 +65,7 @@ qemu-test: setup
 	done; done; \
 	echo; echo "qemu-test summary:"; \
 	for ex in $(EXAMPLES); do n=$$(basename $$ex .pt); for b in $(QEMU_BOARDS); do \
-	  printf '  %-22s %-14s %s | %s | %s\n' "$$n" "$$b" \
+	  printf '  %-28s %-14s %s | %s | %s\n' "$$n" "$$b" \
 	    "$$(grep -o 'bit-exact samples *[0-9]*/[0-9]*' build/qemu-test/$$n-$$b.log | sed 's/  */ /g')" \
 	    "$$(grep -o 'instructions per inference *[0-9,]*' build/qemu-test/$$n-$$b.log | sed 's/  */ /g')" \
 	    "$$(grep -o 'estimated cycles per inference *[0-9,]* on a [A-Za-z0-9-]*' build/qemu-test/$$n-$$b.log | sed 's/  */ /g')"; \

@@ -225,8 +225,11 @@ def object_name(source: str) -> str:
     return "obj/" + stem.replace("../", "up_").replace("/", "__") + ".o"
 
 
-def render_makefile(board: Board, sources: Sequence[str], include_dirs: Sequence[str] = (".",)) -> str:
-    """templates/Makefile.j2: builds `sources` (paths relative to the firmware directory) into fw.elf."""
+def render_makefile(
+    board: Board, sources: Sequence[str], include_dirs: Sequence[str] = (".",), defines: Sequence[str] | None = None
+) -> str:
+    """templates/Makefile.j2: builds `sources` (paths relative to the firmware directory) into fw.elf, with the
+    board's preprocessor defines (or `defines`)."""
     for s in sources:
         if not s.endswith(".c") or " " in s:
             raise KpgenError(f"source '{s}' must be a .c path without spaces")
@@ -236,7 +239,8 @@ def render_makefile(board: Board, sources: Sequence[str], include_dirs: Sequence
     return (
         template_env()
         .get_template("Makefile.j2")
-        .render(board=board, sources=list(sources), include_dirs=list(include_dirs))
+        .render(board=board, sources=list(sources), include_dirs=list(include_dirs),
+                defines=list(board.defines if defines is None else defines))
     )
 
 

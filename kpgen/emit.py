@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from kpgen import KpgenError, __version__, golden, layout
-from kpgen.boards import REPO_ROOT, Board, template_env
+from kpgen.boards import REPO_ROOT, Board, render_makefile, template_env
 from kpgen.ir import ModelQ, cell_of, matrices, out_size, sublayers
 from kpgen.vectors import Expected
 
@@ -183,6 +183,9 @@ def render_sources(
         raise KpgenError(f"model name {name!r} is not a C identifier; use letters, digits and underscores")
     env = template_env()
     steps = max_steps(model, expected.inputs.shape[1])
+    kron_ext = any(m.rest or m.top is not None for l in model.layers for m in matrices(l))
+    # plain two-factor (or dense) matrices only: the runtime leaves out the k-factor / HKP path (kp_matvec_s8.c)
+    model_defines = [] if kron_ext else ["KP_NO_KRON_EXT"]
     ctx = {
         "version": __version__,
         "name": name,
@@ -198,6 +201,7 @@ def render_sources(
         "arena_bytes": arena_bytes(model, steps),
         "arena_fields": arena_fields(model, steps),
         "streaming": golden.is_streaming(model),
+        "kron_ext": kron_ext,
         "max_steps": steps,
         "cells": sorted({cell_of(l) for l in model.layers}),
         "sigmoid_table": c_array(model.sigmoid_table),
@@ -221,7 +225,8 @@ def render_sources(
         f"{name}.h": env.get_template("model.h.j2").render(ctx),
         f"{name}.c": env.get_template("model.c.j2").render(ctx),
     }
-    build = {"board": board, "name": name, "version": __version__, "target": target}
+    build = {"board": board, "name": name, "version": __version__, "target": target,
+             "defines": list(board.defines) + model_defines}
     if target == "firmware":
         sources = [f"{name}.c", "main.c", "vectors.c"]
         sources += [f"runtime/{f}" for f in runtime_sources]
@@ -231,9 +236,7 @@ def render_sources(
             "vectors.h": env.get_template("vectors.h.j2").render(ctx),
             "vectors.c": env.get_template("vectors.c.j2").render(ctx),
             "link.ld": env.get_template("link.ld.j2").render(board=board),
-            "Makefile": env.get_template("Makefile.j2").render(
-                board=board, sources=sources, include_dirs=[".", "runtime", "board"]
-            ),
+            "Makefile": render_makefile(board, sources, [".", "runtime", "board"], build["defines"]),
         })
         if board.boot2_size:
             files["board/boot2_placeholder.c"] = _BOOT2_PLACEHOLDER.format(size=board.boot2_size, version=__version__)

@@ -498,6 +498,7 @@ KP_INLINE void kp_matvec2_s8(const kp_kron_s8 *w, const int8_t *x, int32_t *scra
     kp_kron_at_s8(w, tt, tt + w->m2 * (n1_p >> 1), y); /* the row buffer reuses the widened rows of X */
 }
 
+#ifndef KP_NO_KRON_EXT
 /* Element q of v (q < m) rounded into column i of T^T (m rows of n1_p int16, slots of kp_tslot):
  * sat16(rsr(v[q], ts)) (kp_rsr32 cannot overflow). */
 static void kp_round_column(const int32_t *v, int32_t m, int32_t ts, int32_t *tt, int32_t i, int32_t n1_p)
@@ -584,7 +585,10 @@ static KP_STAGE void kp_hkp_top_s8(const kp_kron_s8 *top, int32_t top_shift, con
     }
 }
 
-/* A matrix with more than two factors or HKP top rows: the top rows, then the Kronecker part below them. */
+/* A matrix with more than two factors or HKP top rows: the top rows, then the Kronecker part below them.
+ * A build whose matrices are all plain two-factor (or dense) ones may define KP_NO_KRON_EXT: kp_matvec_s8 then
+ * never calls this, the linker drops it and the chains below, and the model's stack bound loses their frames
+ * (kpgen's emitted Makefile and CMakeLists.txt define it for such models; their model.c refuses it otherwise). */
 static KP_STAGE void kp_matvec_ext_s8(const kp_kron_s8 *w, const int8_t *x, int32_t *scratch, int32_t *y)
 {
     if (w->top != 0) {
@@ -597,12 +601,15 @@ static KP_STAGE void kp_matvec_ext_s8(const kp_kron_s8 *w, const int8_t *x, int3
         kp_matvec2_s8(w, x, scratch, y);
     }
 }
+#endif
 
 void kp_matvec_s8(const kp_kron_s8 *w, const int8_t *x, int32_t *scratch, int32_t *y)
 {
+#ifndef KP_NO_KRON_EXT
     if (w->inner != 0 || w->top != 0) {
         kp_matvec_ext_s8(w, x, scratch, y);
         return;
     }
+#endif
     kp_matvec2_s8(w, x, scratch, y);
 }
