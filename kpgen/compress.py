@@ -275,10 +275,15 @@ def build_compressed(src: KPRNNClassifier, method: str, ratio: float, seed: int 
         raise KpgenError(f"--ratio {ratio}: {e}") from None
     model = KPRNNClassifier(src.cell, src.input_size, src.hidden_size, src.num_classes, wx, wh,
                             num_layers=src.num_layers, bidirectional=src.bidirectional)
+    return init_from_dense(model, src)
+
+
+def init_from_dense(model: KPRNNClassifier, src: KPRNNClassifier) -> KPRNNClassifier:
+    """model (same cell, sizes and direction as src, other matrices) initialised from src: every matrix from
+    src's explicit dense matrix (init_matrix), everything else (biases, FastRNN scalars, head) copied."""
     dense = _dense_matrices(src)
     matrix_names = {n for n, _ in model.matrices()}
     with torch.no_grad():
-        # everything but the matrices (biases, FastRNN scalars, head) carries over unchanged
         src_params = dict(src.named_parameters())
         for name, p in model.named_parameters():
             if not any(name.startswith(m + ".") for m in matrix_names):

@@ -350,22 +350,13 @@ def derive(src, v: Variant, seed: int):
     nearest KP, dense top rows, truncated SVD, or the dense weights (pruning)."""
     import torch
 
-    from kpgen.compress import init_matrix
+    from kpgen.compress import init_from_dense
     from kpgen.nn import KPRNNClassifier
 
     torch.manual_seed(seed)
     model = KPRNNClassifier(src.cell, src.input_size, src.hidden_size, src.num_classes, v.wx, v.wh,
                             bidirectional=src.bidirectional)
-    with torch.no_grad():
-        dense = {n: m.dense().detach().double().clone() for n, m in src.matrices()}
-        names = {n for n, _ in model.matrices()}
-        src_params = dict(src.named_parameters())
-        for name, p in model.named_parameters():
-            if not any(name.startswith(n + ".") for n in names):
-                p.copy_(src_params[name])
-        for name, mat in model.matrices():
-            init_matrix(mat, dense[name])
-    return model
+    return init_from_dense(model, src)
 
 
 def count_params(model, pruned: bool) -> tuple[int, int]:
