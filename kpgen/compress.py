@@ -28,13 +28,13 @@ import torch
 from torch import nn
 
 from kpgen import KpgenError, datasets
+from kpgen.ir import GATES
 from kpgen.nn import KPRNNClassifier
 from kpgen.nn.kp import KPLinear, as_shapes
 from kpgen.nn.matrix import DenseLinear, HKPLinear, LowRankLinear
 from kpgen.plan import best_hkp, best_kp
 
 METHODS = ("kp", "hkp", "prune", "lowrank", "small")
-GATES = {"lstm": 4, "gru": 3, "fastrnn": 1, "fastgrnn": 1}
 DOC = "docs/compression.md"
 
 # ------------------------------------------------------------------------------------ nearest Kronecker product

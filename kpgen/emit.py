@@ -13,7 +13,7 @@ import numpy as np
 
 from kpgen import KpgenError, __version__, golden, layout
 from kpgen.boards import REPO_ROOT, Board, render_makefile, template_env
-from kpgen.ir import ModelQ, cell_of, matrices, out_size, sublayers
+from kpgen.ir import GATES, SCALAR_NAMES, VECTOR_NAMES, ModelQ, cell_of, matrices, out_size, sublayers
 from kpgen.vectors import Expected
 
 TEMPLATES = REPO_ROOT / "templates"
@@ -33,7 +33,6 @@ class ArenaField:
         return self.count * {"int8_t": 1, "int16_t": 2, "int32_t": 4}[self.ctype]
 
 
-GATES = {"lstm": 4, "gru": 3, "fastrnn": 1, "fastgrnn": 1}
 
 
 def max_steps(model: ModelQ, steps: int = 0) -> int:
@@ -90,8 +89,7 @@ CELL_C = {  # cell -> (params type, step function)
 }
 CELL_TITLE = {"lstm": "LSTM, gates (i, f, g, o)", "gru": "GRU, gates (r, z, n)", "fastrnn": "FastRNN",
               "fastgrnn": "FastGRNN"}
-VECTOR_NAMES = ("bias", "bias_hn", "bias_z", "bias_h")
-SCALAR_NAMES = ("alpha", "beta", "zeta", "nu", "state_exp", "cell_frac")  # the int32 scalars of a cell's params
+PARAM_SCALARS = (*SCALAR_NAMES, "state_exp", "cell_frac")  # the int32 scalars of a cell's params struct
 
 
 def _matrix_context(m) -> dict:
@@ -100,10 +98,10 @@ def _matrix_context(m) -> dict:
     ctx.update({
         "rows": rows,
         "cols": cols,
-        "dense": m.b.shape == (1, 1) and not m.rest and m.top is None,
+        "dense": m.is_dense,
         "factor_shapes": " (x) ".join(f"({f.shape[0]} x {f.shape[1]})" for f in m.factors),
         "top_rows": m.top_rows,
-        "params": m.nbytes - (1 if m.b.shape == (1, 1) else 0),
+        "params": m.nbytes - (1 if m.is_dense else 0),  # a dense matrix's B = [[1]] is no weight
     })  # fmt: skip
     return ctx
 
@@ -132,7 +130,7 @@ def _sublayer_context(layer, lid: str, direction: str) -> dict:
         "shift_h": layer.rq_h.shift,
         "vectors": [{"name": n, "count": int(getattr(layer, n).size), "values": c_array(getattr(layer, n), per_line=8)}
                     for n in VECTOR_NAMES if hasattr(layer, n)],
-        "scalars": {n: int(getattr(layer, n)) for n in SCALAR_NAMES if hasattr(layer, n)},
+        "scalars": {n: int(getattr(layer, n)) for n in PARAM_SCALARS if hasattr(layer, n)},
     }
 
 

@@ -16,6 +16,12 @@ from typing import ClassVar
 
 import numpy as np
 
+# row blocks of Wx and Wh per hidden unit, by cell: (i, f, g, o), (r, z, n), one, one
+GATES = {"lstm": 4, "gru": 3, "fastrnn": 1, "fastgrnn": 1}
+CELL_NAMES = {"lstm": "LSTM", "gru": "GRU", "fastrnn": "FastRNN", "fastgrnn": "FastGRNN"}
+VECTOR_NAMES = ("bias", "bias_hn", "bias_z", "bias_h")  # the bias vectors a layer of some cell has
+SCALAR_NAMES = ("alpha", "beta", "zeta", "nu")  # the trainable scalars of FastRNN and FastGRNN
+
 # --------------------------------------------------------------------------------------------- float IR
 
 
@@ -168,13 +174,13 @@ def matrices(layer: object) -> tuple:
 
 def vectors(layer: object) -> tuple:
     """Every bias vector of a layer (both directions)."""
-    names = ("bias", "bias_hn", "bias_z", "bias_h")
+    names = VECTOR_NAMES
     return tuple(getattr(s, n) for s in sublayers(layer) for n in names if hasattr(s, n))
 
 
 def scalars(layer: object) -> int:
     """Number of trainable scalars (FastRNN alpha, beta; FastGRNN zeta, nu)."""
-    names = ("alpha", "beta", "zeta", "nu")
+    names = SCALAR_NAMES
     return sum(1 for s in sublayers(layer) for n in names if hasattr(s, n))
 
 
@@ -289,6 +295,11 @@ class KPMatrixQ:
     def shape(self) -> tuple[int, int]:
         rows, cols = self.kp_shape
         return (rows + self.top_rows, cols)
+
+    @property
+    def is_dense(self) -> bool:
+        """A folded dense matrix: A with B = [[1]] (quant.quantize_kp), run by the dense kernel."""
+        return self.b.shape == (1, 1) and not self.rest and self.top is None
 
     @property
     def unit(self) -> float:

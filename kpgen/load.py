@@ -20,6 +20,7 @@ import numpy as np
 
 from kpgen import KpgenError
 from kpgen.ir import (
+    GATES,
     BiLayerF,
     Calibration,
     DenseF,
@@ -36,8 +37,6 @@ SUPPORTED_VERSIONS = (1,)
 DOC = "docs/checkpoint.md"
 TOP_KEYS = ("format", "version", "arch", "state_dict", "calibration")
 ARCH_INT_KEYS = ("input_size", "hidden_size", "num_layers", "num_classes")
-GATES = {"lstm": 4, "gru": 3, "fastrnn": 1, "fastgrnn": 1}
-CELL_NAMES = {"lstm": "LSTM", "gru": "GRU", "fastrnn": "FastRNN", "fastgrnn": "FastGRNN"}
 METHODS = ("kp", "hkp", "prune", "small", "dense", "lowrank", "mixed")
 # per cell: its other tensors (name -> rows as a multiple of H; 0 for a scalar)
 CELL_TENSORS = {

@@ -68,7 +68,7 @@ def test_set(model: ModelF, vectors: Path | None, seed: int = 0) -> TestSet:
 def _matrix_summary(m) -> dict:
     """Shape, kind and parameter counts of one float matrix."""
     rows, cols = m.shape
-    dense = m.b.shape == (1, 1) and not m.rest and m.top is None
+    dense = m.b.shape == (1, 1) and not m.rest and m.top is None  # B 1 x 1 of any value: the dense kernel runs it
     out = {"rows": rows, "cols": cols, "kind": "dense" if dense else ("hkp" if m.top is not None else "kp")}
     if not dense:
         out["factors"] = [list(f.shape) for f in m.factors]

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from kpgen import KpgenError
+from kpgen.ir import GATES
 from kpgen.nn.kp import kp_macs
 from kpgen.nn.matrix import matrix_spec, spec_params
 
@@ -269,7 +270,6 @@ def format_plan(p: Plan, top: int = 10) -> str:
 
 # ------------------------------------------------------------------------------ factor shapes for `kpgen train`
 
-GATES = {"lstm": 4, "gru": 3, "fastrnn": 1, "fastgrnn": 1}  # rows of Wx and Wh per hidden unit
 CELL_NAMES = {"lstm": "an LSTM", "gru": "a GRU", "fastrnn": "a FastRNN", "fastgrnn": "a FastGRNN"}
 TRAIN_METHODS = ("kp", "hkp", "dense")
 

@@ -14,10 +14,9 @@ def kp_apply(m: KPMatrixF, x: np.ndarray) -> np.ndarray:
     lead = x.shape[:-1]
     fs = m.factors
     t = x.reshape(*lead, *(f.shape[1] for f in fs))
-    k = len(fs)
     for j, f in enumerate(fs):  # contract mode j of the (n1, ..., nk) tensor with factor j
         t = np.moveaxis(np.tensordot(t, f, axes=([len(lead) + j], [1])), -1, len(lead) + j)
-    y = t.reshape(*lead, -1) if k else t
+    y = t.reshape(*lead, -1)
     if m.top is not None:
         y = np.concatenate([x @ m.top.T, y], axis=-1)
     return y

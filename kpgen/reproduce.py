@@ -41,11 +41,10 @@ import numpy as np
 
 from kpgen import KpgenError, __version__
 from kpgen.boards import REPO_ROOT
+from kpgen.ir import CELL_NAMES, GATES
 
 DOCS = REPO_ROOT / "docs"
 WORK = REPO_ROOT / "build" / "reproduce"
-GATES = {"lstm": 4, "gru": 3, "fastrnn": 1, "fastgrnn": 1}
-CELL_NAMES = {"lstm": "LSTM", "gru": "GRU", "fastrnn": "FastRNN", "fastgrnn": "FastGRNN"}
 
 # The targets (printed, never asserted)
 KP_LAYER_MIN = 15.0  # every KP recurrent layer at least this many times fewer matrix parameters

@@ -1,4 +1,4 @@
-"""Random float LSTM classifiers (float IR) for tests and benchmarks: dense and Kronecker, calibrated.
+"""Random float RNN classifiers (float IR) for tests and benchmarks: dense, Kronecker and hybrid, calibrated.
 
 Deterministic from a seed. Weights have the scale of a trained LSTM: every matrix entry ~ N(0, 1/fan_in)
 (for a Kronecker product, each factor carries half of it: A, B ~ N(0, fan_in**-1/2)), biases small with the
@@ -12,6 +12,7 @@ import numpy as np
 
 from kpgen import golden
 from kpgen.ir import (
+    GATES,
     BiLayerF,
     Calibration,
     DenseF,
@@ -21,9 +22,10 @@ from kpgen.ir import (
     KPMatrixF,
     LSTMLayerF,
     ModelF,
+    cell_of,
     out_size,
 )
-from kpgen.reference import kp_apply, run_layer
+from kpgen.reference import run_layer
 
 Factors = tuple[int, int, int, int]  # (m1, n1, m2, n2): W (m1*m2 x n1*n2) = A (m1 x n1) (x) B (m2 x n2)
 
@@ -73,30 +75,6 @@ def random_matrix(rng: np.random.Generator, factors: Factors) -> KPMatrixF:
 def random_inputs(seed: int, samples: int, steps: int, input_size: int) -> np.ndarray:
     """Input sequences [samples, steps, input_size], uniform in [-1, 1] (float64)."""
     return np.random.default_rng(seed).uniform(-1.0, 1.0, (samples, steps, input_size))
-
-
-def calibrate(model: ModelF, x: np.ndarray) -> Calibration:
-    """The ranges the quantizer needs, measured on inputs x [B, T, I]: max |x|, and per layer max |c| and max
-    |z| (gate pre-activation) of the float model."""
-    cells, gates = [], []
-    seq = np.asarray(x, dtype=np.float64)
-    sig = lambda z: 0.5 * (1.0 + np.tanh(0.5 * z))  # noqa: E731
-    for layer in model.layers:
-        hs = layer.hidden_size
-        h = np.zeros((seq.shape[0], hs))
-        c = np.zeros_like(h)
-        outs = np.empty((seq.shape[0], seq.shape[1], hs))
-        cmax = zmax = 0.0
-        for t in range(seq.shape[1]):
-            z = kp_apply(layer.wx, seq[:, t]) + kp_apply(layer.wh, h) + layer.bias
-            c = sig(z[:, hs : 2 * hs]) * c + sig(z[:, :hs]) * np.tanh(z[:, 2 * hs : 3 * hs])
-            h = sig(z[:, 3 * hs :]) * np.tanh(c)
-            outs[:, t] = h
-            cmax, zmax = max(cmax, float(np.max(np.abs(c)))), max(zmax, float(np.max(np.abs(z))))
-        cells.append(cmax)
-        gates.append(zmax)
-        seq = outs
-    return Calibration(input_absmax=float(np.max(np.abs(x))), cell_absmax=tuple(cells), gate_absmax=tuple(gates))
 
 
 def random_model_f(
@@ -157,7 +135,6 @@ def kp_lstm_model(
     return random_model_f(hidden_size, input_size, num_classes, wx_factors, wh_factors, seed)
 
 
-GATES = {"lstm": 4, "gru": 3, "fastrnn": 1, "fastgrnn": 1}
 
 
 def _split(m: int, n: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -203,18 +180,19 @@ def _random_cell(rng, cell: str, inputs: int, hidden: int, kind: str, top_rows: 
                           float(rng.uniform(0.5, 0.9)), float(rng.uniform(0.01, 0.1)))
 
 
-def calibrate_any(model: ModelF, x: np.ndarray) -> Calibration:
-    """max |x|; per layer max |c| (LSTM) or max |h| (other cells) over both directions, and max |pre-activation|."""
+def calibrate(model: ModelF, x: np.ndarray) -> Calibration:
+    """The ranges the quantizer needs, measured by running the float model (kpgen.reference) on inputs
+    x [B, T, I]: max |x|, and per layer max |c| (LSTM; max |h| for the other cells) over both directions, and
+    max |pre-activation|."""
     seq = np.asarray(x, dtype=np.float64)
     state, gates = [], []
     for layer in model.layers:
         out, cells, pre = run_layer(layer, seq)
-        st = cells if type(getattr(layer, "fwd", layer)).CELL == "lstm" else out
-        state.append(max(float(np.max(np.abs(st))), 1e-3))
+        st = cells if cell_of(layer) == "lstm" else out
+        state.append(float(np.max(np.abs(st))))
         gates.append(float(np.max(np.abs(pre))))
         seq = out
     return Calibration(float(np.max(np.abs(x))), tuple(state), tuple(gates))
-
 
 def random_rnn_model(
     cell: str,
@@ -245,5 +223,5 @@ def random_rnn_model(
     head = DenseF(weight=rng.normal(0.0, size**-0.5, (classes, size)), bias=rng.uniform(-0.1, 0.1, classes))
     meta = {"source": f"kpgen.synth {cell} {kind} seed {seed}", "seq_len": seq_len}
     model = ModelF(inputs, classes, tuple(built), head, Calibration(1.0, (1.0,) * layers), meta)
-    cal = calibrate_any(model, random_inputs(seed + 1, 64, seq_len, inputs))
+    cal = calibrate(model, random_inputs(seed + 1, 64, seq_len, inputs))
     return ModelF(inputs, classes, model.layers, head, cal, meta)
