@@ -74,15 +74,15 @@ qemu-test: setup
 # Instructions, estimated cycles and sizes of dense and KP int8 LSTM steps on several cores, side by side;
 # writes docs/benchmarks.md and docs/benchmarks.png (a few minutes on 2 cores; not part of `make test`).
 bench: setup
-	$(PY) -m kpgen.bench
+	$(PY) -m kpgen.studies.bench
 
 # KP against dense, hybrid KP, pruning, low-rank and small networks at matched size on five benchmarks from
 # shipped data, 3 seeds: float and int8 accuracy, sizes, M4 instructions under QEMU. Writes docs/results.md and
 # docs/results.png, prints the targets (under 45 minutes on 2 cores; not part of `make test`, whose
-# tests/test_reproduce.py runs a miniature of it). Checkpoints stay in build/reproduce: `$(PY) -m kpgen.reproduce
+# tests/test_reproduce.py runs a miniature of it). Checkpoints stay in build/reproduce: `$(PY) -m kpgen.studies.reproduce
 # --reuse` re-evaluates them without retraining.
 reproduce: setup
-	$(PY) -m kpgen.reproduce
+	$(PY) -m kpgen.studies.reproduce
 
 clean:
 	rm -rf build .pytest_cache

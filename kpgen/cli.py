@@ -65,7 +65,7 @@ def main() -> None:
 def _factors(ctx, param, value):
     if value is None:
         return None
-    from kpgen.plan import parse_shapes
+    from kpgen.train.plan import parse_shapes
 
     try:
         return parse_shapes(value)
@@ -113,8 +113,8 @@ def train(ctx: click.Context, out: Path, force: bool, method: str, dense_rows: i
     """
     from click.core import ParameterSource
 
-    from kpgen import datasets
-    from kpgen.plan import model_matrix_counts, train_specs
+    from kpgen.frontend import datasets
+    from kpgen.train.plan import model_matrix_counts, train_specs
     from kpgen.train import DEFAULT_CONFIG, save_checkpoint, train_model
 
     if out.exists() and not force:
@@ -190,7 +190,7 @@ def run(project: Path, timeout: float, no_profile: bool) -> None:
     Exit status 0 when every sample matched, 1 on a mismatch, fault or hang, 2 on a usage error.
     """
     from kpgen.pipeline import run_project
-    from kpgen.report import format_report
+    from kpgen.target.report import format_report
 
     rep = run_project(project, timeout=timeout, profile=not no_profile)
     click.echo(format_report(rep))
@@ -201,7 +201,7 @@ def run(project: Path, timeout: float, no_profile: bool) -> None:
 @main.command()
 def boards() -> None:
     """List the board definitions: core, ISA extensions, flash and RAM, QEMU machine."""
-    from kpgen.boards import format_board_table, list_boards
+    from kpgen.target.boards import format_board_table, list_boards
 
     click.echo(format_board_table(list_boards()))
 
@@ -221,9 +221,9 @@ def flash(project: Path, board: str | None, probe: str | None, dry_run: bool, ti
     boards through QEMU's GDB server, loaded with gdb-multiarch. Exit status: the check's (0 when every test
     sequence matched), 2 on a usage error.
     """
-    from kpgen import flash as flashing
+    from kpgen.target import flash as flashing
     from kpgen.pipeline import read_manifest
-    from kpgen.verify import verify_output
+    from kpgen.target.verify import verify_output
 
     plan = flashing.plan(project, board, probe)
     if dry_run:
@@ -273,13 +273,13 @@ def plan_cmd(checkpoint: Path | None, rows: int | None, cols: int | None, ratio:
     HKP, low rank, dense, pruned) or a torch LSTM/GRU + Linear state dict, as `kpgen compress` reads them.
     Rules (rank bound, MACs, padding): docs/compression.md.
     """
-    from kpgen.plan import format_plan, plan
+    from kpgen.train.plan import format_plan, plan
 
     if checkpoint is not None:
         if rows is not None or cols is not None:
             raise KpgenError("give a CHECKPOINT or --rows and --cols, not both; see `kpgen plan --help`")
-        from kpgen.compress import read_source
-        from kpgen.plan import describe_model, format_model_plan, model_matrices
+        from kpgen.train.compress import read_source
+        from kpgen.train.plan import describe_model, format_model_plan, model_matrices
 
         model, _ = read_source(checkpoint)
         click.echo(format_model_plan(f"{checkpoint} ({describe_model(model)})", model_matrices(model), ratio,
@@ -306,7 +306,7 @@ def plan_cmd(checkpoint: Path | None, rows: int | None, cols: int | None, ratio:
 def compress(source: Path, out: Path, force: bool, **cfg) -> None:
     """Compress the dense RNN in SOURCE (a torch LSTM/GRU + Linear state dict, or a kpgen checkpoint),
     fine-tune it and write a checkpoint (--method kp on an LSTM: format v1, ready for `kpgen emit`)."""
-    from kpgen.compress import compress_checkpoint
+    from kpgen.train.compress import compress_checkpoint
     from kpgen.train import save_checkpoint
 
     if out.exists() and not force:

@@ -410,7 +410,7 @@ class ModelQ:
     input_scale: float  # x_int8 = clamp(round(x / input_scale), -127, 127)
     layers: tuple[LSTMLayerQ, ...]
     head: DenseQ
-    sigmoid_table: np.ndarray  # int16 (1024,): kpgen.golden.make_table
+    sigmoid_table: np.ndarray  # int16 (1024,): kpgen.reference.golden.make_table
     tanh_table: np.ndarray  # int16 (1024,)
     meta: dict = field(default_factory=dict)
 

@@ -9,13 +9,21 @@ from pathlib import Path
 
 import numpy as np
 
-from kpgen import KpgenError, __version__, cycles, datasets, fit, golden, qemu, quant, reference, toolchain
-from kpgen.boards import load_board
-from kpgen.emit import MANIFEST, arena_bytes, render_sources, write_tree
+from kpgen import KpgenError, __version__
+from kpgen.target import cycles
+from kpgen.frontend import datasets
+from kpgen.codegen import fit
+from kpgen.reference import golden
+from kpgen.target import qemu
+from kpgen.quant import quantize
+from kpgen.reference import floatmodel
+from kpgen.target import toolchain
+from kpgen.target.boards import load_board
+from kpgen.codegen.emit import MANIFEST, arena_bytes, render_sources, write_tree
 from kpgen.ir import ModelF, ModelQ, cell_of, directions, matrices, sublayers
-from kpgen.load import load_checkpoint
-from kpgen.vectors import expected_for
-from kpgen.verify import Verification, verify_output
+from kpgen.frontend.load import load_checkpoint
+from kpgen.reference.vectors import expected_for
+from kpgen.target.verify import Verification, verify_output
 
 
 @dataclass(frozen=True)
@@ -153,7 +161,7 @@ def emit_project(
     board = load_board(board_name)
     model = load_checkpoint(checkpoint)
     try:
-        qmodel = quant.quantize_model(model)
+        qmodel = quantize.quantize_model(model)
     except KpgenError as e:
         raise KpgenError(f"{checkpoint}: {e}") from None
     data = test_set(model, vectors)
@@ -163,8 +171,8 @@ def emit_project(
     fit.check_fits(est)
     float_acc = golden_acc = None
     if data.y is not None:
-        float_acc = reference.accuracy(reference.float_forward(model, data.x), data.y)
-        golden_acc = reference.accuracy(golden.run_model(qmodel, xq_all).logits, data.y)
+        float_acc = floatmodel.accuracy(floatmodel.float_forward(model, data.x), data.y)
+        golden_acc = floatmodel.accuracy(golden.run_model(qmodel, xq_all).logits, data.y)
     labels = None if data.y is None else data.y[:n]
     expected = expected_for(qmodel, xq_all[:n], labels)
     source = Path(checkpoint).name
@@ -217,9 +225,9 @@ class RunReport:
     sizes: dict
     stack: dict
     weight_bytes_flash: int
-    cycles: object | None = None  # kpgen.cycles.CycleEstimate of the profiled inference (an estimate)
-    profile: object | None = None  # the kpgen.qemu.Profile behind instructions, per_function and cycles
-    stack_check: object | None = None  # kpgen.toolchain.StackCheck: the model's deepest call chain vs the board
+    cycles: object | None = None  # kpgen.target.cycles.CycleEstimate of the profiled inference (an estimate)
+    profile: object | None = None  # the kpgen.target.qemu.Profile behind instructions, per_function and cycles
+    stack_check: object | None = None  # kpgen.target.toolchain.StackCheck: the model's deepest call chain vs the board
 
     @property
     def passed(self) -> bool:

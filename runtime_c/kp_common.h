@@ -1,12 +1,12 @@
 /*
  * kp_common.h - integer helpers and code-path selection shared by the kpgen int8 kernels.
  *
- * The arithmetic follows docs/quantization.md; kpgen/golden.py is the reference. Right shifts of
+ * The arithmetic follows docs/quantization.md; kpgen/reference/golden.py is the reference. Right shifts of
  * negative values are arithmetic (GCC defines them so). Three code paths compute the same bits:
  *   portable  plain C (Cortex-M0/M0+/M3, and the host)
  *   KP_DSP    Armv7E-M / Armv8-M DSP instructions (SMLAD, SXTB16, SMMLAR, SSAT) via <arm_acle.h>
  *   KP_MVE    Helium (Armv8.1-M MVE) via <arm_mve.h>, for the matrix kernels; the rest uses KP_DSP
- * Packed operands are little-endian int32 words (kpgen/layout.py): byte k of a word is bits 8k..8k+7.
+ * Packed operands are little-endian int32 words (kpgen/codegen/layout.py): byte k of a word is bits 8k..8k+7.
  */
 #ifndef KP_COMMON_H
 #define KP_COMMON_H

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from kpgen import golden
-from kpgen.quant import t_shift_for
+from kpgen.reference import golden
+from kpgen.quant.quantize import t_shift_for
 from kpgen.ir import DenseQ, KPMatrixQ, LSTMLayerQ, ModelQ, Requant
 
 Factors = tuple[int, int, int, int]  # (m1, n1, m2, n2)
@@ -71,7 +71,7 @@ def gate_requant(rng: np.random.Generator, m: KPMatrixQ, mode: str = "random") -
 
 
 def gate_headroom(wx: KPMatrixQ, wh: KPMatrixQ, rq_x: Requant, rq_h: Requant) -> int:
-    """Largest |bias| for which the int32 gate sum cannot overflow (kpgen.golden.kernel_limits)."""
+    """Largest |bias| for which the int32 gate sum cannot overflow (kpgen.reference.golden.kernel_limits)."""
     worst = 0
     for m, rq in ((wx, rq_x), (wh, rq_h)):
         worst += int(golden.rsr(np.int64(golden.kp_acc_bound(m.a, m.b, m.t_shift)) * np.int64(rq.mult), rq.shift))
@@ -88,7 +88,7 @@ def random_layer(
     mode: str = "random",
     cell_frac: int | None = None,
 ) -> LSTMLayerQ:
-    """A random LSTMLayerQ within the C kernels' limits (kpgen.golden.kernel_limits); mode 'extreme': extreme
+    """A random LSTMLayerQ within the C kernels' limits (kpgen.reference.golden.kernel_limits); mode 'extreme': extreme
     weights, the smallest allowed shifts, biases at the int32 headroom (saturating gates)."""
     h4 = 4 * hidden_size
     fx = x_factors or random_factors(rng, h4, input_size)

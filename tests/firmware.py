@@ -5,8 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from kpgen import toolchain
-from kpgen.boards import Board, prepare_firmware_dir
+from kpgen.target import toolchain
+from kpgen.target.boards import Board, prepare_firmware_dir
 
 
 def build_fixture(board: Board, main_c: Path, fw_dir: Path) -> toolchain.BuildResult:

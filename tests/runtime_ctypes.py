@@ -4,7 +4,7 @@ Two builds: the portable path, and the DSP path compiled for the host against a 
 (`HOST_ACLE_H`) whose intrinsics follow the Armv7E-M instruction semantics, so the DSP loops are
 checked bit for bit without a target (the DSP-only one-instruction helpers of kp_common.h, SXTB16 ROR #8
 and SMMLAR, fall back to the same operations in C off-target). The static inline helpers of kp_common.h
-are exported through a small shim (`SHIM_C`) that works on whole arrays. Weights are packed by kpgen.layout
+are exported through a small shim (`SHIM_C`) that works on whole arrays. Weights are packed by kpgen.codegen.layout
 exactly as the emitter packs them.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kpgen import layout
+from kpgen.codegen import layout
 from kpgen.ir import LSTMLayerQ
 
 RUNTIME_DIR = Path(__file__).resolve().parents[1] / "runtime_c"
@@ -196,7 +196,7 @@ POISON = 0x5A5A5A5A  # scratch filling: a kernel that reads what it did not writ
 
 
 class PackedKron:
-    """One KP matrix packed for the kernels (kpgen.layout), with the kp_kron_s8 struct over it."""
+    """One KP matrix packed for the kernels (kpgen.codegen.layout), with the kp_kron_s8 struct over it."""
 
     def __init__(self, a: np.ndarray, b: np.ndarray, t_shift: int) -> None:
         a, b = _arr(a, np.int8), _arr(b, np.int8)
@@ -209,7 +209,7 @@ class PackedKron:
 
 class PackedMatrix:
     """A whole KPMatrixQ (any number of factors, HKP top rows) as the chain of kp_kron_s8 the emitter builds
-    (kpgen.layout.matrix_context / templates/kp_matrix.j2), with every array and nested struct kept alive."""
+    (kpgen.codegen.layout.matrix_context / templates/kp_matrix.j2), with every array and nested struct kept alive."""
 
     def __init__(self, m) -> None:
         self.keep: list = []

@@ -1,15 +1,15 @@
-"""Board definitions: boards/<name>/board.toml read into kpgen.boards.Board."""
+"""Board definitions: boards/<name>/board.toml read into kpgen.target.boards.Board."""
 
 from __future__ import annotations
 
 import pytest
 
 from kpgen import KpgenError
-from kpgen.boards import BOARDS_DIR, REPO_ROOT, list_boards, load_board, render_linker_script, render_makefile
+from kpgen.target.boards import BOARDS_DIR, REPO_ROOT, list_boards, load_board, render_linker_script, render_makefile
 
 
 def test_paths():
-    assert (REPO_ROOT / "kpgen" / "boards.py").is_file()
+    assert (REPO_ROOT / "kpgen" / "target" / "boards.py").is_file()
     assert BOARDS_DIR == REPO_ROOT / "boards"
     assert (REPO_ROOT / "templates" / "link.ld.j2").is_file()
 
@@ -63,7 +63,7 @@ def test_makefile_renders_the_same_without_trim_blocks():
     """emit.py may use a plain jinja2 Environment: the Makefile must come out identical and valid."""
     import jinja2
 
-    from kpgen.boards import TEMPLATES_DIR
+    from kpgen.target.boards import TEMPLATES_DIR
 
     b = load_board("m4")
     sources = ["main.c", "runtime/k.c", "board/startup.c"]

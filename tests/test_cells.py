@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from kpgen.nn import (
+from kpgen.train.nn import (
     HKPLinear,
     KPFastGRNN,
     KPFastRNN,

@@ -12,10 +12,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from kpgen import golden, quant, reference
+from kpgen.reference import golden
+from kpgen.quant import quantize
+from kpgen.reference import floatmodel
 from kpgen.cli import main
-from kpgen.load import checkpoint_to_ir
-from kpgen.nn import KPRNNClassifier
+from kpgen.frontend.load import checkpoint_to_ir
+from kpgen.train.nn import KPRNNClassifier
 from kpgen.train.loop import calibrate, make_checkpoint, save_checkpoint
 
 I, H, C, T = 6, 8, 3, 7
@@ -70,7 +72,7 @@ def test_loader_matches_torch(case: str) -> None:
     x = np.random.default_rng(1).uniform(-1.5, 1.5, (5, T, I))
     with torch.no_grad():
         want = model(torch.from_numpy(x).float()).double().numpy()
-    got = reference.float_forward(ir, x)
+    got = floatmodel.float_forward(ir, x)
     assert got.shape == (5, C)
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-4)
     assert ir.params == sum(p.numel() for p in model.parameters())
@@ -81,9 +83,9 @@ def test_int8_tracks_float(case: str) -> None:
     """The integer reference follows the float model: logits within a few percent of their range."""
     ck, _ = build_checkpoint(case)
     ir = checkpoint_to_ir(ck, case)
-    q = quant.quantize_model(ir)
+    q = quantize.quantize_model(ir)
     x = np.random.default_rng(2).uniform(-1.5, 1.5, (32, T, I))
-    want = reference.float_forward(ir, x)
+    want = floatmodel.float_forward(ir, x)
     got = golden.run_model(q, golden.quantize_input(x, q.input_scale)).logits * q.head.out_scale
     span = float(np.max(want) - np.min(want))
     assert np.max(np.abs(got - want)) < 0.08 * span, (np.max(np.abs(got - want)), span)

@@ -1,5 +1,5 @@
 """The integer GRU, FastRNN and FastGRNN cells: golden model against Python integers and the float cells of
-kpgen.nn, the C kernels against the golden model (bit-exact, every code path), kernel limits and quantizer."""
+kpgen.train.nn, the C kernels against the golden model (bit-exact, every code path), kernel limits and quantizer."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 
 from factories import gate_requant, random_factors, random_int8, random_kp
-from kpgen import KpgenError, golden, ir, quant, reference
+from kpgen import KpgenError, ir
+from kpgen.reference import golden
+from kpgen.quant import quantize
+from kpgen.reference import floatmodel
 from kpgen.ir import (
     BiLayerF,
     BiLayerQ,
@@ -252,10 +255,10 @@ def test_golden_matches_python_ints_and_batches(cell: str, mode: str, state_exp:
 
 
 def _torch_cell(cell: str, isz: int, hsz: int, seed: int):
-    """A kpgen.nn float cell with KP matrices and non-trivial biases / scalars, and the same layer as float IR."""
+    """A kpgen.train.nn float cell with KP matrices and non-trivial biases / scalars, and the same layer as float IR."""
     import torch
 
-    from kpgen.nn.rnn import CELLS as NN_CELLS
+    from kpgen.train.nn.rnn import CELLS as NN_CELLS
 
     torch.manual_seed(seed)
     g = GATES[cell]
@@ -284,7 +287,7 @@ def _torch_cell(cell: str, isz: int, hsz: int, seed: int):
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_golden_tracks_the_float_cell(cell: str) -> None:
-    """Quantized with quant.quantize_layer, the integer cell follows kpgen.nn's float cell over 12 steps: the
+    """Quantized with quantize.quantize_layer, the integer cell follows kpgen.train.nn's float cell over 12 steps: the
     dequantized h stays within 0.06 of the float h (about 8 steps of Q0.7), on outputs that move by ~0.5."""
     import torch
 
@@ -296,7 +299,7 @@ def test_golden_tracks_the_float_cell(cell: str) -> None:
         out_f, _ = mod(torch.from_numpy(x).float())
     out_f = out_f.double().numpy()
     input_scale = 1.0 / 127
-    q = quant.quantize_layer(lf, input_scale, 0.0, 0)
+    q = quantize.quantize_layer(lf, input_scale, 0.0, 0)
     assert type(q).CELL == cell
     xq = golden.quantize_input(x, input_scale)
     h = np.zeros((40, hsz), np.int8)
@@ -385,7 +388,7 @@ def test_c_dense_and_dimension_one_factors(rt: Runtime, cell: str) -> None:
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_c_quantized_layers_with_three_factors_and_hkp(rt: Runtime, cell: str) -> None:
-    """Float layers quantized by quant.quantize_layer, Wx with three Kronecker factors and Wh hybrid (dense rows
+    """Float layers quantized by quantize.quantize_layer, Wx with three Kronecker factors and Wh hybrid (dense rows
     on top of a KP part): the C step equals the golden one."""
     rng = np.random.default_rng(80 + CELLS.index(cell))
     g, hsz, isz = GATES[cell], 8, 12
@@ -393,7 +396,7 @@ def test_c_quantized_layers_with_three_factors_and_hkp(rt: Runtime, cell: str) -
     wh = KPMatrixF(rng.normal(0, 0.5, (g * 2, 2)), rng.normal(0, 0.5, (2, 4)), (), rng.normal(0, 0.5, (g * 4, hsz)))
     base = _float_layer(rng, cell, isz, hsz)
     lf = type(base)(**{**base.__dict__, "wx": wx, "wh": wh})
-    q = quant.quantize_layer(lf, 0.02, 0.0, 0)
+    q = quantize.quantize_layer(lf, 0.02, 0.0, 0)
     assert q.wx.rest and q.wh.top is not None
     cc = CCell(rt, q)
     for t in range(10):
@@ -511,7 +514,7 @@ def _float_layer(rng: np.random.Generator, cell: str, isz: int = 12, hsz: int = 
 def test_quantize_cell_fields(cell: str) -> None:
     rng = np.random.default_rng(21)
     lf = _float_layer(rng, cell)
-    q = quant.quantize_layer(lf, 0.02, float("nan") if cell == "gru" else 0.7, 3)  # GRU never reads the range
+    q = quantize.quantize_layer(lf, 0.02, float("nan") if cell == "gru" else 0.7, 3)  # GRU never reads the range
     assert getattr(q, "state_exp", 0) == 0
     assert type(q).CELL == cell and golden.kernel_limits(q) == []
     assert q.rq_x.real == pytest.approx(q.wx.unit * 0.02 * 4096, rel=0, abs=2.0**-33)  # mult rounded at shift 32
@@ -531,29 +534,29 @@ def test_quantize_cell_fields(cell: str) -> None:
 
 def test_quantize_scalars_edges_and_bidirectional() -> None:
     rng = np.random.default_rng(22)
-    assert quant.quantize_fastrnn(_float_layer(rng, "fastrnn", alpha=1.0), 0.02, 0).alpha == 32767
-    assert quant.quantize_fastrnn(_float_layer(rng, "fastrnn", alpha=0.0), 0.02, 0).alpha == 0
-    assert quant.quantize_fastgrnn(_float_layer(rng, "fastgrnn", zeta=0.99999), 0.02, 0).zeta == 32767
+    assert quantize.quantize_fastrnn(_float_layer(rng, "fastrnn", alpha=1.0), 0.02, 0).alpha == 32767
+    assert quantize.quantize_fastrnn(_float_layer(rng, "fastrnn", alpha=0.0), 0.02, 0).alpha == 0
+    assert quantize.quantize_fastgrnn(_float_layer(rng, "fastgrnn", zeta=0.99999), 0.02, 0).zeta == 32767
     fwd, bwd = _float_layer(rng, "gru"), _float_layer(rng, "gru")
-    bq = quant.quantize_layer(BiLayerF(fwd, bwd), 0.05, 1.0, 1)
+    bq = quantize.quantize_layer(BiLayerF(fwd, bwd), 0.05, 1.0, 1)
     assert isinstance(bq, BiLayerQ) and bq.fwd.input_scale == bq.bwd.input_scale == 0.05
-    assert np.array_equal(bq.bwd.bias_hn, quant.quantize_gru(bwd, 0.05, 1).bias_hn)
+    assert np.array_equal(bq.bwd.bias_hn, quantize.quantize_gru(bwd, 0.05, 1).bias_hn)
     assert golden.kernel_limits(bq) == []
 
 
 def test_quantize_refusals() -> None:
     rng = np.random.default_rng(23)
     with pytest.raises(KpgenError, match=r"^layer 2: alpha = 1\.5 is outside 0\.\.1; give it after its sigmoid"):
-        quant.quantize_layer(_float_layer(rng, "fastrnn", alpha=1.5), 0.02, 0.0, 2)
+        quantize.quantize_layer(_float_layer(rng, "fastrnn", alpha=1.5), 0.02, 0.0, 2)
     with pytest.raises(KpgenError, match=r"zeta = nan is outside 0\.\.1"):
-        quant.quantize_layer(_float_layer(rng, "fastgrnn", zeta=float("nan")), 0.02, 0.0, 0)
+        quantize.quantize_layer(_float_layer(rng, "fastgrnn", zeta=float("nan")), 0.02, 0.0, 0)
     with pytest.raises(KpgenError, match=r"^layer 1 \(backward\): a bias does not fit int32 in Q3\.12"):
         bad = _float_layer(rng, "gru", bias=np.full(24, 1e6))
-        quant.quantize_layer(BiLayerF(_float_layer(rng, "gru"), bad), 0.02, 0.0, 1)
+        quantize.quantize_layer(BiLayerF(_float_layer(rng, "gru"), bad), 0.02, 0.0, 1)
     with pytest.raises(KpgenError, match=r"^layer 0: the gate sum can reach \d+, outside int32; the int32 kernels"):
-        quant.quantize_layer(_float_layer(rng, "fastrnn", bias=np.full(8, 524287.9)), 0.02, 0.0, 0)
+        quantize.quantize_layer(_float_layer(rng, "fastrnn", bias=np.full(8, 524287.9)), 0.02, 0.0, 0)
     with pytest.raises(KpgenError, match=r"^layer 4: DenseF is not a layer kpgen can quantize"):
-        quant.quantize_layer(DenseF(np.ones((2, 2)), np.zeros(2)), 0.02, 0.0, 4)
+        quantize.quantize_layer(DenseF(np.ones((2, 2)), np.zeros(2)), 0.02, 0.0, 4)
 
 
 def test_quantize_model_mixes_cells_and_ignores_state_range() -> None:
@@ -566,13 +569,13 @@ def test_quantize_model_mixes_cells_and_ignores_state_range() -> None:
                       KPMatrixF(rng.normal(0, 0.3, (16, 4)), rng.normal(0, 0.3, (2, 2))), rng.normal(0, 0.3, 32))  # fmt: skip
     head = DenseF(rng.normal(0, 0.5, (3, 8)), np.zeros(3))
     model = ModelF(12, 3, (l0, l1, lstm), head, Calibration(input_absmax=2.0, cell_absmax=(1e9, 0.9, 2.5)))
-    qm = quant.quantize_model(model)
+    qm = quantize.quantize_model(model)
     assert [type(l).CELL for l in qm.layers] == ["gru", "fastgrnn", "lstm"]
     assert qm.layers[0].input_scale == pytest.approx(2.0 / 127) and qm.layers[1].input_scale == 1 / 128
     assert qm.layers[2].cell_frac == 12
     bad = ModelF(12, 3, (l0, l1, lstm), head, Calibration(input_absmax=2.0, cell_absmax=(1.0, 1.0, 1e9)))
     with pytest.raises(KpgenError, match="too large for int16"):
-        quant.quantize_model(bad)
+        quantize.quantize_model(bad)
 
 
 # ------------------------------------------------------------------------------------- state exponent
@@ -581,23 +584,23 @@ def test_quantize_model_mixes_cells_and_ignores_state_range() -> None:
 def test_state_exp_from_calibrated_range() -> None:
     """e = 0 up to |h| = 1, else ceil(log2(state_absmax)); refused above 7 or for a non-finite range."""
     for v, e in [(0.0, 0), (0.5, 0), (1.0, 0), (1.0001, 1), (2.0, 1), (3.19, 2), (4.0, 2), (100.0, 7), (128.0, 7)]:
-        assert quant.state_exp_for(v, 0) == e, v
+        assert quantize.state_exp_for(v, 0) == e, v
     with pytest.raises(KpgenError, match=r"^layer 3: calibrated state \|h\| up to 200 needs 2\*\*8, more than the 2\*\*7"):
-        quant.state_exp_for(200.0, 3)
+        quantize.state_exp_for(200.0, 3)
     with pytest.raises(KpgenError, match=r"^layer 0: calibration state_absmax nan is not a finite number; recalibrate"):
-        quant.quantize_layer(_float_layer(np.random.default_rng(0), "fastrnn"), 0.02, float("nan"), 0)
+        quantize.quantize_layer(_float_layer(np.random.default_rng(0), "fastrnn"), 0.02, float("nan"), 0)
     rng = np.random.default_rng(31)
     for cell in ("fastrnn", "fastgrnn"):
         lf = _float_layer(rng, cell)
-        q = quant.quantize_layer(lf, 0.02, 3.19, 1)
+        q = quantize.quantize_layer(lf, 0.02, 3.19, 1)
         assert q.state_exp == 2 and ir.state_scale(q) == 2.0**-5 and golden.kernel_limits(q) == []
         assert q.rq_h.real == pytest.approx(q.wh.unit * 2.0**-5 * 4096, rel=0, abs=2.0**-30)  # Wh reads h at 2**(e-7)
-        q0 = quant.quantize_layer(lf, 0.02, 0.5, 1)
+        q0 = quantize.quantize_layer(lf, 0.02, 0.5, 1)
         assert q0.state_exp == 0 and q0.rq_h.real == pytest.approx(q0.wh.unit / 128 * 4096, rel=0, abs=2.0**-33)
         assert np.array_equal(q.wh.a, q0.wh.a) and q.rq_x == q0.rq_x  # only the Wh requantizer moves
         with pytest.raises(KpgenError, match=r"^layer 2: calibrated state \|h\| up to 200 needs 2\*\*8"):
-            quant.quantize_layer(lf, 0.02, 200.0, 2)
-    gru = quant.quantize_layer(_float_layer(rng, "gru"), 0.02, 3.19, 0)  # GRU and LSTM h stay Q0.7
+            quantize.quantize_layer(lf, 0.02, 200.0, 2)
+    gru = quantize.quantize_layer(_float_layer(rng, "gru"), 0.02, 3.19, 0)  # GRU and LSTM h stay Q0.7
     assert not hasattr(gru, "state_exp") and ir.state_scale(gru) == 1 / 128
 
 
@@ -606,11 +609,11 @@ def test_bidirectional_directions_share_state_exp() -> None:
     reads [fwd h, bwd h] with one scale."""
     rng = np.random.default_rng(32)
     for cell in ("fastrnn", "fastgrnn"):
-        bq = quant.quantize_layer(BiLayerF(_float_layer(rng, cell), _float_layer(rng, cell)), 0.02, 5.0, 1)
+        bq = quantize.quantize_layer(BiLayerF(_float_layer(rng, cell), _float_layer(rng, cell)), 0.02, 5.0, 1)
         assert bq.fwd.state_exp == bq.bwd.state_exp == 3 and ir.state_scale(bq) == 2.0**-4
         assert golden.kernel_limits(bq) == []
         with pytest.raises(KpgenError, match=r"^layer 1: calibrated state"):
-            quant.quantize_layer(BiLayerF(_float_layer(rng, cell), _float_layer(rng, cell)), 0.02, 300.0, 1)
+            quantize.quantize_layer(BiLayerF(_float_layer(rng, cell), _float_layer(rng, cell)), 0.02, 300.0, 1)
 
 
 def test_next_layer_and_head_read_the_state_scale() -> None:
@@ -620,13 +623,13 @@ def test_next_layer_and_head_read_the_state_scale() -> None:
     layers = (_float_layer(rng, "fastrnn", isz=12, hsz=8), _float_layer(rng, "gru", isz=8, hsz=8),
               _float_layer(rng, "fastgrnn", isz=8, hsz=8))  # fmt: skip
     head = DenseF(rng.normal(0, 0.5, (3, 8)), rng.normal(0, 0.1, 3))
-    qm = quant.quantize_model(ModelF(12, 3, layers, head, Calibration(2.0, (3.19, 0.9, 1.5))))
+    qm = quantize.quantize_model(ModelF(12, 3, layers, head, Calibration(2.0, (3.19, 0.9, 1.5))))
     assert [getattr(l, "state_exp", None) for l in qm.layers] == [2, None, 1]
     assert qm.layers[1].input_scale == 2.0**-5 and qm.layers[2].input_scale == 1 / 128
     sw = float(np.max(np.abs(head.weight))) / 127
     assert qm.head.out_scale == pytest.approx(sw * 2.0**-6, rel=1e-12)
-    assert quant.quantize_dense(head).out_scale == pytest.approx(sw / 128, rel=1e-12)  # default: Q0.7
-    assert np.array_equal(qm.head.weight, quant.quantize_dense(head).weight)
+    assert quantize.quantize_dense(head).out_scale == pytest.approx(sw / 128, rel=1e-12)  # default: Q0.7
+    assert np.array_equal(qm.head.weight, quantize.quantize_dense(head).weight)
     assert np.array_equal(qm.head.bias, np.round(head.bias / qm.head.out_scale).astype(np.int32))
 
 
@@ -644,14 +647,14 @@ def test_state_exponent_keeps_a_growing_fastrnn_on_track() -> None:
     """alpha + beta > 1 drives the float |h| to ~3: with the calibrated exponent the integer h (dequantized with
     the state scale) tracks the float h closely; forced to Q0.7 (e = 0) it clips at 1 and is far off."""
     lf, x = _growing_fastrnn(5)
-    out_f = reference.run_layer(lf, x)[0]
+    out_f = floatmodel.run_layer(lf, x)[0]
     absmax = float(np.max(np.abs(out_f)))
     assert 2.0 < absmax < 4.0
     input_scale = 1.0 / 127
     xq = golden.quantize_input(x, input_scale)
     errs = {}
     for e in (None, 0):
-        q = quant.quantize_layer(lf, input_scale, absmax, 0, state_exp=e)
+        q = quantize.quantize_layer(lf, input_scale, absmax, 0, state_exp=e)
         h = np.zeros((x.shape[0], lf.hidden_size), np.int8)
         err, sq = 0.0, 0.0
         for t in range(x.shape[1]):

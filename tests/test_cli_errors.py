@@ -21,10 +21,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import kpgen.boards
-import kpgen.emit
+import kpgen.target.boards
+import kpgen.codegen.emit
 from checkpoints import ARCH, save, tiny_checkpoint, vectors
-from kpgen import toolchain
+from kpgen.target import toolchain
 from kpgen.cli import main
 
 HAVE_TOOLS = all(shutil.which(t) for t in toolchain.ALL_TOOLS)
@@ -410,7 +410,7 @@ def _failing_copy(after: int, err: int = errno.ENOSPC):
 def test_disk_full_while_writing_leaves_nothing(tmp_path: Path, vec: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """ENOSPC in the middle of write_tree (simulated: the 3rd runtime file copy fails)."""
     ckpt = save(tiny_checkpoint(), tmp_path / "m.pt")
-    monkeypatch.setattr(kpgen.emit.shutil, "copyfile", _failing_copy(2))
+    monkeypatch.setattr(kpgen.codegen.emit.shutil, "copyfile", _failing_copy(2))
     res = emit(str(ckpt), "--board", "m4", "-o", str(tmp_path / "out"), "--vectors", str(vec))
     one_line_error(res, "cannot write", "No space left on device", "check the disk")
     nothing_written(tmp_path)
@@ -420,7 +420,7 @@ def test_disk_full_with_force_keeps_the_old_tree(tmp_path: Path, vec: Path, monk
     ckpt = save(tiny_checkpoint(), tmp_path / "m.pt")
     assert emit(str(ckpt), "--board", "m4", "-o", str(tmp_path / "out"), "--vectors", str(vec)).exit_code == 0
     before = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
-    monkeypatch.setattr(kpgen.emit.shutil, "copyfile", _failing_copy(5))
+    monkeypatch.setattr(kpgen.codegen.emit.shutil, "copyfile", _failing_copy(5))
     res = emit(str(ckpt), "--board", "m4", "-o", str(tmp_path / "out"), "--vectors", str(vec), "--force")
     one_line_error(res, "No space left on device")
     after = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
@@ -612,7 +612,7 @@ def test_run_reports_a_nonzero_exit(tmp_path: Path, project: Path) -> None:
 def _small_stack_board(tmp_path: Path, stack: int) -> Path:
     """A copy of boards/ with an extra board 'tinystack': the m4 with `stack` bytes of stack."""
     boards = tmp_path / "boards"
-    shutil.copytree(kpgen.boards.BOARDS_DIR, boards)
+    shutil.copytree(kpgen.target.boards.BOARDS_DIR, boards)
     toml = (boards / "m4" / "board.toml").read_text()
     toml = re.sub(r'(?m)^name = "m4"', 'name = "tinystack"', toml)
     toml = re.sub(r"(?m)^stack_size = \S+", f"stack_size = {stack}", toml)
@@ -623,7 +623,7 @@ def _small_stack_board(tmp_path: Path, stack: int) -> Path:
 
 @needs_tools
 def test_run_refuses_a_model_whose_stack_does_not_fit(tmp_path: Path, vec: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(kpgen.boards, "BOARDS_DIR", _small_stack_board(tmp_path, 64))
+    monkeypatch.setattr(kpgen.target.boards, "BOARDS_DIR", _small_stack_board(tmp_path, 64))
     ckpt = save(tiny_checkpoint(), tmp_path / "m.pt")
     fw = tmp_path / "fw"
     assert emit(str(ckpt), "--board", "tinystack", "-o", str(fw), "--vectors", str(vec)).exit_code == 0

@@ -7,9 +7,10 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from kpgen import KpgenError, reference
+from kpgen import KpgenError
+from kpgen.reference import floatmodel
 from kpgen.cli import main
-from kpgen.compress import (
+from kpgen.train.compress import (
     MagnitudePruner,
     build_compressed,
     compress_checkpoint,
@@ -21,8 +22,8 @@ from kpgen.compress import (
     small_hidden_size,
     sparsity_at,
 )
-from kpgen.load import load_checkpoint
-from kpgen.nn import KPRNNClassifier
+from kpgen.frontend.load import load_checkpoint
+from kpgen.train.nn import KPRNNClassifier
 from kpgen.train import make_checkpoint, save_checkpoint
 from kpgen.train.loop import model_from_checkpoint
 
@@ -213,7 +214,7 @@ def test_compress_variants_load_or_are_refused(tmp_path, method):
     x = torch.randn(3, 8, 8)
     with torch.no_grad():
         want = again(x).double().numpy()
-    np.testing.assert_allclose(reference.float_forward(ir, x.double().numpy()), want, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(floatmodel.float_forward(ir, x.double().numpy()), want, atol=1e-4, rtol=0)
     assert ir.meta["method"] == method
 
 

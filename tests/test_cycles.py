@@ -1,4 +1,4 @@
-"""The cycle cost model (kpgen/cycles.py): instruction classes, and estimates on loops counted by hand.
+"""The cycle cost model (kpgen/target/cycles.py): instruction classes, and estimates on loops counted by hand.
 
 The QEMU tests run tests/fixtures/cycles/main.c, whose kernels are hand-written loops with known instruction
 mixes; the expected cycle counts below are worked out from the cost tables in docs/cycle-model.md.
@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 
 from firmware import build_fixture
-from kpgen import cycles, qemu, toolchain
-from kpgen.boards import load_board
-from kpgen.cycles import base_mnemonic, decode, register_count
-from kpgen.qemu import Insn, Profile
+from kpgen.target import cycles
+from kpgen.target import qemu
+from kpgen.target import toolchain
+from kpgen.target.boards import load_board
+from kpgen.target.cycles import base_mnemonic, decode, register_count
+from kpgen.target.qemu import Insn, Profile
 
 FIXTURE = Path(__file__).parent / "fixtures" / "cycles" / "main.c"
 

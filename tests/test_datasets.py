@@ -6,7 +6,8 @@ import importlib.util
 import numpy as np
 import pytest
 
-from kpgen import KpgenError, datasets
+from kpgen import KpgenError
+from kpgen.frontend import datasets
 
 EXPECTED = {  # name: (train x shape, test x shape, classes)
     "digits": ((1497, 8, 8), (300, 8, 8), 10),

@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 
 from factories import random_model
-from kpgen import KpgenError, qemu, toolchain
-from kpgen.boards import load_board
-from kpgen.emit import RUNTIME, arena_bytes, render_sources, write_tree
-from kpgen.verify import verify_output
-from kpgen.vectors import expected_for
-from kpgen import golden
+from kpgen import KpgenError
+from kpgen.target import qemu
+from kpgen.target import toolchain
+from kpgen.target.boards import load_board
+from kpgen.codegen.emit import RUNTIME, arena_bytes, render_sources, write_tree
+from kpgen.target.verify import verify_output
+from kpgen.reference.vectors import expected_for
+from kpgen.reference import golden
 
 WARN = ["-std=c99", "-Wall", "-Wextra", "-Wconversion", "-Wshadow", "-Werror", "-pedantic"]
 

@@ -18,16 +18,20 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import kpgen.boards
+import kpgen.target.boards
 from checkpoints import save, tiny_checkpoint, vectors
 from factories import random_model
-from kpgen import KpgenError, datasets, qemu, quant, toolchain
-from kpgen.boards import load_board, render_makefile
+from kpgen import KpgenError
+from kpgen.frontend import datasets
+from kpgen.target import qemu
+from kpgen.quant import quantize
+from kpgen.target import toolchain
+from kpgen.target.boards import load_board, render_makefile
 from kpgen.cli import main
-from kpgen.emit import render_sources
+from kpgen.codegen.emit import render_sources
 from kpgen.ir import Calibration, DenseF, KPMatrixF, LSTMLayerF, LSTMLayerQ, ModelF, ModelQ, Requant
 from kpgen.pipeline import emit_project
-from kpgen.vectors import expected_for
+from kpgen.reference.vectors import expected_for
 
 HAVE_ARM = all(shutil.which(t) for t in toolchain.BUILD_TOOLS)
 needs_arm = pytest.mark.skipif(not HAVE_ARM, reason="needs arm-none-eabi-gcc and binutils")
@@ -40,8 +44,8 @@ needs_arm = pytest.mark.skipif(not HAVE_ARM, reason="needs arm-none-eabi-gcc and
 def boards_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A private copy of boards/ that load_board reads; returns a function writing a board 'b' from m4's."""
     d = tmp_path / "boards"
-    shutil.copytree(kpgen.boards.BOARDS_DIR, d)
-    monkeypatch.setattr(kpgen.boards, "BOARDS_DIR", d)
+    shutil.copytree(kpgen.target.boards.BOARDS_DIR, d)
+    monkeypatch.setattr(kpgen.target.boards, "BOARDS_DIR", d)
     m4 = (d / "m4" / "board.toml").read_text()
 
     def write(edit) -> str:
@@ -156,35 +160,35 @@ def _float_model(input_absmax: float = 1.0) -> ModelF:
 
 
 def test_factor_b_too_wide() -> None:
-    m = KPMatrixF(a=np.ones((1, 1)), b=np.ones((1, quant.MAX_N2 + 1)))
-    with pytest.raises(KpgenError, match=rf"layer 0 Wx: factor B has {quant.MAX_N2 + 1} columns, more than "
-                                         rf"{quant.MAX_N2}; the int32 sum"):
-        quant.quantize_kp(m, "layer 0 Wx")
+    m = KPMatrixF(a=np.ones((1, 1)), b=np.ones((1, quantize.MAX_N2 + 1)))
+    with pytest.raises(KpgenError, match=rf"layer 0 Wx: factor B has {quantize.MAX_N2 + 1} columns, more than "
+                                         rf"{quantize.MAX_N2}; the int32 sum"):
+        quantize.quantize_kp(m, "layer 0 Wx")
 
 
 def test_gate_requantizer_limits() -> None:
     with pytest.raises(KpgenError, match=r"Wx: scale 1e-30 rounds to zero in a 32-bit multiplier"):
-        quant.requant_gate(1e-30, 1000, "layer 0 Wx")
+        quantize.requant_gate(1e-30, 1000, "layer 0 Wx")
     with pytest.raises(KpgenError, match=r"Wh: one accumulator step is worth 1e\+06 gate units .* leaves int32"):
-        quant.requant_gate(1e6, 5000, "layer 0 Wh")
+        quantize.requant_gate(1e6, 5000, "layer 0 Wh")
     with pytest.raises(KpgenError, match=r"Wx: scale nan is not a positive finite number"):
-        quant.requant_gate(float("nan"), 1, "layer 0 Wx")
+        quantize.requant_gate(float("nan"), 1, "layer 0 Wx")
 
 
 def test_gate_sum_beyond_int32(tmp_path: Path) -> None:
     """Each bias fits int32 in Q3.12 by itself (524287 * 4096 < 2**31), but bias + the worst products does not."""
-    from kpgen.load import load_checkpoint
+    from kpgen.frontend.load import load_checkpoint
 
     ck = tiny_checkpoint()
     ck["state_dict"]["layers.1.bias"].fill_(524287.0)
     model = load_checkpoint(save(ck, tmp_path / "m.pt"))
     with pytest.raises(KpgenError, match=r"layer 1: the gate sum can reach \d+, outside int32; the int32 kernels"):
-        quant.quantize_model(model)
+        quantize.quantize_model(model)
 
 
 def test_input_range_must_be_positive() -> None:
     with pytest.raises(KpgenError, match=r"calibration input_absmax 0.0 must be a positive number; recalibrate"):
-        quant.quantize_model(_float_model(input_absmax=0.0))
+        quantize.quantize_model(_float_model(input_absmax=0.0))
 
 
 # --------------------------------------------------------------------------------- emitter and pipeline
@@ -264,7 +268,7 @@ def flash_projects(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_flash_plan_refusals(flash_projects: dict[str, Path]) -> None:
-    from kpgen import flash as flashing
+    from kpgen.target import flash as flashing
 
     with pytest.raises(KpgenError, match=r"unknown probe 'jtag'; use one of: openocd, pyocd, qemu"):
         flashing.plan(flash_projects["m4"], probe="jtag")
@@ -275,7 +279,7 @@ def test_flash_plan_refusals(flash_projects: dict[str, Path]) -> None:
 
 
 def test_flash_refuses_an_image_without_boot2(flash_projects: dict[str, Path]) -> None:
-    from kpgen import flash as flashing
+    from kpgen.target import flash as flashing
 
     d = flash_projects["rpi-pico"]
     (d / "fw.bin").write_bytes(bytes(1024))  # what the placeholder boot2 build starts with
@@ -285,7 +289,7 @@ def test_flash_refuses_an_image_without_boot2(flash_projects: dict[str, Path]) -
 
 
 def test_flash_tools_missing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from kpgen import flash as flashing
+    from kpgen.target import flash as flashing
 
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(KpgenError, match=r"missing openocd; install it with: sudo apt-get install -y openocd"):
@@ -298,7 +302,7 @@ def test_flash_tools_missing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
 
 
 def _fake_pyocd(monkeypatch: pytest.MonkeyPatch, session_factory) -> None:
-    """Just enough of pyOCD's module tree for kpgen.flash's pyOCD path."""
+    """Just enough of pyOCD's module tree for kpgen.target.flash's pyOCD path."""
     names = ["pyocd", "pyocd.core", "pyocd.core.helpers", "pyocd.core.target", "pyocd.debug",
              "pyocd.debug.semihost", "pyocd.flash", "pyocd.flash.file_programmer"]  # fmt: skip
     mods = {n: types.ModuleType(n) for n in names}
@@ -342,7 +346,7 @@ class _HaltedSession:
     (lambda **k: _HaltedSession(), r"the firmware stopped at pc=0x00001234 without exiting \(a fault\?\)"),
 ], ids=["no-probe", "pyocd-error", "stopped"])  # fmt: skip
 def test_flash_pyocd_failures(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, session, needle: str) -> None:
-    from kpgen import flash as flashing
+    from kpgen.target import flash as flashing
 
     ckpt = save(tiny_checkpoint(), tmp_path / "m.pt")
     emit_project(ckpt, "nrf52840-dk", tmp_path / "fw", vectors=vectors(tmp_path / "v.npz"), samples=1)
@@ -372,7 +376,7 @@ def _lstm_sd(layers: int = 1) -> dict[str, torch.Tensor]:
     (lambda sd: sd.update({"rnn.weight_ih_l1": torch.zeros(12, 5)}), r"layer 1 weights have shapes \(12, 5\)"),
 ], ids=["prefixes", "numbering", "lacks-weight", "gates", "layer-shapes"])  # fmt: skip
 def test_compress_source_refusals(edit, needle: str) -> None:
-    from kpgen.compress import from_torch_state_dict
+    from kpgen.train.compress import from_torch_state_dict
 
     sd = _lstm_sd(layers=2)
     edit(sd)
@@ -382,7 +386,7 @@ def test_compress_source_refusals(edit, needle: str) -> None:
 
 
 def test_compress_source_file_refusals(tmp_path: Path) -> None:
-    from kpgen.compress import read_source
+    from kpgen.train.compress import read_source
 
     torch.save({"weights": [1, 2, 3]}, tmp_path / "list.pt")
     with pytest.raises(KpgenError, match=r"is neither a kpgen checkpoint nor a state dict of tensors"):
@@ -395,8 +399,8 @@ def test_compress_source_file_refusals(tmp_path: Path) -> None:
 
 
 def test_compress_ratio_below_one() -> None:
-    from kpgen.compress import build_compressed
-    from kpgen.nn import KPRNNClassifier
+    from kpgen.train.compress import build_compressed
+    from kpgen.train.nn import KPRNNClassifier
 
     src = KPRNNClassifier("lstm", 4, 8, 2, "dense", "dense")
     with pytest.raises(KpgenError, match=r"--ratio 0.5 must be at least 1"):
@@ -407,7 +411,7 @@ def test_compress_ratio_below_one() -> None:
 
 
 def test_bench_factor_search_and_compile_errors(monkeypatch: pytest.MonkeyPatch) -> None:
-    from kpgen import bench
+    from kpgen.studies import bench
 
     with pytest.raises(KpgenError, match=r"no Kronecker factors of a 7 x 3 matrix reach 4.0x compression"):
         bench.kp_factors(7, 3, min_compression=4.0)

@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from kpgen import datasets, golden, quant, reference
-from kpgen.load import load_checkpoint
+from kpgen.frontend import datasets
+from kpgen.reference import golden
+from kpgen.quant import quantize
+from kpgen.reference import floatmodel
+from kpgen.frontend.load import load_checkpoint
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.pt"))
 
@@ -23,9 +26,9 @@ def test_every_example_is_documented() -> None:
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_example_int8_within_one_point_of_float(path: Path) -> None:
     model = load_checkpoint(path)
-    q = quant.quantize_model(model)
+    q = quantize.quantize_model(model)
     split = datasets.load(model.meta["dataset"], seed=int(model.meta.get("seed", 0)))
-    f = reference.accuracy(reference.float_forward(model, split.x_test), split.y_test)
-    i = reference.accuracy(golden.run_model(q, golden.quantize_input(split.x_test, q.input_scale)).logits, split.y_test)
+    f = floatmodel.accuracy(floatmodel.float_forward(model, split.x_test), split.y_test)
+    i = floatmodel.accuracy(golden.run_model(q, golden.quantize_input(split.x_test, q.input_scale)).logits, split.y_test)
     assert abs(f - float(model.meta["float_test_accuracy"])) < 1e-6  # the float IR is the trained model
     assert i >= f - 0.01, (path.name, f, i)

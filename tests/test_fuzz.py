@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from checkpoints import tiny_checkpoint, vectors
 from example_counts import count, finding
 from kpgen import KpgenError
-from kpgen.emit import MANIFEST
+from kpgen.codegen.emit import MANIFEST
 from kpgen.pipeline import emit_project
 
 

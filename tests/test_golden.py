@@ -1,4 +1,4 @@
-"""Unit and property tests of the numpy integer reference (kpgen/golden.py) against plain Python integers."""
+"""Unit and property tests of the numpy integer reference (kpgen/reference/golden.py) against plain Python integers."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from factories import random_layer, random_model, t_shift_for
-from kpgen import golden
+from kpgen.reference import golden
 from kpgen.ir import LSTMLayerQ
 
 SIG = golden.make_table("sigmoid")

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from kpgen import KpgenError, datasets
+from kpgen import KpgenError
+from kpgen.frontend import datasets
 from kpgen.ir import ModelF
-from kpgen.load import load_checkpoint
-from kpgen.nn import KPLSTMClassifier
+from kpgen.frontend.load import load_checkpoint
+from kpgen.train.nn import KPLSTMClassifier
 from kpgen.train import make_checkpoint, save_checkpoint, train_model
 from kpgen.train.loop import parse_factors
 

@@ -12,8 +12,11 @@ import subprocess
 import numpy as np
 import pytest
 
-from kpgen import KpgenError, golden, layout, quant
-from kpgen.boards import template_env
+from kpgen import KpgenError
+from kpgen.reference import golden
+from kpgen.codegen import layout
+from kpgen.quant import quantize
+from kpgen.target.boards import template_env
 from kpgen.ir import KPMatrixF, KPMatrixQ
 from runtime_ctypes import CFLAGS, HOST_ACLE_H, P8, P32, RUNTIME_DIR, POISON, Runtime
 
@@ -37,7 +40,7 @@ def random_q(rng: np.random.Generator, k: int, dims=(1, 6), top_rows: int = 0, s
     random ('wild', may saturate), and top_rows HKP rows with a random top_shift in -12..12."""
     fs = [rng.integers(lo, 128, (int(rng.integers(*dims, endpoint=True)), int(rng.integers(*dims, endpoint=True))))
           .astype(np.int8) for _ in range(k)]  # fmt: skip
-    shifts = quant.factor_shifts(fs) if shift_mode == "spec" else [int(rng.integers(0, 14)) for _ in range(k - 1)]
+    shifts = quantize.factor_shifts(fs) if shift_mode == "spec" else [int(rng.integers(0, 14)) for _ in range(k - 1)]
     n = math.prod(f.shape[1] for f in fs)
     top = rng.integers(lo, 128, (top_rows, n)).astype(np.int8) if top_rows else None
     return make_q(fs, shifts, top, int(rng.integers(-12, 13)) if top_rows else 0)
@@ -200,7 +203,7 @@ def test_quantize_kp_round_trip(k: int, top_rows: int) -> None:
         mf = KPMatrixF(a=fs[0], b=fs[1], rest=tuple(fs[2:]), top=top)
         if k == 2 and fs[1].shape == (1, 1):
             continue  # dense folding: test_quant covers it
-        q = quant.quantize_kp(mf, "layer 0 Wx")
+        q = quantize.quantize_kp(mf, "layer 0 Wx")
         assert len(q.factors) == k and golden.matrix_limits(q) == []
         for fq, ff, s in zip(q.factors, fs, q.scales):
             assert np.max(np.abs(fq)) == 127 and np.allclose(fq * s, ff, atol=s / 2 + 1e-12)
@@ -239,7 +242,7 @@ def test_quantizer_shifts_never_saturate(k: int) -> None:
                 f = np.sign(f) * (np.abs(f) > 0.3)
             f.flat[0] = 1.0
             fs.append(f)
-        q = quant.quantize_kp(KPMatrixF(a=fs[0], b=fs[1], rest=tuple(fs[2:])), "w")
+        q = quantize.quantize_kp(KPMatrixF(a=fs[0], b=fs[1], rest=tuple(fs[2:])), "w")
         for j in range(k - 1):  # the intermediate factor j multiplies: products of factors j+1.., rounded by shifts[j]
             if j + 1 == k - 1:
                 lo, hi = golden._range_after(q.factors[-1], np.array([-128]), np.array([127]))
@@ -256,27 +259,27 @@ def test_factor_shifts_two_factors_is_t_shift_for() -> None:
     rng = np.random.default_rng(5)
     for _ in range(50):
         a, b = (rng.integers(-127, 128, tuple(rng.integers(1, 20, 2))).astype(np.int8) for _ in range(2))
-        assert quant.factor_shifts([a, b]) == (quant.t_shift_for(b),)
+        assert quantize.factor_shifts([a, b]) == (quantize.t_shift_for(b),)
 
 
 def test_quantize_kp_refusals() -> None:
     one = np.ones((1, 1))
     with pytest.raises(KpgenError, match="9 Kronecker factors.*choose fewer factors"):
-        quant.quantize_kp(KPMatrixF(a=one, b=one, rest=(one,) * 7), "layer 0 Wx")
+        quantize.quantize_kp(KPMatrixF(a=one, b=one, rest=(one,) * 7), "layer 0 Wx")
     with pytest.raises(KpgenError, match="factor B has 512 columns"):
-        quant.quantize_kp(KPMatrixF(a=one, b=np.ones((1, 512)), rest=(one,)), "layer 0 Wx")
+        quantize.quantize_kp(KPMatrixF(a=one, b=np.ones((1, 512)), rest=(one,)), "layer 0 Wx")
     with pytest.raises(KpgenError, match="top rows"):
-        quant.quantize_kp(KPMatrixF(a=one, b=np.ones((1, 2)), top=np.ones((2, 3))), "layer 0 Wx")
+        quantize.quantize_kp(KPMatrixF(a=one, b=np.ones((1, 2)), top=np.ones((2, 3))), "layer 0 Wx")
     with pytest.raises(KpgenError, match="layer 0 Wh: the HKP top rows .* steps"):
-        quant.quantize_kp(KPMatrixF(a=one * 1e-9, b=np.ones((1, 2)) * 1e-9, top=np.ones((2, 2)) * 1e9), "layer 0 Wh")
+        quantize.quantize_kp(KPMatrixF(a=one * 1e-9, b=np.ones((1, 2)) * 1e-9, top=np.ones((2, 2)) * 1e9), "layer 0 Wh")
     with pytest.raises(KpgenError, match="the HKP top rows hold a non-finite weight"):
-        quant.quantize_kp(KPMatrixF(a=one, b=np.ones((1, 2)), top=np.array([[1.0, np.inf]])), "layer 0 Wx")
+        quantize.quantize_kp(KPMatrixF(a=one, b=np.ones((1, 2)), top=np.array([[1.0, np.inf]])), "layer 0 Wx")
     with pytest.raises(KpgenError, match="times 2\\*\\*.* outside int32"):  # in range for the shift, not the sum
-        quant.quantize_kp(KPMatrixF(a=one * 1e-3, b=np.ones((1, 400)) * 1e-3, top=np.ones((1, 400)) * 1e3), "w")
+        quantize.quantize_kp(KPMatrixF(a=one * 1e-3, b=np.ones((1, 400)) * 1e-3, top=np.ones((1, 400)) * 1e3), "w")
     for msg in ("layer 0 Wx: factor A has 512 columns, more than 511; the int32 accumulator could overflow: "
                 "choose factor shapes with fewer columns in A",):  # fmt: skip
         with pytest.raises(KpgenError) as e:
-            quant.quantize_kp(KPMatrixF(a=np.ones((1, 512)), b=one), "layer 0 Wx")
+            quantize.quantize_kp(KPMatrixF(a=np.ones((1, 512)), b=one), "layer 0 Wx")
         assert str(e.value) == msg
 
 
@@ -284,7 +287,7 @@ def test_dense_fold_with_top_rows() -> None:
     """B 1x1 still folds with HKP top rows: the Kronecker unit is A's scale alone."""
     rng = np.random.default_rng(7)
     a, top = rng.normal(0, 1, (6, 5)), rng.normal(0, 0.01, (2, 5))
-    q = quant.quantize_kp(KPMatrixF(a=a, b=np.array([[2.0]]), top=top), "w")
+    q = quantize.quantize_kp(KPMatrixF(a=a, b=np.array([[2.0]]), top=top), "w")
     assert q.b.tolist() == [[1]] and q.t_shift == 0 and q.unit == q.a_scale and q.top_shift < 0
     x = rng.integers(-128, 128, 5).astype(np.int8)
     assert np.array_equal(golden.kp_matrix_s8(q, x)[2:], q.a.astype(np.int64) @ x)
@@ -350,7 +353,7 @@ def test_c_model_like_shapes(rt: Runtime, shape) -> None:
     fs = [rng.choice(np.array([-127, 127], np.int8), s) for s in shape]
     n = math.prod(s[1] for s in shape)
     for top in (None, rng.integers(-127, 128, (16, n)).astype(np.int8)):
-        m = make_q(fs, quant.factor_shifts(fs), top, -3)
+        m = make_q(fs, quantize.factor_shifts(fs), top, -3)
         for x in (np.full(n, -128, np.int8), rng.choice(np.array([-128, 127], np.int8), n),
                   rng.integers(-128, 128, n).astype(np.int8)):  # fmt: skip
             assert np.array_equal(rt.matrix(m, x), golden.kp_matrix_s8(m, x))
@@ -363,7 +366,7 @@ def test_c_top_shift_extremes(rt: Runtime) -> None:
     top = np.full((2, 6), 127, np.int8)
     top[1] = -127
     for ts in (-31, -30, -1, 0, 1, 14):
-        m = make_q(fs, quant.factor_shifts(fs), top, ts)
+        m = make_q(fs, quantize.factor_shifts(fs), top, ts)
         assert golden.matrix_limits(m) == []
         for x in (np.full(6, 127, np.int8), np.full(6, -128, np.int8), rng.integers(-128, 128, 6).astype(np.int8)):
             assert np.array_equal(rt.matrix(m, x), golden.kp_matrix_s8(m, x)), ts

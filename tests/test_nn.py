@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from kpgen.nn import KPLSTM, KPLinear, KPLSTMClassifier, kp_apply
+from kpgen.train.nn import KPLSTM, KPLinear, KPLSTMClassifier, kp_apply
 
 SHAPES = [
     ((2, 3), (4, 5)),

@@ -7,8 +7,8 @@ import torch
 from click.testing import CliRunner
 
 from kpgen.cli import main
-from kpgen.nn import make_matrix
-from kpgen.plan import (
+from kpgen.train.nn import make_matrix
+from kpgen.train.plan import (
     Candidate,
     budget_for,
     best_hkp,
@@ -135,7 +135,7 @@ def test_cli_plan_for_every_matrix_of_a_checkpoint():
 def test_plan_for_training_side_variants(tmp_path):
     """A bidirectional two-layer GRU with HKP and low-rank matrices: every matrix is listed with what it is now,
     matrices of one shape share one plan, and --max-params is shared by all of them in proportion to size."""
-    from kpgen.nn import KPRNNClassifier
+    from kpgen.train.nn import KPRNNClassifier
     from kpgen.train import make_checkpoint, save_checkpoint
 
     hkp = {"kind": "hkp", "factors": [[5, 2], [4, 4]], "dense_rows": 4}  # 24x8 = 4 dense rows + 20x8
@@ -166,7 +166,7 @@ def test_plan_for_a_torch_state_dict(tmp_path):
     assert res.exit_code == 0, res.output
     assert "layers.0.wx 64x8: now dense, 512 parameters (1.00x), rank <= 8" in res.output
     assert "budget: every matrix at most 1/8 of its weights" in res.output
-    from kpgen.plan import best_kp
+    from kpgen.train.plan import best_kp
 
     first = best_kp(64, 16, 64 * 16 // 8)
     assert f"    1  {first.describe()}" in res.output

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from example_counts import count
-from kpgen import golden
+from kpgen.reference import golden
 from kpgen.ir import DenseQ, KPMatrixQ, LSTMLayerQ, ModelQ, Requant
-from kpgen.quant import t_shift_for
+from kpgen.quant.quantize import t_shift_for
 
 I32_MIN, I32_MAX = -(2**31), 2**31 - 1
 SIG = golden.make_table("sigmoid")

@@ -14,8 +14,9 @@ import pytest
 
 from firmware import build_fixture
 from kpgen import KpgenError
-from kpgen import qemu, toolchain
-from kpgen.boards import load_board, prepare_firmware_dir
+from kpgen.target import qemu
+from kpgen.target import toolchain
+from kpgen.target.boards import load_board, prepare_firmware_dir
 
 pytestmark = [
     pytest.mark.qemu,
@@ -247,10 +248,10 @@ def test_random_model_bit_exact(name, tmp_path):
     import numpy as np
 
     from factories import random_model
-    from kpgen import cycles
-    from kpgen.emit import render_sources, write_tree
-    from kpgen.vectors import expected_for
-    from kpgen.verify import verify_output
+    from kpgen.target import cycles
+    from kpgen.codegen.emit import render_sources, write_tree
+    from kpgen.reference.vectors import expected_for
+    from kpgen.target.verify import verify_output
 
     rng = np.random.default_rng(7)
     m = random_model(rng, 12, (32, 16), 5)

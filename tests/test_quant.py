@@ -7,7 +7,10 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from kpgen import KpgenError, golden, quant, reference
+from kpgen import KpgenError
+from kpgen.reference import golden
+from kpgen.quant import quantize
+from kpgen.reference import floatmodel
 from kpgen.ir import Calibration, DenseF, KPMatrixF, LSTMLayerF, LSTMLayerQ, ModelF, Requant
 
 
@@ -23,7 +26,7 @@ def float_model(rng: np.random.Generator, i: int = 12, h: int = 16, c: int = 4, 
 
 @pytest.mark.parametrize("m", [1e-9, 3.3e-5, 0.01, 0.5, 0.999999, 1.0, 7.25, 1234.5])
 def test_requant_from_real_is_accurate_and_in_range(m: float) -> None:
-    rq = quant.requant_from_real(m, "t")
+    rq = quantize.requant_from_real(m, "t")
     assert 2**30 <= rq.mult < 2**31 and 1 <= rq.shift <= 62
     assert abs(Fraction(rq.mult, 2**rq.shift) - Fraction(m)) <= Fraction(m) * Fraction(1, 2**30)
 
@@ -31,15 +34,15 @@ def test_requant_from_real_is_accurate_and_in_range(m: float) -> None:
 @pytest.mark.parametrize("m", [0.0, -1.0, float("nan"), float("inf"), 2.0**40, 2.0**-40])
 def test_requant_from_real_refuses_unrepresentable(m: float) -> None:
     with pytest.raises(KpgenError):
-        quant.requant_from_real(m, "layer 0 Wx")
+        quantize.requant_from_real(m, "layer 0 Wx")
 
 
 def test_symmetric_int8_round_trip() -> None:
     w = np.array([[-2.0, 0.5], [1.0, 0.0]])
-    q, s = quant.symmetric_int8(w)
+    q, s = quantize.symmetric_int8(w)
     assert q.dtype == np.int8 and q.min() == -127 and s == pytest.approx(2.0 / 127)
     assert np.max(np.abs(q * s - w)) <= s / 2 + 1e-12
-    z, sz = quant.symmetric_int8(np.zeros((2, 2)))
+    z, sz = quantize.symmetric_int8(np.zeros((2, 2)))
     assert np.all(z == 0) and sz == 1.0
 
 
@@ -47,7 +50,7 @@ def test_t_shift_is_smallest_that_cannot_saturate() -> None:
     rng = np.random.default_rng(0)
     for _ in range(50):
         b = rng.integers(-127, 128, size=(int(rng.integers(1, 9)), int(rng.integers(1, 33)))).astype(np.int8)
-        s = quant.t_shift_for(b)
+        s = quantize.t_shift_for(b)
         worst = 128 * int(np.abs(b.astype(np.int64)).sum(axis=1).max())
         assert golden.rsr(np.int64(worst), s) <= 32767
         if s > 0:
@@ -60,20 +63,20 @@ def test_t_shift_is_smallest_that_cannot_saturate() -> None:
 
 @pytest.mark.parametrize("cmax,frac", [(0.0, 15), (0.4, 15), (0.5, 15), (0.6, 14), (2.5, 12), (3.9, 12), (4.1, 11), (1000.0, 4)])
 def test_cell_frac_leaves_room_for_twice_the_range(cmax: float, frac: int) -> None:
-    assert quant.cell_frac_for(cmax) == frac
+    assert quantize.cell_frac_for(cmax) == frac
     assert 2 * cmax * 2**frac <= 2**15 or frac == 15 and cmax <= 0.5
 
 
 def test_cell_frac_refuses_huge_or_nan() -> None:
     for bad in (float("nan"), 1e6):
         with pytest.raises(KpgenError):
-            quant.cell_frac_for(bad)
+            quantize.cell_frac_for(bad)
 
 
 def test_quantized_model_tracks_float_model() -> None:
     rng = np.random.default_rng(3)
     model = float_model(rng)
-    qm = quant.quantize_model(model)
+    qm = quantize.quantize_model(model)
     layer = qm.layers[0]
     # every requantizer maps its accumulator to Q3.12
     lf = model.layers[0]
@@ -81,7 +84,7 @@ def test_quantized_model_tracks_float_model() -> None:
     assert layer.cell_frac == 12 and layer.bias.dtype == np.int32
     assert np.allclose(layer.bias / 4096, lf.bias, atol=1 / 8192)
     x = rng.uniform(-1, 1, (64, 10, 12))
-    f_logits = reference.float_forward(model, x)
+    f_logits = floatmodel.float_forward(model, x)
     g = golden.run_model(qm, golden.quantize_input(x, qm.input_scale))
     q_logits = g.logits * qm.head.out_scale
     err = np.max(np.abs(q_logits - f_logits))
@@ -91,7 +94,7 @@ def test_quantized_model_tracks_float_model() -> None:
 def test_too_many_columns_in_a_is_refused() -> None:
     m = KPMatrixF(a=np.ones((1, 512)), b=np.ones((1, 1)))
     with pytest.raises(KpgenError, match="columns"):
-        quant.quantize_kp(m, "layer 0 Wx")
+        quantize.quantize_kp(m, "layer 0 Wx")
 
 
 def test_calibration_layer_count_mismatch_is_refused() -> None:
@@ -99,7 +102,7 @@ def test_calibration_layer_count_mismatch_is_refused() -> None:
     bad = ModelF(input_size=model.input_size, num_classes=model.num_classes, layers=model.layers, head=model.head,
                  calibration=Calibration(input_absmax=1.0, cell_absmax=()), meta={})
     with pytest.raises(KpgenError, match="cell ranges"):
-        quant.quantize_model(bad)
+        quantize.quantize_model(bad)
 
 
 # ------------------------------------------------------------------------------- gates, dense, kernel limits
@@ -108,7 +111,7 @@ def test_calibration_layer_count_mismatch_is_refused() -> None:
 @pytest.mark.parametrize("m", [1e-9, 3.3e-5, 0.013, 0.26, 0.4999, 0.5, 0.75, 3.0, 100.0])
 def test_requant_gate_shift_at_most_32(m: float) -> None:
     """shift 32 while mult fits below 2**31, less only for m >= 0.5; mult as exact as its bits allow."""
-    rq = quant.requant_gate(m, 1000, "t")
+    rq = quantize.requant_gate(m, 1000, "t")
     assert 1 <= rq.mult < 2**31 and 1 <= rq.shift <= 32
     assert (rq.shift == 32) == (m < 0.5 - 2**-33)
     assert abs(Fraction(rq.mult, 2**rq.shift) - Fraction(m)) <= Fraction(1, 2 ** (rq.shift + 1))
@@ -117,19 +120,19 @@ def test_requant_gate_shift_at_most_32(m: float) -> None:
 
 def test_requant_gate_refusals() -> None:
     with pytest.raises(KpgenError, match="leaves int32"):
-        quant.requant_gate(4.0, 2**28, "layer 0 Wh")  # shift 29: 2**28 * 8 overflows
+        quantize.requant_gate(4.0, 2**28, "layer 0 Wh")  # shift 29: 2**28 * 8 overflows
     with pytest.raises(KpgenError, match="rounds to zero"):
-        quant.requant_gate(2.0**-34, 10, "layer 0 Wx")
+        quantize.requant_gate(2.0**-34, 10, "layer 0 Wx")
     for bad in (0.0, float("nan"), -1.0):
         with pytest.raises(KpgenError):
-            quant.requant_gate(bad, 10, "layer 0 Wx")
+            quantize.requant_gate(bad, 10, "layer 0 Wx")
 
 
 def test_dense_matrix_is_folded_into_a() -> None:
     """B 1x1: A * b00 quantized, B = [[1]], scale 1, t_shift 0: the accumulator is W x exactly."""
     rng = np.random.default_rng(8)
     a = rng.normal(0, 0.3, (8, 5))
-    q = quant.quantize_kp(KPMatrixF(a=a, b=np.array([[-2.5]])), "layer 0 Wx")
+    q = quantize.quantize_kp(KPMatrixF(a=a, b=np.array([[-2.5]])), "layer 0 Wx")
     assert q.b.tolist() == [[1]] and q.b_scale == 1.0 and q.t_shift == 0
     assert np.allclose(q.a * q.a_scale, a * -2.5, atol=q.a_scale / 2 + 1e-12)
     x = rng.integers(-128, 128, 5).astype(np.int8)
@@ -138,14 +141,14 @@ def test_dense_matrix_is_folded_into_a() -> None:
 
 def test_quantized_layers_fit_the_kernels() -> None:
     """Every layer the quantizer returns passes golden.kernel_limits, dense and Kronecker, with large weights."""
-    from kpgen import synth
+    from kpgen.frontend import synth
 
     for seed, (fx, fh) in enumerate([((64, 12, 1, 1), (64, 16, 1, 1)), (None, None), ((8, 3, 8, 4), (8, 4, 8, 4))]):
         model = synth.random_model_f(16, 12, 3, fx, fh, seed=seed)
         for scale in (1.0, 8.0):
             big = [LSTMLayerF(l.input_size, l.hidden_size, KPMatrixF(l.wx.a * scale, l.wx.b), l.wh, l.bias)
                    for l in model.layers]  # fmt: skip
-            qm = quant.quantize_model(ModelF(model.input_size, model.num_classes, tuple(big), model.head,
+            qm = quantize.quantize_model(ModelF(model.input_size, model.num_classes, tuple(big), model.head,
                                              model.calibration))  # fmt: skip
             for layer in qm.layers:
                 assert golden.kernel_limits(layer) == []
@@ -169,8 +172,8 @@ def test_kernel_limits_catch_each_rule() -> None:
 
 
 def test_synth_models_are_deterministic_calibrated_and_unsaturated() -> None:
-    """kpgen.synth: same seed, same model; dense = B 1x1; realistic gate ranges; 16x KP by default."""
-    from kpgen import synth
+    """kpgen.frontend.synth: same seed, same model; dense = B 1x1; realistic gate ranges; 16x KP by default."""
+    from kpgen.frontend import synth
 
     a = synth.dense_lstm_model(3, 28, 32, 10)
     b = synth.dense_lstm_model(3, 28, 32, 10)
@@ -182,4 +185,4 @@ def test_synth_models_are_deterministic_calibrated_and_unsaturated() -> None:
     k = synth.kp_lstm_model(3, 28, 128, 10)
     assert synth.min_mac_factors(512, 128) == (32, 8, 16, 16) and k.layers[0].wh.a.shape == (32, 8)
     assert k.dense_params >= 16 * (k.params - k.head.weight.size - k.head.bias.size - k.layers[0].bias.size)
-    assert golden.kernel_limits(quant.quantize_model(k).layers[0]) == []
+    assert golden.kernel_limits(quantize.quantize_model(k).layers[0]) == []

@@ -1,4 +1,4 @@
-"""`make reproduce` in miniature: the same code path (kpgen.reproduce.reproduce) on two benchmarks with one seed,
+"""`make reproduce` in miniature: the same code path (kpgen.studies.reproduce.reproduce) on two benchmarks with one seed,
 one epoch and small subsets, one QEMU count; checks the pipeline and the shape of docs/results.md, never the
 accuracies. Also the sizing of the real configuration (no training): the matched-size rules hold."""
 
@@ -11,8 +11,8 @@ import re
 import pytest
 import torch
 
-from kpgen import reproduce as rp
-from kpgen.nn.matrix import spec_params
+from kpgen.studies import reproduce as rp
+from kpgen.train.nn.matrix import spec_params
 from kpgen.train.loop import model_from_checkpoint
 
 EXPECTED_KEYS = ("dense", "kp", "hkp", "prune@kp", "lowrank@kp", "small@kp", "prune@hkp", "lowrank@hkp", "small@hkp")

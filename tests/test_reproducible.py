@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from checkpoints import save, tiny_checkpoint, vectors
-from kpgen import toolchain
+from kpgen.target import toolchain
 from kpgen.cli import main
 
 needs_tools = pytest.mark.skipif(any(shutil.which(t) is None for t in toolchain.BUILD_TOOLS),

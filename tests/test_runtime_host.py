@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from factories import random_int8, random_kp, random_layer, random_model, t_shift_for
-from kpgen import golden
+from kpgen.reference import golden
 from kpgen.ir import LSTMLayerQ, Requant
 from runtime_ctypes import CFLAGS, RUNTIME_DIR, Kron, LSTMParams, Runtime
 

@@ -20,9 +20,11 @@ import pytest
 
 from example_counts import count, finding
 from factories import random_factors
-from kpgen import KpgenError, golden, quant
-from kpgen.boards import list_boards, load_board
-from kpgen.emit import RUNTIME, render_sources
+from kpgen import KpgenError
+from kpgen.reference import golden
+from kpgen.quant import quantize
+from kpgen.target.boards import list_boards, load_board
+from kpgen.codegen.emit import RUNTIME, render_sources
 from kpgen.ir import (
     Calibration,
     DenseF,
@@ -35,7 +37,7 @@ from kpgen.ir import (
     ModelQ,
     Requant,
 )
-from kpgen.vectors import expected_for
+from kpgen.reference.vectors import expected_for
 from runtime_ctypes import HOST_ACLE_H
 
 CC = shutil.which("gcc") or shutil.which("cc")
@@ -83,7 +85,7 @@ def extreme_layer(rng: np.random.Generator, isz: int, hsz: int) -> LSTMLayerQ:
         m1, n1, m2, n2 = random_factors(rng, 4 * hsz, cols)
         mode = str(rng.choice(["random", "extreme", "max", "min"]))
         a, b = _int8(rng, (m1, n1), mode), _int8(rng, (m2, n2), mode)
-        m = KPMatrixQ(a=a, b=b, t_shift=quant.t_shift_for(b), a_scale=1.0, b_scale=1.0)
+        m = KPMatrixQ(a=a, b=b, t_shift=quantize.t_shift_for(b), a_scale=1.0, b_scale=1.0)
         bound = golden.kp_acc_bound(a, b, m.t_shift)
         low = max(1, golden.GATE_SHIFT_MAX - (30 - bound.bit_length()))
         shift = int(rng.choice([low, rng.integers(low, golden.GATE_SHIFT_MAX + 1)]))
@@ -139,7 +141,7 @@ def quantized_model(rng: np.random.Generator) -> ModelQ | None:
     mf = ModelF(input_size=isz, num_classes=n_cls, layers=tuple(layers),
                 head=DenseF(weight=rng.normal(0, 1, (n_cls, prev)), bias=rng.normal(0, 1, n_cls)), calibration=cal)
     try:
-        return quant.quantize_model(mf)
+        return quantize.quantize_model(mf)
     except KpgenError:
         return None
 

@@ -18,12 +18,15 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from kpgen import KpgenError, fit, qemu, toolchain
-from kpgen import flash as flashing
-from kpgen.boards import BOARDS_DIR, list_boards, load_board
+from kpgen import KpgenError
+from kpgen.codegen import fit
+from kpgen.target import qemu
+from kpgen.target import toolchain
+from kpgen.target import flash as flashing
+from kpgen.target.boards import BOARDS_DIR, list_boards, load_board
 from kpgen.cli import main
 from kpgen.pipeline import emit_project, read_manifest
-from kpgen.verify import verify_output
+from kpgen.target.verify import verify_output
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mnist-kplstm.pt"
 REPO = Path(__file__).resolve().parents[1]
@@ -243,10 +246,10 @@ def test_library_in_an_existing_firmware_via_add_subdirectory(work: Path, projec
 @pytest.fixture(scope="module")
 def example_q():
     """The shipped example, quantized (for the fit estimates)."""
-    from kpgen import quant
-    from kpgen.load import load_checkpoint
+    from kpgen.quant import quantize
+    from kpgen.frontend.load import load_checkpoint
 
-    return quant.quantize_model(load_checkpoint(EXAMPLE))
+    return quantize.quantize_model(load_checkpoint(EXAMPLE))
 
 
 @pytest.fixture(scope="module")
@@ -530,14 +533,14 @@ def test_ram_estimate_refuses_with_numbers() -> None:
 
 def test_linker_overflow_message_names_the_numbers(work: Path, vectors: Path, monkeypatch, example_q) -> None:
     """A board whose flash passes the (lower-bound) estimate but not the real link: the linker's check, in one line."""
-    import kpgen.boards
+    import kpgen.target.boards
 
     boards = work / "boards-copy"
     shutil.copytree(BOARDS_DIR, boards)
     need = fit.estimate(example_q, load_board("m4"), "firmware", vector_samples=1, steps=28).flash
     toml = boards / "m4" / "board.toml"
     toml.write_text(toml.read_text().replace("flash_size = 0x00400000", f"flash_size = {need:#x}"))
-    monkeypatch.setattr(kpgen.boards, "BOARDS_DIR", boards)
+    monkeypatch.setattr(kpgen.target.boards, "BOARDS_DIR", boards)
     out = emit_project(EXAMPLE, "m4", work / "m4-tiny-flash", samples=1, vectors=vectors)
     assert out["board"] == "m4"
     with pytest.raises(KpgenError) as exc:

@@ -1,6 +1,6 @@
 """The emitted firmware for every board in boards/ compiles with -Wall -Wextra -Wconversion -Wshadow -Werror
 -pedantic and links, and the model's deepest call chain (from -fstack-usage and the ELF's call graph) fits the
-board's stack. The stack-depth analysis itself (kpgen.toolchain.worst_stack) is checked on small graphs.
+board's stack. The stack-depth analysis itself (kpgen.target.toolchain.worst_stack) is checked on small graphs.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ import pytest
 
 from checkpoints import save, tiny_checkpoint, vectors
 from example_counts import finding
-from kpgen import KpgenError, toolchain
-from kpgen.boards import list_boards, load_board
+from kpgen import KpgenError
+from kpgen.target import toolchain
+from kpgen.target.boards import list_boards, load_board
 from kpgen.pipeline import emit_project
-from kpgen.toolchain import CallGraph, worst_stack
+from kpgen.target.toolchain import CallGraph, worst_stack
 
 STRICT = "-Wall -Wextra -Wconversion -Wshadow -Werror -pedantic"
 BOARDS = [b.name for b in list_boards()]

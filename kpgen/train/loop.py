@@ -12,8 +12,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kpgen import KpgenError, datasets
-from kpgen.nn import KPRNNClassifier, LSTMTrace
+from kpgen import KpgenError
+from kpgen.frontend import datasets
+from kpgen.train.nn import KPRNNClassifier, LSTMTrace
 
 CHECKPOINT_FORMAT = "kpgen-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -270,7 +271,7 @@ def train_model(
     """Train a classifier on `dataset`, calibrate on its training set, return the checkpoint dict.
 
     wx_factors / wh_factors: one matrix spec (a factor list [[m1, n1], [m2, n2], ...], an HKP or low-rank dict,
-    or 'dense'; kpgen.nn.matrix) or one per layer. cell: lstm, gru, fastrnn or fastgrnn. max_shift (random
+    or 'dense'; kpgen.train.nn.matrix) or one per layer. cell: lstm, gru, fastrnn or fastgrnn. max_shift (random
     translation, in steps and features) applies to image datasets only, capped by datasets.MAX_SHIFT.
     max_train keeps only the first max_train training samples (for smoke tests). The checkpoint is format v1
     for a unidirectional 2-factor KP-LSTM, the training-side variant otherwise (docs/checkpoint.md).

@@ -26,8 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from kpgen import KpgenError, qemu, toolchain
-from kpgen.boards import Board, load_board
+from kpgen import KpgenError
+from kpgen.target import qemu
+from kpgen.target import toolchain
+from kpgen.target.boards import Board, load_board
 
 PROBES = ("openocd", "pyocd", "qemu")
 GDB = "gdb-multiarch"

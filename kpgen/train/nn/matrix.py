@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from kpgen.nn.kp import KPLinear, as_shapes, kp_macs
+from kpgen.train.nn.kp import KPLinear, as_shapes, kp_macs
 
 
 class HKPLinear(nn.Module):

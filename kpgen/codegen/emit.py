@@ -11,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from kpgen import KpgenError, __version__, golden, layout
-from kpgen.boards import REPO_ROOT, Board, render_makefile, template_env
+from kpgen import KpgenError, __version__
+from kpgen.reference import golden
+from kpgen.codegen import layout
+from kpgen.target.boards import REPO_ROOT, Board, render_makefile, template_env
 from kpgen.ir import GATES, SCALAR_NAMES, VECTOR_NAMES, ModelQ, cell_of, matrices, out_size, sublayers
-from kpgen.vectors import Expected
+from kpgen.reference.vectors import Expected
 
 TEMPLATES = REPO_ROOT / "templates"
 RUNTIME = REPO_ROOT / "runtime_c"
@@ -46,7 +48,7 @@ def arena_fields(model: ModelQ, steps: int = 0) -> list[ArenaField]:
     """Every byte of state and scratch, widest type first so the struct has no inner padding.
 
     acc_x, acc_h: the two mat-vec results (G*H int32, G = 4 LSTM, 3 GRU, 1 FastRNN/FastGRNN); tv: kp_matvec_s8's
-    scratch for the largest matrix (kpgen.layout.matrix_scratch_words); gates: the LSTM gate values (4H int16
+    scratch for the largest matrix (kpgen.codegen.layout.matrix_scratch_words); gates: the LSTM gate values (4H int16
     in 2H words); c: LSTM cell states; h: hidden states (one per layer, shared by a bidirectional layer's
     two directions, which run one after the other). A model with a bidirectional layer also keeps every
     layer's output sequence (out: max_steps x H or 2H int8) and the head's input (feat).
@@ -107,7 +109,7 @@ def _matrix_context(m) -> dict:
 
 
 def _sublayer_context(layer, lid: str, direction: str) -> dict:
-    """One direction of one layer: matrices (packed by kpgen.layout, rendered by templates/kp_matrix.j2),
+    """One direction of one layer: matrices (packed by kpgen.codegen.layout, rendered by templates/kp_matrix.j2),
     requantizers, bias vectors and the cell's scalars."""
     problems = golden.kernel_limits(layer)
     if problems:

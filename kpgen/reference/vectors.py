@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kpgen import KpgenError, golden
+from kpgen import KpgenError
+from kpgen.reference import golden
 from kpgen.ir import ModelQ
 
 FNV_OFFSET = 2166136261

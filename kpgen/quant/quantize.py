@@ -6,7 +6,8 @@ import math
 
 import numpy as np
 
-from kpgen import KpgenError, golden
+from kpgen import KpgenError
+from kpgen.reference import golden
 from kpgen.ir import (
     DenseF,
     DenseQ,

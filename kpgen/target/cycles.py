@@ -1,7 +1,7 @@
 """Estimated cycles: a per-core cost table applied to the instructions QEMU executed.
 
 QEMU models no cycles (and reads the DWT cycle counter as 0), but its instruction trace is exact: how often
-every instruction ran and how often it branched (kpgen.qemu.Profile). This module prices each executed
+every instruction ran and how often it branched (kpgen.target.qemu.Profile). This module prices each executed
 instruction with the cost of its class on a given core -- ALU, load, store, load/store multiple per register,
 multiplies, DSP, divide, branch taken or not, pipeline refill -- plus a few pairwise effects the trace
 determines exactly (load pipelining on the Cortex-M3/M4/M33/M55, dual issue on the Cortex-M7, Helium beat
@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from kpgen.qemu import Insn, Profile
+from kpgen.target.qemu import Insn, Profile
 
 # --------------------------------------------------------------------------------------------- classes
 #
@@ -169,7 +169,7 @@ class Decoded:
 
 
 def decode(insn: Insn) -> Decoded:
-    """Classify one disassembled instruction (kpgen.qemu.Insn) for the cost model."""
+    """Classify one disassembled instruction (kpgen.target.qemu.Insn) for the cost model."""
     base = base_mnemonic(insn.mnemonic)
     ops = insn.operands
     parts = _split_operands(ops)

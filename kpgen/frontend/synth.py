@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kpgen import golden
+from kpgen.reference import golden
 from kpgen.ir import (
     GATES,
     BiLayerF,
@@ -25,7 +25,7 @@ from kpgen.ir import (
     cell_of,
     out_size,
 )
-from kpgen.reference import run_layer
+from kpgen.reference.floatmodel import run_layer
 
 Factors = tuple[int, int, int, int]  # (m1, n1, m2, n2): W (m1*m2 x n1*n2) = A (m1 x n1) (x) B (m2 x n2)
 
@@ -111,7 +111,7 @@ def random_model_f(
         layers=tuple(built),
         head=head,
         calibration=Calibration(input_absmax=1.0, cell_absmax=(1.0,) * layers),
-        meta={"source": f"kpgen.synth seed {seed}"},
+        meta={"source": f"kpgen.frontend.synth seed {seed}"},
     )
     cal = calibrate(model, random_inputs(seed + 1, calib_samples, calib_steps, inputs))
     return ModelF(model.input_size, model.num_classes, model.layers, model.head, cal, dict(model.meta))
@@ -181,7 +181,7 @@ def _random_cell(rng, cell: str, inputs: int, hidden: int, kind: str, top_rows: 
 
 
 def calibrate(model: ModelF, x: np.ndarray) -> Calibration:
-    """The ranges the quantizer needs, measured by running the float model (kpgen.reference) on inputs
+    """The ranges the quantizer needs, measured by running the float model (kpgen.reference.floatmodel) on inputs
     x [B, T, I]: max |x|, and per layer max |c| (LSTM; max |h| for the other cells) over both directions, and
     max |pre-activation|."""
     seq = np.asarray(x, dtype=np.float64)
@@ -221,7 +221,7 @@ def random_rnn_model(
         built.append(layer)
         size = out_size(layer)
     head = DenseF(weight=rng.normal(0.0, size**-0.5, (classes, size)), bias=rng.uniform(-0.1, 0.1, classes))
-    meta = {"source": f"kpgen.synth {cell} {kind} seed {seed}", "seq_len": seq_len}
+    meta = {"source": f"kpgen.frontend.synth {cell} {kind} seed {seed}", "seq_len": seq_len}
     model = ModelF(inputs, classes, tuple(built), head, Calibration(1.0, (1.0,) * layers), meta)
     cal = calibrate(model, random_inputs(seed + 1, 64, seq_len, inputs))
     return ModelF(inputs, classes, model.layers, head, cal, meta)

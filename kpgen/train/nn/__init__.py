@@ -1,8 +1,8 @@
 """Training-side layers: Kronecker-product (and baseline) matrices, recurrent cells, classifiers."""
 
-from kpgen.nn.kp import KPLinear, kp_apply, kp_apply_n, kp_macs, kron_chain
-from kpgen.nn.matrix import DenseLinear, HKPLinear, LowRankLinear, make_matrix, matrix_spec
-from kpgen.nn.rnn import (
+from kpgen.train.nn.kp import KPLinear, kp_apply, kp_apply_n, kp_macs, kron_chain
+from kpgen.train.nn.matrix import DenseLinear, HKPLinear, LowRankLinear, make_matrix, matrix_spec
+from kpgen.train.nn.rnn import (
     CELLS,
     Bidirectional,
     KPFastGRNN,

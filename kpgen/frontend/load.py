@@ -268,7 +268,7 @@ def _check_variant_arch(chk: _Checker, arch: dict) -> dict:
 
 
 def _matrix_shapes(prefix: str, spec: dict) -> dict[str, tuple[int, ...]]:
-    """state_dict names and shapes of one matrix (kpgen.nn.matrix)."""
+    """state_dict names and shapes of one matrix (kpgen.train.nn.matrix)."""
     if spec["kind"] == "dense":
         return {f"{prefix}.weight": (spec["rows"], spec["cols"])}
     kp = prefix if spec["kind"] == "kp" else f"{prefix}.kp"

@@ -20,7 +20,7 @@ except ModuleNotFoundError:  # Python 3.10
 from kpgen import KpgenError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-REPO_ROOT = PACKAGE_DIR.parent
+REPO_ROOT = PACKAGE_DIR.parents[1]
 BOARDS_DIR = REPO_ROOT / "boards"
 COMMON_DIR = BOARDS_DIR / "common"
 TEMPLATES_DIR = REPO_ROOT / "templates"

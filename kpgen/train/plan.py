@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 
 from kpgen import KpgenError
 from kpgen.ir import GATES
-from kpgen.nn.kp import kp_macs
-from kpgen.nn.matrix import matrix_spec, spec_params
+from kpgen.train.nn.kp import kp_macs
+from kpgen.train.nn.matrix import matrix_spec, spec_params
 
 Shape2 = tuple[int, int]
 DEFAULT_PAD = 0.125
@@ -81,7 +81,7 @@ class Candidate:
         return self.rows * self.cols / self.params
 
     def spec(self) -> dict:
-        """The kpgen.nn.matrix spec of this candidate (for KPRNNClassifier and checkpoints)."""
+        """The kpgen.train.nn.matrix spec of this candidate (for KPRNNClassifier and checkpoints)."""
         factors = [list(f) for f in self.factors]
         if self.dense_rows:
             return {"kind": "hkp", "factors": factors, "dense_rows": self.dense_rows}
@@ -306,7 +306,7 @@ class MatrixChoice:
     name: str  # 'Wx' or 'Wh'
     rows: int
     cols: int
-    spec: dict | str  # a kpgen.nn.matrix spec
+    spec: dict | str  # a kpgen.train.nn.matrix spec
     source: str  # 'given', 'method' (--method dense), 'default' (the demo's shapes) or 'planned'
 
     def describe(self) -> str:
@@ -335,7 +335,7 @@ def train_specs(
     wx / wh: factor shapes as given (any number of factors), 'dense', or None: `preferred` (the demo's shapes)
     where they make the matrix, else the planner's best unpadded 2-factor product (highest rank bound, then
     fewest parameters + MACs). method: kp, hkp (dense_rows top rows dense, the factors make the rest) or dense.
-    Layers after the first reuse Wh's spec for their input matrix (kpgen.nn.KPRNNClassifier), so checking the
+    Layers after the first reuse Wh's spec for their input matrix (kpgen.train.nn.KPRNNClassifier), so checking the
     first layer's two matrices checks them all. context names the model in messages
     (" with --hidden 128 over the 28 inputs of mnist").
     """
@@ -434,7 +434,7 @@ def model_matrix_counts(cell: str, input_size: int, hidden_size: int, num_layers
 
 
 def spec_rank_bound(spec: object, rows: int, cols: int) -> int:
-    """The rank bound of a rows x cols matrix under a kpgen.nn.matrix spec."""
+    """The rank bound of a rows x cols matrix under a kpgen.train.nn.matrix spec."""
     s = matrix_spec(spec)
     if s["kind"] in ("kp", "hkp"):
         return Candidate(rows, cols, tuple(tuple(f) for f in s["factors"]), s.get("dense_rows", 0)).rank_bound
@@ -473,7 +473,7 @@ class ModelMatrix:
 
 
 def model_matrices(model) -> list[ModelMatrix]:
-    """Every recurrent matrix of a kpgen.nn.KPRNNClassifier, in module order."""
+    """Every recurrent matrix of a kpgen.train.nn.KPRNNClassifier, in module order."""
     out = []
     for name, mod in model.matrices():
         parts = name.split(".")

@@ -1,15 +1,15 @@
 """`make bench`: dense and Kronecker (KP) int8 LSTM steps on several cores, measured side by side in one run.
 
 For every LSTM shape (hidden, input) and every core, a random float model (realistic weight scales) is
-quantized by kpgen.quant, emitted by the normal emitter with 2 test sequences, built, run bit-exact under
+quantized by kpgen.quant.quantize, emitted by the normal emitter with 2 test sequences, built, run bit-exact under
 QEMU and profiled (kpgen.pipeline.run_project). Each configuration is emitted twice, with sequences of 1 and
 of 2 time steps: one time step costs I(2) - I(1) instructions, which removes the fixed cost of the classifier
 head and the call overhead exactly (the per-step work does not depend on the data, up to the branches of
 saturating arithmetic). The same difference gives the matrix part (the mat-vec stage functions)
-and the estimated cycles (kpgen.cycles; an estimate, docs/cycle-model.md).
+and the estimated cycles (kpgen.target.cycles; an estimate, docs/cycle-model.md).
 
 Writes docs/benchmarks.md and docs/benchmarks.png and prints the issue's targets with measured values.
-Run: `make bench` or `python -m kpgen.bench [--quick] [--jobs N] [--out DIR]`.
+Run: `make bench` or `python -m kpgen.studies.bench [--quick] [--jobs N] [--out DIR]`.
 """
 
 from __future__ import annotations
@@ -28,11 +28,15 @@ from pathlib import Path
 
 import numpy as np
 
-from kpgen import KpgenError, __version__, golden, pipeline, quant, synth, toolchain
-from kpgen.boards import REPO_ROOT, Board, load_board
-from kpgen.emit import RUNTIME, arena_bytes, render_sources, write_tree
+from kpgen import KpgenError, __version__, pipeline
+from kpgen.reference import golden
+from kpgen.quant import quantize
+from kpgen.frontend import synth
+from kpgen.target import toolchain
+from kpgen.target.boards import REPO_ROOT, Board, load_board
+from kpgen.codegen.emit import RUNTIME, arena_bytes, render_sources, write_tree
 from kpgen.ir import ModelF
-from kpgen.vectors import expected_for
+from kpgen.reference.vectors import expected_for
 
 SHAPES = ((128, 28), (32, 12), (64, 6), (128, 128))  # (hidden, input)
 KINDS = ("dense", "kp")
@@ -63,7 +67,7 @@ def kp_factors(rows: int, cols: int, min_compression: float = MIN_COMPRESSION) -
 
     Only factor shapes whose product can have full rank count (rank(A (x) B) = rank(A) rank(B)): a 512 x 1
     times 1 x 28 "factorisation" has the fewest MACs of all but is a rank-1 matrix, not an LSTM weight.
-    (kpgen.synth.min_mac_factors; a shape with no such factors is a KpgenError here.)"""
+    (kpgen.frontend.synth.min_mac_factors; a shape with no such factors is a KpgenError here.)"""
     try:
         return synth.min_mac_factors(rows, cols, min_compression)
     except ValueError:
@@ -86,7 +90,7 @@ def _factors(hidden: int, inputs: int, kind: str) -> tuple[tuple[int, int, int, 
 
 def random_model(hidden: int, inputs: int, kind: str, seed: int = 0) -> ModelF:
     """A calibrated one-layer LSTM classifier with random float weights of trained-LSTM scale
-    (kpgen.synth.random_model_f), 'dense' (B = [[1]]) or 'kp' (kp_factors at MIN_COMPRESSION)."""
+    (kpgen.frontend.synth.random_model_f), 'dense' (B = [[1]]) or 'kp' (kp_factors at MIN_COMPRESSION)."""
     fx, fh = _factors(hidden, inputs, kind)
     return synth.random_model_f(hidden, inputs, NUM_CLASSES, wx_factors=fx, wh_factors=fh, seed=seed)
 
@@ -148,7 +152,7 @@ def _manifest(model: ModelF, qmodel, board: Board, expected, name: str) -> dict:
         "board": board.name,
         "target": "firmware",
         "name": name,
-        "checkpoint": "kpgen.bench random model",
+        "checkpoint": "kpgen.studies.bench random model",
         "model": pipeline.model_summary(model, qmodel),
         "arena_bytes": arena_bytes(qmodel),
         "accuracy": {"test_set": "random inputs", "test_samples": int(len(expected.inputs)), "float": None,
@@ -200,14 +204,14 @@ def run_config(cfg: Config, work: Path, seed: int = 0) -> Result:
     )  # fmt: skip
     try:
         model = random_model(cfg.hidden, cfg.inputs, cfg.kind, seed=seed + cfg.hidden + cfg.inputs)
-        qmodel = quant.quantize_model(model)
+        qmodel = quantize.quantize_model(model)
         x = synth.random_inputs(seed + 7, SAMPLES, max(STEPS), cfg.inputs)
         xq = golden.quantize_input(x, qmodel.input_scale)
         board = _board_for(cfg)
         for steps in STEPS:
             expected = expected_for(qmodel, xq[:, :steps])
             out = work / f"{cfg.slug}-T{steps}"
-            files = render_sources(qmodel, board, expected, "model", "kpgen.bench")
+            files = render_sources(qmodel, board, expected, "model", "kpgen.studies.bench")
             write_tree(out, files, _manifest(model, qmodel, board, expected, "model"), force=True)
             rep = pipeline.run_project(out, timeout=600.0)
             res.bit_exact &= bool(rep.passed)
@@ -369,7 +373,7 @@ def write_markdown(results: list[Result], runtime: dict[str, int], path: Path, s
     lines = [
         "# Benchmarks: dense and Kronecker int8 LSTM steps",
         "",
-        f"Written by `make bench` (`python -m kpgen.bench`, kpgen {__version__}) in {seconds:.0f} s; every number",
+        f"Written by `make bench` (`python -m kpgen.studies.bench`, kpgen {__version__}) in {seconds:.0f} s; every number",
         "below comes from that one run, side by side. Instruction counts are exact (QEMU instruction traces);",
         "cycles are **estimates** from the per-core cost model in [cycle-model.md](cycle-model.md).",
         "",
@@ -419,13 +423,13 @@ def write_markdown(results: list[Result], runtime: dict[str, int], path: Path, s
     lines += [
         "## How it is made",
         "",
-        "- Models: random float LSTMs (kpgen.synth.random_model_f): matrix entries of trained-LSTM scale",
+        "- Models: random float LSTMs (kpgen.frontend.synth.random_model_f): matrix entries of trained-LSTM scale",
         "  (N(0, 1/fan_in); each Kronecker factor carries half of it), forget-gate bias 1, calibrated by running",
         "  the float model on random inputs;",
-        "  quantized by kpgen.quant and emitted by kpgen.emit exactly as `kpgen emit` does. Dense matrices are",
+        "  quantized by kpgen.quant.quantize and emitted by kpgen.codegen.emit exactly as `kpgen emit` does. Dense matrices are",
         "  KP matrices whose B factor is 1 x 1.",
         "- KP factors: for each matrix, the factor shapes with the fewest multiply-accumulates among those at",
-        f"  least {MIN_COMPRESSION:.0f}x smaller than the dense matrix (kpgen.bench.kp_factors).",
+        f"  least {MIN_COMPRESSION:.0f}x smaller than the dense matrix (kpgen.studies.bench.kp_factors).",
         "- Inputs: uniform in [-1, 1], 2 sequences; every firmware checks itself against the integer reference",
         "  and kpgen checks its output again (kpgen.pipeline.run_project), then counts one inference.",
         "- Cores: QEMU's mps2-an386 (M4), mps2-an500 (M7), mps3-an547 (M55), microbit (M0); build flags from",
@@ -478,7 +482,7 @@ def write_plot(results: list[Result], path: Path) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m kpgen.bench", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m kpgen.studies.bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=DOCS, help="where benchmarks.md and benchmarks.png go")
     ap.add_argument("--jobs", type=int, default=max(1, min(2, os.cpu_count() or 1)), help="configurations in parallel")
     ap.add_argument("--quick", action="store_true", help="only H=128, I=28 on the M4 and the M55 (a smoke test)")

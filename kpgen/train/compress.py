@@ -27,12 +27,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kpgen import KpgenError, datasets
+from kpgen import KpgenError
+from kpgen.frontend import datasets
 from kpgen.ir import GATES
-from kpgen.nn import KPRNNClassifier
-from kpgen.nn.kp import KPLinear, as_shapes
-from kpgen.nn.matrix import DenseLinear, HKPLinear, LowRankLinear
-from kpgen.plan import best_hkp, best_kp
+from kpgen.train.nn import KPRNNClassifier
+from kpgen.train.nn.kp import KPLinear, as_shapes
+from kpgen.train.nn.matrix import DenseLinear, HKPLinear, LowRankLinear
+from kpgen.train.plan import best_hkp, best_kp
 
 METHODS = ("kp", "hkp", "prune", "lowrank", "small")
 DOC = "docs/compression.md"
@@ -163,7 +164,7 @@ def from_torch_state_dict(sd: dict, path: str = "<state_dict>") -> KPRNNClassifi
 
 def read_source(path: str | Path) -> tuple[KPRNNClassifier, dict]:
     """(model, meta) from a kpgen checkpoint or a torch LSTM/GRU + Linear state dict; one-line errors."""
-    from kpgen.load import checkpoint_to_ir, read_raw
+    from kpgen.frontend.load import checkpoint_to_ir, read_raw
     from kpgen.train.loop import model_from_checkpoint
 
     raw = read_raw(path)

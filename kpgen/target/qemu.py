@@ -25,7 +25,7 @@ Count command: the same plus
 
   The same pass records every (pc, next pc) transition: with the instruction sizes from
   `arm-none-eabi-objdump -d` (qemu.disassemble) that gives, per instruction, how often it transferred control
-  (next pc != pc + size: a taken branch, call or return), the input of the cycle estimate (kpgen/cycles.py).
+  (next pc != pc + size: a taken branch, call or return), the input of the cycle estimate (kpgen/target/cycles.py).
 
   Measured (QEMU 7.2.22, x86-64 host, 2-core VM): about 67 bytes per trace line (65 to 75 with the
   symbol name), about 0.8 million instructions traced per second (5,002,967 lines, 335 MB, 6.2 s; QEMU
@@ -49,8 +49,8 @@ from pathlib import Path
 from typing import Sequence
 
 from kpgen import KpgenError
-from kpgen.boards import Board, load_board
-from kpgen.toolchain import QEMU, check_tools, symbols
+from kpgen.target.boards import Board, load_board
+from kpgen.target.toolchain import QEMU, check_tools, symbols
 
 OBJDUMP = "arm-none-eabi-objdump"
 READELF = "arm-none-eabi-readelf"

@@ -2,7 +2,7 @@
 
 Every layer keeps TWO matrices, Wx (G*H x I) for the input and Wh (G*H x H) for the recurrent state (G = 4 for
 the LSTM, 3 for the GRU, 1 for FastRNN and FastGRNN), each a Kronecker product by default or any matrix spec of
-`kpgen.nn.matrix` (HKP, low rank, dense). Thakker et al. (2019) compress the single matrix [W U] over the
+`kpgen.train.nn.matrix` (HKP, low rank, dense). Thakker et al. (2019) compress the single matrix [W U] over the
 concatenation [x; h]; we use two because (1) x and h have different ranges, so for int8 each product gets its
 own input scale and requantization (h is int8 at a fixed power-of-two scale, x is calibrated), and (2) the factor shapes stay simple:
 I and H factor independently instead of having to factor I + H.
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from kpgen.nn.matrix import make_matrix, matrix_spec
+from kpgen.train.nn.matrix import make_matrix, matrix_spec
 
 Shape2 = tuple[int, int]
 FactorPair = tuple[Shape2, Shape2]  # ((m1, n1), (m2, n2))
@@ -329,7 +329,7 @@ def widen_spec(spec: dict, times: int) -> dict:
 class KPRNNClassifier(nn.Module):
     """Stacked recurrent layers of one cell type, then nn.Linear(H * directions, C) on the final hidden state.
 
-    cell: 'lstm', 'gru', 'fastrnn' or 'fastgrnn'. wx / wh: one matrix spec (kpgen.nn.matrix: a factor list
+    cell: 'lstm', 'gru', 'fastrnn' or 'fastgrnn'. wx / wh: one matrix spec (kpgen.train.nn.matrix: a factor list
     [[m1, n1], [m2, n2], ...], an HKP / low-rank dict, or 'dense') or a list with one spec per layer. With a
     single wx spec and several layers, layers > 0 (whose input is h) use the wh spec; when bidirectional
     (input 2H) its first factor gets twice the columns. The head reads h_T of the last layer; bidirectional,

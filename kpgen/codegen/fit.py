@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kpgen import KpgenError, golden
-from kpgen.boards import Board
+from kpgen import KpgenError
+from kpgen.reference import golden
+from kpgen.target.boards import Board
 from kpgen.ir import ModelQ
 
 # Activation tables: sigmoid and tanh, golden.TABLE_SIZE int16 each.
@@ -54,7 +55,7 @@ def model_flash_bytes(model: ModelQ) -> int:
 
 
 def estimate(model: ModelQ, board: Board, target: str, vector_samples: int = 0, steps: int = 0) -> Estimate:
-    from kpgen.emit import arena_bytes
+    from kpgen.codegen.emit import arena_bytes
 
     if target == "firmware":
         per_sample = steps * model.input_size + 4 * model.num_classes + 4 * steps

@@ -11,7 +11,7 @@ the largest hidden size whose whole network fits KP's parameter count; the same 
 HKP's size, which gives each baseline a line on the plot.
 
 Writes docs/results.md and docs/results.png, prints the issue's targets with the measured values (not
-asserted). Run: `make reproduce` or `python -m kpgen.reproduce [--quick] [--jobs N] [--out DIR] [--reuse]`.
+asserted). Run: `make reproduce` or `python -m kpgen.studies.reproduce [--quick] [--jobs N] [--out DIR] [--reuse]`.
 Checkpoints are kept under --work (default build/reproduce); `--reuse` evaluates those instead of
 retraining (for example after the emitter gains a cell type).
 """
@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from kpgen import KpgenError, __version__
-from kpgen.boards import REPO_ROOT
+from kpgen.target.boards import REPO_ROOT
 from kpgen.ir import CELL_NAMES, GATES
 
 DOCS = REPO_ROOT / "docs"
@@ -167,7 +167,7 @@ def kp_matrix_spec(rows: int, cols: int, min_ratio: float) -> dict:
     """The planner's best unpadded 2-factor KP within rows*cols/min_ratio parameters; for a thin matrix no
     factorization reaches (e.g. 128x6 at 15x), the best of those with the fewest parameters (the layer as a
     whole is still checked against the ratio)."""
-    from kpgen.plan import best_kp, budget_for, kp_candidates
+    from kpgen.train.plan import best_kp, budget_for, kp_candidates
 
     try:
         return best_kp(rows, cols, budget_for(rows, cols, min_ratio), num_factors=2, pad=0.0).spec()
@@ -179,12 +179,12 @@ def kp_matrix_spec(rows: int, cols: int, min_ratio: float) -> dict:
 def hkp_matrix_spec(rows: int, cols: int, budget: int, kp_spec: dict) -> dict:
     """Hybrid KP within budget whose rank bound is at least KP's (dense rows must add to what KP expresses).
 
-    First the planner's candidates, best first (kpgen.plan.hkp_candidates, as `kpgen compress --method hkp`).
+    First the planner's candidates, best first (kpgen.train.plan.hkp_candidates, as `kpgen compress --method hkp`).
     The planner only takes rows while the first factor keeps its own rank, so for square first factors (the
     full-rank KP of an H x H FastRNN matrix, 8x8 (x) 16x16) it offers none; then the first KP candidate (planner
     order, as good a rank bound as KP's) whose A can give up its top j rows to j * m2 dense rows within budget,
     which keeps the overall rank bound; the most rows that fit. KP's spec if nothing fits."""
-    from kpgen.plan import Candidate, hkp_candidates, kp_candidates
+    from kpgen.train.plan import Candidate, hkp_candidates, kp_candidates
 
     kp = Candidate(rows, cols, tuple(tuple(f) for f in kp_spec["factors"]))
     for c in hkp_candidates(rows, cols, budget, num_factors=2):
@@ -208,14 +208,14 @@ def hkp_matrix_spec(rows: int, cols: int, budget: int, kp_spec: dict) -> dict:
 
 
 def spec_params(spec: object, rows: int, cols: int) -> int:
-    from kpgen.nn.matrix import spec_params as sp
+    from kpgen.train.nn.matrix import spec_params as sp
 
     return sp(spec, rows, cols)
 
 
 def dense_model_params(cell: str, input_size: int, hidden: int, classes: int, bidirectional: bool) -> tuple[int, int]:
     """(whole network, recurrent matrices) parameters of the dense network; counted on the torch module."""
-    from kpgen.nn import KPRNNClassifier
+    from kpgen.train.nn import KPRNNClassifier
 
     m = KPRNNClassifier(cell, input_size, hidden, classes, "dense", "dense", bidirectional=bidirectional)
     return sum(p.numel() for p in m.parameters()), sum(mm.weight_params for _, mm in m.matrices())
@@ -345,12 +345,12 @@ def sizing_for(bench: Benchmark, cfg: Config) -> Sizing:
 
 
 def derive(src, v: Variant, seed: int):
-    """The variant's network initialised from the dense one (all but `small`), as kpgen.compress does:
+    """The variant's network initialised from the dense one (all but `small`), as kpgen.train.compress does:
     nearest KP, dense top rows, truncated SVD, or the dense weights (pruning)."""
     import torch
 
-    from kpgen.compress import init_from_dense
-    from kpgen.nn import KPRNNClassifier
+    from kpgen.train.compress import init_from_dense
+    from kpgen.train.nn import KPRNNClassifier
 
     torch.manual_seed(seed)
     model = KPRNNClassifier(src.cell, src.input_size, src.hidden_size, src.num_classes, v.wx, v.wh,
@@ -388,9 +388,9 @@ def train_variant(bench: Benchmark, v: Variant, seed: int, dense_model=None, log
     """Train (from scratch: dense, small) or derive and fine-tune (the others); returns (model, seconds, init acc)."""
     import torch
 
-    from kpgen import datasets
-    from kpgen.compress import MagnitudePruner
-    from kpgen.nn import KPRNNClassifier
+    from kpgen.frontend import datasets
+    from kpgen.train.compress import MagnitudePruner
+    from kpgen.train.nn import KPRNNClassifier
     from kpgen.train.loop import accuracy, fit
 
     t0 = time.perf_counter()
@@ -446,7 +446,7 @@ def as_dense_checkpoint(ckpt: dict) -> dict:
     """A low-rank checkpoint with every U V multiplied out into a dense matrix (for the int8 path only)."""
     import torch
 
-    from kpgen.nn import KPRNNClassifier
+    from kpgen.train.nn import KPRNNClassifier
     from kpgen.train.loop import make_checkpoint, model_from_checkpoint
 
     src = model_from_checkpoint(ckpt)
@@ -479,10 +479,12 @@ def short_error(e: BaseException) -> str:
 
 def int8_accuracy(ckpt: dict, x_te, y_te) -> tuple[float, int]:
     """(accuracy of kpgen's integer reference on the test split, int8 weight bytes as the quantizer lays them out)."""
-    from kpgen import golden, load, quant
+    from kpgen.reference import golden
+    from kpgen.frontend import load
+    from kpgen.quant import quantize
 
     model_f = load.checkpoint_to_ir(ckpt, f"{ckpt['meta'].get('method', 'model')}.pt")
-    qmodel = quant.quantize_model(model_f)
+    qmodel = quantize.quantize_model(model_f)
     x = np.asarray(x_te, dtype=np.float64)
     y = np.asarray(y_te)
     correct = 0
@@ -529,7 +531,7 @@ class Job:
 def _read_kept(path: Path, fp: str) -> dict | None:
     if not path.is_file():
         return None
-    from kpgen.load import read_raw
+    from kpgen.frontend.load import read_raw
 
     try:
         ck = read_raw(path)
@@ -808,7 +810,7 @@ TYPICAL_LAYERS = (
 )
 
 
-# per cell: (bias entries, trainable scalars) of one layer with H units (kpgen.nn.rnn)
+# per cell: (bias entries, trainable scalars) of one layer with H units (kpgen.train.nn.rnn)
 LAYER_VECTORS: dict[str, Callable[[int], tuple[int, int]]] = {
     "lstm": lambda h: (4 * h, 0),  # bias (4H)
     "gru": lambda h: (4 * h, 0),  # bias (3H), bias_hn (H)
@@ -977,7 +979,7 @@ def write_markdown(path: Path, cfg: Config, rows: dict[str, list[Row]], sizings:
     lines = [
         "# Results: KP against dense, HKP, pruning, low rank and small networks",
         "",
-        f"Generated by `{command}` (kpgen.reproduce) on {now}; do not edit by hand.",
+        f"Generated by `{command}` (kpgen.studies.reproduce) on {now}; do not edit by hand.",
         "",
         "## How it was made",
         "",
@@ -988,7 +990,7 @@ def write_markdown(path: Path, cfg: Config, rows: dict[str, list[Row]], sizings:
         f"profiles){f'; {reused} of {len(all_recs)} checkpoints were reused from an earlier run (--reuse)' if reused else ''}.",
         f"- Seeds: {', '.join(map(str, cfg.seeds))}. A seed sets the initialisation, the batch order and, for MNIST "
         "and 8x8 digits, the stratified random hold-out split (BasicMotions and JapaneseVowels use their official "
-        "splits, Daphnet a time split: kpgen.datasets). Accuracies are mean ± sample standard deviation over the "
+        "splits, Daphnet a time split: kpgen.frontend.datasets). Accuracies are mean ± sample standard deviation over the "
         "seeds, in percent, on the whole test split.",
         "- Training: the dense network is trained from scratch for each seed. KP, HKP, pruning and low rank are "
         "initialised from that seed's dense network, as `kpgen compress` does (nearest Kronecker product, Van Loan; "
@@ -997,8 +999,8 @@ def write_markdown(path: Path, cfg: Config, rows: dict[str, list[Row]], sizings:
         "for the dense network's epochs. AdamW, one epoch of warm-up then cosine decay, gradient clipping at 1, "
         "random shifts of up to 2 (MNIST) or 1 (digits) pixels; calibration on the training split.",
         "- Sizes: KP factor shapes are the planner's best unpadded two-factor choice within 1/15 of each matrix's "
-        "parameters (kpgen.plan; where a thin input matrix has no such factorization, the smallest one). HKP is "
-        "the planner's best hybrid (kpgen.plan.hkp_candidates, as `kpgen compress --method hkp`) whose rank bound is "
+        "parameters (kpgen.train.plan; where a thin input matrix has no such factorization, the smallest one). HKP is "
+        "the planner's best hybrid (kpgen.train.plan.hkp_candidates, as `kpgen compress --method hkp`) whose rank bound is "
         "at least KP's (where the planner offers none, as for the square factors of FastRNN's H x H matrix, KP's "
         "own factors with the top rows of A made dense), within the largest "
         f"uniform per-matrix budget that keeps the whole network >= {cfg.hkp_min_ratio:.0f}x smaller than the dense "
@@ -1007,7 +1009,7 @@ def write_markdown(path: Path, cfg: Config, rows: dict[str, list[Row]], sizings:
         "params), the small network the largest hidden size whose whole network has at most KP's (HKP's) "
         "parameters. Biases and the classifier head are dense in every network.",
         "- int8: every checkpoint goes through kpgen's loader and quantizer and the integer reference "
-        "(kpgen.golden.run_model) on the whole test split. Instructions: the first seed's checkpoint is emitted for "
+        "(kpgen.reference.golden.run_model) on the whole test split. Instructions: the first seed's checkpoint is emitted for "
         f"the Cortex-M4 ({cfg.board}), built, run under QEMU with {cfg.qemu_samples} test sequences checked bit for "
         "bit, and one inference traced (exact count, whole sequence). Instruction counts depend only on the "
         "architecture, so they are counted once per method.",
@@ -1136,7 +1138,7 @@ def reproduce(cfg: Config, out: Path, work: Path, reuse: bool = False, command: 
     """The whole run: train, evaluate, count, write results.md and results.png into out; returns the parts."""
     start = time.monotonic()
     if cfg.qemu:
-        from kpgen import toolchain
+        from kpgen.target import toolchain
 
         toolchain.check_tools()
     sizings = {b.name: sizing_for(b, cfg) for b in cfg.benchmarks}
@@ -1155,7 +1157,7 @@ def reproduce(cfg: Config, out: Path, work: Path, reuse: bool = False, command: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m kpgen.reproduce", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m kpgen.studies.reproduce", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=DOCS, help="where results.md and results.png go (default docs/)")
     ap.add_argument("--work", type=Path, default=WORK, help="checkpoints and records (default build/reproduce)")
     ap.add_argument("--jobs", type=int, default=max(1, min(2, os.cpu_count() or 1)), help="worker processes")
@@ -1180,7 +1182,7 @@ def main(argv: list[str] | None = None) -> int:
                  jobs=args.jobs)
     if args.quick:
         cfg = quick_config(cfg)
-    command = "make reproduce" if argv is None and len(sys.argv) == 1 else "python -m kpgen.reproduce " + " ".join(
+    command = "make reproduce" if argv is None and len(sys.argv) == 1 else "python -m kpgen.studies.reproduce " + " ".join(
         sys.argv[1:] if argv is None else argv)
     try:
         res = reproduce(cfg, args.out, args.work, reuse=args.reuse, command=command)

@@ -1,0 +1,1 @@
+"""Code generation: integer IR -> C project (templates, weight layouts, fit estimates)."""

@@ -1,0 +1,1 @@
+"""Front end: files in (kpgen checkpoints, torch state dicts, datasets, the user's data) -> float IR."""
