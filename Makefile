@@ -14,7 +14,7 @@ QEMU_BOARDS := $(notdir $(patsubst %/board.toml,%,$(shell grep -l '^\[qemu\]' bo
 EXAMPLE := examples/mnist-kplstm.pt
 EXAMPLES := $(sort $(wildcard examples/*.pt))
 
-.PHONY: all setup tools venv demo test qemu-test bench reproduce clean
+.PHONY: all setup tools venv demo lint test wheel-test qemu-test bench bench-emit reproduce soak clean
 
 all: test
 
@@ -36,13 +36,15 @@ tools:
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $(APT_PKGS); \
 	fi
 
-# Python: a venv with the pinned CPU build of torch first, then kpgen itself (editable) with its test tools.
+# Python: a venv with the pinned CPU build of torch first, then kpgen itself (editable) with every extra
+# (train: training and the built-in datasets; studies: bench and reproduce; search: `kpgen search` on Ray
+# Tune; dev: the test tools).
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PIN)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,train,studies,search]'
 	touch $@
 
 # The main job end to end: train on real MNIST digits, emit for the Cortex-M4, build, run under QEMU, report.
@@ -54,6 +56,16 @@ demo: setup
 # The test suite: host tests of the kernels and the Python stages, and a focused QEMU set.
 test: setup
 	KPGEN_NO_SKIP=1 $(PY) -m pytest -q
+
+# The wheel outside the checkout: build it, install it with torch alone in a fresh venv, emit and run the
+# example bit-exact under QEMU from a directory with no checkout (about 2 minutes; .ci/wheel-test).
+wheel-test: setup
+	TORCH_PIN='$(TORCH_PIN)' .ci/wheel-test $(PY)
+
+# Lint: ruff over the package and the tests, mypy over the package (configuration in pyproject.toml).
+lint: setup
+	$(VENV)/bin/ruff check kpgen tests
+	$(VENV)/bin/mypy kpgen
 
 # Every shipped example (examples/*.pt) on every emulated board, bit-exact under QEMU; a summary line each at the end.
 qemu-test: setup
@@ -76,6 +88,11 @@ qemu-test: setup
 bench: setup
 	$(PY) -m kpgen.studies.bench
 
+# `kpgen emit` of the example (accuracy over 1,000 test digits included) against `import torch`, best of 3 each,
+# side by side in one run; the target is at most 3x (kpgen/studies/bench_emit.py; under a minute).
+bench-emit: setup
+	$(PY) -m kpgen.studies.bench_emit
+
 # KP against dense, hybrid KP, pruning, low-rank and small networks at matched size on five benchmarks from
 # shipped data, 3 seeds: float and int8 accuracy, sizes, M4 instructions under QEMU. Writes docs/results.md and
 # docs/results.png, prints the targets (under 45 minutes on 2 cores; not part of `make test`, whose
@@ -84,5 +101,12 @@ bench: setup
 reproduce: setup
 	$(PY) -m kpgen.studies.reproduce
 
+# The streaming API for 100,000 never-reset steps of BasicMotions IMU data per model (LSTM, GRU, FastRNN, plain
+# RNN; Cortex-M4 and M0 under QEMU): every 1,000-step state digest bit-exact against the integer reference,
+# saturation counts, accuracy with and without reset. Writes docs/streaming.md (about 10 minutes on 2 cores; not
+# part of `make test`, whose tests/test_soak.py runs 3,000 steps). Models are cached in build/soak/models.
+soak: setup
+	$(PY) -m kpgen.studies.soak
+
 clean:
-	rm -rf build .pytest_cache
+	rm -rf build .pytest_cache .mypy_cache .ruff_cache

@@ -5,3 +5,10 @@ __version__ = "0.1.0"
 
 class KpgenError(Exception):
     """A user's mistake: reported as one line on stderr with exit status 2."""
+
+
+def escape(text: str) -> str:
+    """User text made safe to print on one line: newlines, escape sequences and other unprintable characters
+    (and undecodable bytes of file names) shown as Python escapes, so they cannot forge lines or drive a terminal."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for c in str(text))

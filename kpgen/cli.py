@@ -2,17 +2,119 @@
 
 from __future__ import annotations
 
+import math
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
-from kpgen import KpgenError, __version__
+from kpgen import KpgenError, __version__, escape
+from kpgen.cells import NAMES as CELL_NAMES
 
 
 def _fail(message: str) -> None:
-    click.echo(f"kpgen: error: {message}", err=True)
+    """The one line a user's mistake gets: every control character escaped, so no text can forge a second line."""
+    click.echo(f"kpgen: error: {escape(message)}", err=True)
     sys.exit(2)
+
+
+NAME_MAX = 255  # bytes in one path component (Linux, macOS)
+PATH_MAX = 4096
+
+
+class _PathType(click.Path):
+    """A path option or argument checked before use: component and total lengths, and a stat() that fails for
+    any reason but 'does not exist' (a directory that cannot be searched, a symlink loop) is a usage error."""
+
+    def convert(self, value, param, ctx):
+        if "\0" in os.fsdecode(value if isinstance(value, (str, bytes)) else str(value)):
+            self.fail("the path contains a NUL character, which no file name may hold", param, ctx)
+        path = super().convert(value, param, ctx)
+        raw = os.fsencode(path)
+        long = [c for c in raw.split(b"/") if len(c) > NAME_MAX]
+        if long:
+            self.fail(f"{escape(os.fsdecode(long[0][:40]))}... is a path component of {len(long[0])} bytes, more than "
+                      f"the {NAME_MAX} a file name may have; use a shorter name", param, ctx)
+        if len(raw) >= PATH_MAX:
+            self.fail(f"the path is {len(raw)} bytes long, more than the system's {PATH_MAX - 1}; use a shorter one",
+                      param, ctx)
+        try:
+            os.stat(raw)
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        except OSError as e:
+            self.fail(f"{escape(str(path))}: {e.strerror or e}; check the path and its directories' permissions",
+                      param, ctx)
+        return path
+
+
+C_KEYWORDS = frozenset("""auto break case char const continue default do double else enum extern float for goto if
+    inline int long register restrict return short signed sizeof static struct switch typedef union unsigned void
+    volatile while _Alignas _Alignof _Atomic _Bool _Complex _Generic _Imaginary _Noreturn _Static_assert
+    _Thread_local alignas alignof bool constexpr false nullptr static_assert thread_local true typeof typeof_unqual
+    asm""".split())
+# Files a project includes by name (-I.), so a model file of the same name would shadow them
+C_HEADERS = frozenset("""assert complex ctype errno fenv float inttypes iso646 limits locale math setjmp signal
+    stdalign stdarg stdatomic stdbool stddef stdint stdio stdlib stdnoreturn string tgmath threads time uchar wchar
+    wctype unistd arm_acle arm_mve arm_math""".split())
+GENERATED = frozenset("main vectors link boot2_placeholder startup all clean install test help package".split())
+
+
+def _reserved_names() -> frozenset[str]:
+    """File stems kpgen copies into every project (runtime_c/, boards/common/): a model name must not reuse them."""
+    from kpgen._data import data_dir
+
+    stems = {p.stem for d in (data_dir("runtime_c"), data_dir("boards") / "common") if d.is_dir() for p in d.iterdir()}
+    return frozenset(stems) | GENERATED | C_HEADERS
+
+
+def _c_name(ctx, param, value: str) -> str:
+    """--name: a C identifier usable as a file name, a header guard and a build target."""
+    if not value.isidentifier() or not value.isascii() or len(value) > 63:
+        raise click.BadParameter(f"{escape(value)!r} is not a C identifier of at most 63 characters; use letters, "
+                                 "digits and underscores, starting with a letter")
+    if value.startswith("_") or value in C_KEYWORDS or value in _reserved_names():
+        why = ("names starting with _ are reserved in C" if value.startswith("_") else
+               "it is a C keyword" if value in C_KEYWORDS else "a file of that name is already part of the project "
+               "or of the C library")
+        raise click.BadParameter(f"{value!r} is reserved ({why}); choose another name, e.g. my_model")
+    return value
+
+
+def _path(**kw) -> _PathType:
+    return _PathType(path_type=Path, **kw)
+
+
+class _Seconds(click.ParamType):
+    """A time limit in seconds: a finite number from 1 to a week (nan, inf and 1e308 overflow timers)."""
+
+    name = "seconds"
+    MAX = 7 * 24 * 3600.0
+
+    def convert(self, value, param, ctx):
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{escape(str(value))!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(v) or not 1 <= v <= self.MAX:
+            self.fail(f"{escape(str(value))} is not a number of seconds from 1 to {self.MAX:.0f} (a week)", param, ctx)
+        return v
+
+
+@contextmanager
+def _stoppable(what: str) -> Iterator[None]:
+    """SIGTERM, SIGHUP or SIGINT during `what` kill its children (QEMU, gdb, make) and exit 1 with one line."""
+    from kpgen.target import proc
+
+    try:
+        with proc.stop_on_signals():
+            yield
+    except proc.Stopped as e:
+        click.echo(f"kpgen: error: {what} stopped by {e}; its child processes were killed", err=True)
+        sys.exit(1)
 
 
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
@@ -78,11 +180,12 @@ _FACTOR_HELP = ("any number of factors, F1 first, or 'dense'. Default: the demo'
 
 
 @main.command()
-@click.option("-o", "--out", "out", type=click.Path(path_type=Path), default=Path("model.pt"), show_default=True,
+@click.option("-o", "--out", "out", type=_path(), default=Path("model.pt"), show_default=True,
               help="Checkpoint to write.")
 @click.option("--dataset", default="mnist", show_default=True, help="Training data (shipped inside packages).")
-@click.option("--cell", type=click.Choice(["lstm", "gru", "fastrnn", "fastgrnn"]), default="lstm", show_default=True,
-              help="Recurrent cell; Wx and Wh have G*H rows, G = 4 (lstm), 3 (gru), 1 (fastrnn, fastgrnn).")
+@click.option("--cell", type=click.Choice(list(CELL_NAMES)), default="lstm", show_default=True,
+              help="Recurrent cell; Wx and Wh have G*H rows, G = 4 (lstm), 3 (gru), 1 (fastrnn, fastgrnn, rnn, "
+                   "rnn-relu). rnn and rnn-relu: torch.nn.RNN with tanh or relu.")
 @click.option("--bidirectional", is_flag=True, help="A forward and a backward layer each; the head reads both.")
 @click.option("--hidden", "hidden_size", type=click.IntRange(1), default=128, show_default=True,
               help="Hidden units H (per direction).")
@@ -114,8 +217,8 @@ def train(ctx: click.Context, out: Path, force: bool, method: str, dense_rows: i
     from click.core import ParameterSource
 
     from kpgen.frontend import datasets
-    from kpgen.train.plan import model_matrix_counts, train_specs
     from kpgen.train import DEFAULT_CONFIG, save_checkpoint, train_model
+    from kpgen.train.plan import model_matrix_counts, train_specs
 
     if out.exists() and not force:
         raise KpgenError(f"{out} exists; remove it or pass --force to replace it")
@@ -139,36 +242,42 @@ def train(ctx: click.Context, out: Path, force: bool, method: str, dense_rows: i
                                       cfg["bidirectional"], *specs)
     what = f"{arch['cell']}{', bidirectional' if cfg['bidirectional'] else ''}, {method}"
     acc = meta.get("float_test_accuracy")
-    click.echo(f"wrote {out} ({what}: matrices {dense:,} -> {kept:,} parameters, {dense / kept:.2f}x; "
+    click.echo(f"wrote {escape(str(out))} ({what}: matrices {dense:,} -> {kept:,} parameters, {dense / kept:.2f}x; "
                f"float test accuracy {100 * acc:.2f}%)")
 
 
 @main.command()
-@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("checkpoint", type=_path())
 @click.option("--board", required=True, help="Board definition from boards/ (see `kpgen boards`).")
-@click.option("-o", "--out", "out", type=click.Path(path_type=Path), default=None,
+@click.option("-o", "--out", "out", type=_path(), default=None,
               help="Output directory  [default: build/<board>]")
-@click.option("--name", default="model", show_default=True, help="C name prefix of the model's API.")
+@click.option("--name", default="model", show_default=True, callback=_c_name,
+              help="C name prefix of the model's API (a C identifier, not a keyword or a runtime file's name).")
 @click.option("--samples", type=click.IntRange(1), default=50, show_default=True,
               help="Test sequences embedded in the firmware and checked bit for bit.")
-@click.option("--vectors", type=click.Path(path_type=Path), default=None,
+@click.option("--vectors", type=_path(), default=None,
               help="Test inputs as .npz: x [samples, steps, features] float, optional y labels. "
                    "Default: the test split of the checkpoint's dataset.")
 @click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
-@click.option("--target", type=click.Choice(["firmware", "lib"]), default="firmware", show_default=True,
-              help="firmware: the self-checking test firmware; lib: the model as a static library (no main).")
+@click.option("--target", type=click.Choice(["firmware", "lib", "validate"]), default="firmware", show_default=True,
+              help="firmware: the self-checking test firmware; lib: the model as a static library (no main); "
+                   "validate: a firmware that takes test sequences over the UART for `kpgen validate`.")
+@click.option("--console", type=click.Choice(["uart", "semihosting"]), default=None,
+              help="Where the firmware's output goes: the board's UART (no debugger needed; docs/validate.md) or "
+                   "semihosting (through QEMU or an attached debugger).  [default: uart where the board has one]")
 def emit(checkpoint: Path, board: str, out: Path | None, name: str, samples: int, vectors: Path | None,
-         force: bool, target: str) -> None:
+         force: bool, target: str, console: str | None) -> None:
     """Quantize CHECKPOINT to int8 and write C sources, Makefile and CMakeLists.txt for BOARD."""
     from kpgen.pipeline import emit_project
 
     out = out if out is not None else Path("build") / board
     m = emit_project(checkpoint, board, out, name=name, samples=samples, vectors=vectors, force=force,
-                     target=target)
+                     target=target, console=console)
     md = m["model"]
-    what = f"{m['vectors']['samples']} test sequences" if target == "firmware" else f"library lib{name}.a"
+    what = {"firmware": f"{m['vectors']['samples']} test sequences", "lib": f"library lib{name}.a",
+            "validate": "validation firmware (check it with `kpgen validate`)"}[target]
     click.echo(
-        f"wrote {out}: {md['params']} parameters ({md['param_compression']}x fewer than dense), "
+        f"wrote {escape(str(out))}: {md['params']} parameters ({md['param_compression']}x fewer than dense), "
         f"{md['weight_bytes_int8']} weight bytes, arena {m['arena_bytes']} bytes, {what}"
     )
     fe = m["fit_estimate"]
@@ -180,8 +289,8 @@ def emit(checkpoint: Path, board: str, out: Path | None, name: str, samples: int
 
 
 @main.command()
-@click.argument("project", type=click.Path(path_type=Path))
-@click.option("--timeout", type=click.FloatRange(1), default=300.0, show_default=True,
+@click.argument("project", type=_path())
+@click.option("--timeout", type=_Seconds(), default=300.0, show_default=True,
               help="Seconds before a hung firmware is killed.")
 @click.option("--no-profile", is_flag=True, help="Skip the instruction-count run.")
 def run(project: Path, timeout: float, no_profile: bool) -> None:
@@ -192,8 +301,45 @@ def run(project: Path, timeout: float, no_profile: bool) -> None:
     from kpgen.pipeline import run_project
     from kpgen.target.report import format_report
 
-    rep = run_project(project, timeout=timeout, profile=not no_profile)
+    with _stoppable("kpgen run"):
+        rep = run_project(project, timeout=timeout, profile=not no_profile)
     click.echo(format_report(rep))
+    if not rep.passed:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("project", type=_path())
+@click.option("--port", default=None, help="The board's serial line (e.g. /dev/ttyACM0; needs the 'serial' extra). "
+                                           "Default: run the firmware under QEMU, its UART on a socket.")
+@click.option("--baud", type=click.IntRange(1), default=None, help="Baud rate  [default: the board's, from board.toml]")
+@click.option("--vectors", type=_path(), default=None,
+              help="Test inputs as .npz: x [samples, steps, features] float, optional y labels. "
+                   "Default: the test split of the checkpoint's dataset.")
+@click.option("--samples", type=click.IntRange(1), default=None, help="Samples to stream  [default: all]")
+@click.option("--checkpoint", type=_path(), default=None,
+              help="The checkpoint PROJECT was emitted from  [default: the one kpgen.json names]")
+@click.option("--timeout", type=_Seconds(), default=10.0, show_default=True,
+              help="Seconds to wait for each reply before the sample is sent again.")
+def validate(project: Path, port: str | None, baud: int | None, vectors: Path | None, samples: int | None,
+             checkpoint: Path | None, timeout: float) -> None:
+    """Stream test sequences to PROJECT's validation firmware (`kpgen emit --target validate`) over its UART and
+    check every result bit for bit against the integer reference (protocol: docs/validate.md).
+
+    Exit status 0 when every sample was bit-exact, 1 on a mismatch, an unverified sample or a failed run, 2 on a
+    usage error.
+    """
+    from kpgen.pipeline import validate_project
+    from kpgen.target.validate import format_outcome
+
+    with _stoppable("kpgen validate"):
+        rep = validate_project(project, port=port, baud=baud, vectors=vectors, samples=samples,
+                               checkpoint=checkpoint, timeout=timeout)
+    b = rep.board
+    where = f"QEMU {b.qemu_machine}" if rep.outcome.emulated else rep.outcome.link
+    title = f"kpgen validate: {rep.manifest['checkpoint']} on {b.name} ({b.core}, {where}, UART console)"
+    click.echo(format_outcome(rep.outcome, title=title, instructions=rep.instructions,
+                              clock_hz=b.flash.reset_clock_hz))
     if not rep.passed:
         sys.exit(1)
 
@@ -207,12 +353,12 @@ def boards() -> None:
 
 
 @main.command()
-@click.argument("project", type=click.Path(path_type=Path))
+@click.argument("project", type=_path())
 @click.option("--board", default=None, help="Board to flash; must be the one PROJECT was emitted for (the default).")
 @click.option("--probe", type=click.Choice(["openocd", "pyocd", "qemu"]), default=None,
               help="openocd or pyocd for a real board (default openocd); qemu for an emulated one (its default).")
 @click.option("--dry-run", is_flag=True, help="Print the exact commands (and pyOCD API calls) without running them.")
-@click.option("--timeout", type=click.FloatRange(1), default=300.0, show_default=True,
+@click.option("--timeout", type=_Seconds(), default=300.0, show_default=True,
               help="Seconds before a firmware that does not exit is stopped.")
 def flash(project: Path, board: str | None, probe: str | None, dry_run: bool, timeout: float) -> None:
     """Build PROJECT (from `kpgen emit`), write it into its board and show what the firmware prints.
@@ -221,8 +367,9 @@ def flash(project: Path, board: str | None, probe: str | None, dry_run: bool, ti
     boards through QEMU's GDB server, loaded with gdb-multiarch. Exit status: the check's (0 when every test
     sequence matched), 2 on a usage error.
     """
-    from kpgen.target import flash as flashing
     from kpgen.pipeline import read_manifest
+    from kpgen.target import flash as flashing
+    from kpgen.target import proc
     from kpgen.target.verify import verify_output
 
     plan = flashing.plan(project, board, probe)
@@ -230,7 +377,8 @@ def flash(project: Path, board: str | None, probe: str | None, dry_run: bool, ti
         click.echo(plan.describe())
         return
     echo = (lambda text: click.echo(text, nl=False)) if plan.probe != "qemu" else (lambda text: None)
-    res = flashing.flash(plan, timeout=timeout, echo=echo)
+    with _stoppable("kpgen flash"):
+        res = flashing.flash(plan, timeout=timeout, echo=echo)
     if plan.probe == "qemu":
         click.echo(res.output, nl=False)
         if res.before_load and res.after_load:
@@ -242,7 +390,8 @@ def flash(project: Path, board: str | None, probe: str | None, dry_run: bool, ti
                 f"vector) after"
             )
     ver = verify_output(res.output, read_manifest(plan.project)["vectors"])
-    status = "timed out" if res.timed_out else f"exit status {res.exit_code}"
+    status = (f"printed more than {proc.OUTPUT_CAP:,} bytes and was stopped" if res.overflowed
+              else "timed out" if res.timed_out else f"exit status {res.exit_code}")
     click.echo(f"{plan.board.name} via {plan.probe}: {status}; bit-exact samples {ver.exact}/{ver.samples}")
     if not (ver.passed and res.exit_code == 0):
         sys.exit(1)
@@ -250,7 +399,7 @@ def flash(project: Path, board: str | None, probe: str | None, dry_run: bool, ti
 
 
 @main.command("plan")
-@click.argument("checkpoint", type=click.Path(path_type=Path), required=False)
+@click.argument("checkpoint", type=_path(), required=False)
 @click.option("--rows", type=click.IntRange(1), default=None, help="Rows M of the matrix (e.g. 4H for an LSTM).")
 @click.option("--cols", type=click.IntRange(1), default=None, help="Columns N (inputs, or H).")
 @click.option("--ratio", type=click.FloatRange(1), default=None,
@@ -292,30 +441,87 @@ def plan_cmd(checkpoint: Path | None, rows: int | None, cols: int | None, ratio:
 
 
 @main.command()
-@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("source", type=_path())
 @click.option("--method", type=click.Choice(["kp", "hkp", "prune", "lowrank", "small"]), required=True,
               help="How to compress (docs/compression.md).")
 @click.option("--ratio", type=click.FloatRange(1), required=True, help="Target compression of the recurrent matrices.")
-@click.option("-o", "--out", "out", type=click.Path(path_type=Path), required=True, help="Checkpoint to write.")
-@click.option("--dataset", default=None, help="Fine-tuning data  [default: the checkpoint's; needed for torch state dicts]")
+@click.option("-o", "--out", "out", type=_path(), required=True, help="Checkpoint to write.")
+@click.option("--dataset", default=None,
+              help="Fine-tuning data  [default: the checkpoint's; needed for torch state dicts]")
 @click.option("--epochs", type=click.IntRange(1), default=20, show_default=True, help="Fine-tuning epochs.")
 @click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.02, show_default=True, help="Peak learning rate.")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.02, show_default=True,
+              help="Peak learning rate.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Replace an existing checkpoint.")
 def compress(source: Path, out: Path, force: bool, **cfg) -> None:
     """Compress the dense RNN in SOURCE (a torch LSTM/GRU + Linear state dict, or a kpgen checkpoint),
     fine-tune it and write a checkpoint (--method kp on an LSTM: format v1, ready for `kpgen emit`)."""
-    from kpgen.train.compress import compress_checkpoint
     from kpgen.train import save_checkpoint
+    from kpgen.train.compress import compress_checkpoint
 
     if out.exists() and not force:
         raise KpgenError(f"{out} exists; remove it or pass --force to replace it")
     ckpt = compress_checkpoint(source, **cfg, log=lambda msg: click.echo(msg, err=True))
     save_checkpoint(ckpt, out)
     m = ckpt["meta"]
-    click.echo(f"wrote {out} ({cfg['method']}: matrices {m['matrix_compression']}x smaller, "
+    click.echo(f"wrote {escape(str(out))} ({cfg['method']}: matrices {m['matrix_compression']}x smaller, "
                f"float test accuracy {100 * m['float_test_accuracy']:.2f}%)")
+
+
+@main.command()
+@click.option("--dataset", required=True, help="The task: a built-in dataset (mnist, digits, basicmotions, "
+                                                "japanesevowels, daphnet).")
+@click.option("--board", required=True, help="Board whose budgets and core count (an emulated one, `kpgen boards`).")
+@click.option("--from", "source", type=_path(exists=True, dir_okay=False), default=None,
+              help="Search compressions (kp, hkp, prune, small) of this dense checkpoint instead of training "
+                   "from scratch.")
+@click.option("--max-flash", default=None, help="Flash budget for model data + kernels, e.g. 32KiB.")
+@click.option("--max-ram", default=None, help="RAM budget for the model's arena, e.g. 8KiB.")
+@click.option("--max-instructions", type=click.IntRange(1), default=None,
+              help="Instructions per inference (counted exactly under QEMU).")
+@click.option("--max-latency", default=None,
+              help="Time per inference, e.g. 5ms: estimated cycles at the board's clock (an estimate).")
+@click.option("--clock-hz", type=click.IntRange(1), default=None,
+              help="Core clock for --max-latency  [default: the board's, from board.toml]")
+@click.option("--trials", type=click.IntRange(1, 10000), default=20, show_default=True, help="Models to try.")
+@click.option("--epochs", type=click.IntRange(1, 1000), default=20, show_default=True,
+              help="Most training epochs per trial (ASHA stops weak trials earlier).")
+@click.option("--searcher", type=click.Choice(["random", "tpe"]), default="random", show_default=True,
+              help="random sampling, or Optuna's TPE.")
+@click.option("--workers", type=click.IntRange(1, 1024), default=None,
+              help="Trials at once  [default: every CPU of this machine or of the cluster]")
+@click.option("--address", envvar="RAY_ADDRESS", default=None,
+              help="Attach to this Ray cluster (host:port)  [default: $RAY_ADDRESS, else Ray in this process]")
+@click.option("--resume", is_flag=True, help="Continue the search in -o after an interruption.")
+@click.option("-o", "--out", "out", type=_path(file_okay=False), required=True,
+              help="Output directory: pareto.csv, pareto.png, best.pt, report.md, trials.csv, tune/.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampler, the data split and weights.")
+def search(dataset: str, board: str, source: Path | None, max_flash: str | None, max_ram: str | None,
+           max_instructions: int | None, max_latency: str | None, clock_hz: int | None, trials: int, epochs: int,
+           searcher: str, workers: int | None, address: str | None, resume: bool, out: Path, seed: int) -> None:
+    """Find the most accurate model of DATASET that fits BOARD's budgets: a design-space search on Ray Tune
+    (docs/search.md). Every trial's int8 accuracy, sizes and instructions are measured; the Pareto front is
+    run bit-exact under QEMU and the best model written as best.pt."""
+    from kpgen.studies import search as study
+
+    s = study.Settings(
+        dataset=dataset, board=board, out=str(out.resolve()), source=str(source.resolve()) if source else None,
+        max_flash=study.parse_size(max_flash, "--max-flash") if max_flash is not None else None,
+        max_ram=study.parse_size(max_ram, "--max-ram") if max_ram is not None else None,
+        max_instructions=max_instructions,
+        max_latency=study.parse_seconds(max_latency, "--max-latency") if max_latency is not None else None,
+        clock_hz=clock_hz, trials=trials, epochs=epochs, searcher=searcher,
+        workers=workers or 0, seed=seed)
+    with _stoppable("kpgen search"):
+        summary = study.run_search(s, address=address, resume=resume, log=lambda m: click.echo(m, err=True))
+    if summary.interrupted:
+        click.echo(f"kpgen: error: kpgen search interrupted; its study is saved: continue it with `kpgen search "
+                   f"--resume -o {escape(str(out))}`", err=True)
+        sys.exit(1)
+    click.echo(study.format_summary(summary))
+    if summary.best is None:
+        raise study.no_model_error(summary)
 
 
 if __name__ == "__main__":  # pragma: no cover

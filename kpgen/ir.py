@@ -1,7 +1,8 @@
 """Framework-free intermediate representation: float IR (from the loader) and integer IR (from the quantizer).
 
-Nothing here imports torch. Gate order in every LSTM matrix and bias is (i, f, g, o), in every GRU matrix
-(r, z, n), each block H rows; FastRNN and FastGRNN matrices have H rows.
+Nothing here imports torch. The generic types live here: matrices, bidirectional layers, calibration, heads and
+models. Each cell's own layer types (LSTMLayerF / LSTMLayerQ, ...) live with the rest of that cell in its module
+of kpgen.cells; here layers are typed by the LayerF and LayerQ protocols, which every cell's layer types satisfy.
 
 A matrix is always a `KPMatrixF` / `KPMatrixQ`: two or more Kronecker factors W = A (x) B (x) rest..., and
 for hybrid KP (HKP) `top`, r dense rows stacked above the Kronecker part: W = [top; A (x) B (x) ...].
@@ -12,15 +13,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Protocol
 
 import numpy as np
-
-# row blocks of Wx and Wh per hidden unit, by cell: (i, f, g, o), (r, z, n), one, one
-GATES = {"lstm": 4, "gru": 3, "fastrnn": 1, "fastgrnn": 1}
-CELL_NAMES = {"lstm": "LSTM", "gru": "GRU", "fastrnn": "FastRNN", "fastgrnn": "FastGRNN"}
-VECTOR_NAMES = ("bias", "bias_hn", "bias_z", "bias_h")  # the bias vectors a layer of some cell has
-SCALAR_NAMES = ("alpha", "beta", "zeta", "nu")  # the trainable scalars of FastRNN and FastGRNN
 
 # --------------------------------------------------------------------------------------------- float IR
 
@@ -77,57 +72,17 @@ class KPMatrixF:
         return kp if self.top is None else np.vstack([self.top, kp])
 
 
-@dataclass(frozen=True)
-class LSTMLayerF:
-    """One KP-LSTM layer: z = Wx x + Wh h + bias; gates (i, f, g, o)."""
+class LayerF(Protocol):
+    """What every float layer of every cell has (the cell's own fields: kpgen.cells)."""
 
-    input_size: int
-    hidden_size: int
-    wx: KPMatrixF  # (4H, I)
-    wh: KPMatrixF  # (4H, H)
-    bias: np.ndarray  # (4H,), input and recurrent biases already summed
-
-
-@dataclass(frozen=True)
-class GRULayerF:
-    """One KP-GRU layer, torch.nn.GRU's equations, gates (r, z, n):
-    r = sigmoid(Wx_r x + Wh_r h + bias_r), z = sigmoid(Wx_z x + Wh_z h + bias_z),
-    n = tanh(Wx_n x + bias_n + r * (Wh_n h + bias_hn)), h' = (1 - z) * n + z * h."""
-
-    input_size: int
-    hidden_size: int
-    wx: KPMatrixF  # (3H, I)
-    wh: KPMatrixF  # (3H, H)
-    bias: np.ndarray  # (3H,): b_ih + [b_hr, b_hz, 0]
-    bias_hn: np.ndarray  # (H,): b_hn, multiplied by r
-
-
-@dataclass(frozen=True)
-class FastRNNLayerF:
-    """FastRNN: h' = alpha * tanh(Wx x + Wh h + bias) + beta * h (alpha, beta already through the sigmoid)."""
-
-    input_size: int
-    hidden_size: int
-    wx: KPMatrixF  # (H, I)
-    wh: KPMatrixF  # (H, H)
-    bias: np.ndarray  # (H,)
-    alpha: float
-    beta: float
-
-
-@dataclass(frozen=True)
-class FastGRNNLayerF:
-    """FastGRNN: pre = Wx x + Wh h; z = sigmoid(pre + bias_z); h~ = tanh(pre + bias_h);
-    h' = (zeta * (1 - z) + nu) * h~ + z * h (zeta, nu already through the sigmoid)."""
-
-    input_size: int
-    hidden_size: int
-    wx: KPMatrixF  # (H, I)
-    wh: KPMatrixF  # (H, H)
-    bias_z: np.ndarray  # (H,)
-    bias_h: np.ndarray  # (H,)
-    zeta: float
-    nu: float
+    @property
+    def input_size(self) -> int: ...
+    @property
+    def hidden_size(self) -> int: ...
+    @property
+    def wx(self) -> KPMatrixF: ...
+    @property
+    def wh(self) -> KPMatrixF: ...
 
 
 @dataclass(frozen=True)
@@ -135,8 +90,8 @@ class BiLayerF:
     """A bidirectional layer: `fwd` reads x forwards, `bwd` reads it reversed; the output at step t is
     [fwd h_t, bwd h_t] (bwd's outputs put back in forward time order), 2H values."""
 
-    fwd: object  # one of the *LayerF above
-    bwd: object
+    fwd: LayerF  # a layer of one cell; bwd of the same cell
+    bwd: LayerF
 
     @property
     def input_size(self) -> int:
@@ -147,10 +102,15 @@ class BiLayerF:
         return self.fwd.hidden_size
 
 
+AnyLayerF = LayerF | BiLayerF
+
+
 def cell_of(layer: object) -> str:
-    """'lstm', 'gru', 'fastrnn' or 'fastgrnn' for a float or integer layer (the fwd cell of a bidirectional one)."""
-    inner = getattr(layer, "fwd", layer)
-    return type(inner).CELL
+    """The registered cell name ('lstm', 'gru', ...) of a float or integer layer (the fwd cell of a bidirectional
+    one): kpgen.cells.of(layer).name."""
+    from kpgen import cells
+
+    return cells.of(layer).name
 
 
 def directions(layer: object) -> int:
@@ -159,10 +119,12 @@ def directions(layer: object) -> int:
 
 def sublayers(layer: object) -> tuple:
     """(layer,) or (fwd, bwd)."""
-    return (layer.fwd, layer.bwd) if hasattr(layer, "fwd") else (layer,)
+    if hasattr(layer, "fwd") and hasattr(layer, "bwd"):
+        return (layer.fwd, layer.bwd)
+    return (layer,)
 
 
-def out_size(layer: object) -> int:
+def out_size(layer: AnyLayerF | AnyLayerQ) -> int:
     """Values per step that the layer hands to the next layer (H, or 2H when bidirectional)."""
     return directions(layer) * layer.hidden_size
 
@@ -173,21 +135,18 @@ def matrices(layer: object) -> tuple:
 
 
 def vectors(layer: object) -> tuple:
-    """Every bias vector of a layer (both directions)."""
-    names = VECTOR_NAMES
-    return tuple(getattr(s, n) for s in sublayers(layer) for n in names if hasattr(s, n))
+    """Every bias vector of a layer (both directions), in the cell's order (kpgen.cells: Cell.vectors)."""
+    from kpgen import cells
+
+    names = cells.of(layer).vectors
+    return tuple(getattr(s, n) for s in sublayers(layer) for n in names)
 
 
 def scalars(layer: object) -> int:
-    """Number of trainable scalars (FastRNN alpha, beta; FastGRNN zeta, nu)."""
-    names = SCALAR_NAMES
-    return sum(1 for s in sublayers(layer) for n in names if hasattr(s, n))
+    """Number of trainable scalars (FastRNN alpha, beta; FastGRNN zeta, nu), both directions."""
+    from kpgen import cells
 
-
-LSTMLayerF.CELL = "lstm"
-GRULayerF.CELL = "gru"
-FastRNNLayerF.CELL = "fastrnn"
-FastGRNNLayerF.CELL = "fastgrnn"
+    return len(sublayers(layer)) * len(cells.of(layer).scalars)
 
 
 @dataclass(frozen=True)
@@ -211,7 +170,7 @@ class ModelF:
 
     input_size: int
     num_classes: int
-    layers: tuple[LSTMLayerF, ...]
+    layers: tuple[AnyLayerF, ...]
     head: DenseF
     calibration: Calibration
     meta: dict = field(default_factory=dict)  # dataset name, sequence length, training report
@@ -238,7 +197,7 @@ class ModelF:
 @dataclass(frozen=True)
 class Requant:
     """Fixed-point multiplier: y = (acc * mult + 2**(shift-1)) >> shift. The gate requantizers have mult in
-    [1, 2**31) and shift in [1, 32] (quant.requant_gate; docs/quantization.md)."""
+    [1, 2**31) and shift in [1, 32] (quantize.requant_gate; docs/quantization.md)."""
 
     mult: int
     shift: int
@@ -298,7 +257,7 @@ class KPMatrixQ:
 
     @property
     def is_dense(self) -> bool:
-        """A folded dense matrix: A with B = [[1]] (quant.quantize_kp), run by the dense kernel."""
+        """A folded dense matrix: A with B = [[1]] (quantize.quantize_kp), run by the dense kernel."""
         return self.b.shape == (1, 1) and not self.rest and self.top is None
 
     @property
@@ -312,70 +271,29 @@ class KPMatrixQ:
         return int(sum(f.size for f in self.factors) + (0 if self.top is None else self.top.size))
 
 
-@dataclass(frozen=True)
-class LSTMLayerQ:
-    input_size: int
-    hidden_size: int
-    wx: KPMatrixQ
-    wh: KPMatrixQ
-    rq_x: Requant  # Wx accumulator -> gate pre-activation Q3.12
-    rq_h: Requant  # Wh accumulator -> gate pre-activation Q3.12
-    bias: np.ndarray  # int32 (4H,), Q3.12
-    cell_frac: int  # cell state c is int16 with cell_frac fractional bits
-    input_scale: float  # real value of one input step (int8 x)
+class LayerQ(Protocol):
+    """What every integer layer of every cell has (the cell's own fields: kpgen.cells)."""
 
-
-@dataclass(frozen=True)
-class GRULayerQ:
-    input_size: int
-    hidden_size: int
-    wx: KPMatrixQ  # (3H, I), gates (r, z, n)
-    wh: KPMatrixQ  # (3H, H)
-    rq_x: Requant
-    rq_h: Requant
-    bias: np.ndarray  # int32 (3H,), Q3.12
-    bias_hn: np.ndarray  # int32 (H,), Q3.12
-    input_scale: float
-    CELL: ClassVar[str] = "gru"
-
-
-@dataclass(frozen=True)
-class FastRNNLayerQ:
-    input_size: int
-    hidden_size: int
-    wx: KPMatrixQ  # (H, I)
-    wh: KPMatrixQ  # (H, H)
-    rq_x: Requant
-    rq_h: Requant
-    bias: np.ndarray  # int32 (H,), Q3.12
-    alpha: int  # Q0.15, 0..32767
-    beta: int  # Q0.15, 0..32767
-    input_scale: float
-    state_exp: int = 0  # h is Q(e).(7-e): h_real = h_int * 2**(state_exp - 7), state_exp 0..7 (state_scale)
-    CELL: ClassVar[str] = "fastrnn"
-
-
-@dataclass(frozen=True)
-class FastGRNNLayerQ:
-    input_size: int
-    hidden_size: int
-    wx: KPMatrixQ  # (H, I)
-    wh: KPMatrixQ  # (H, H)
-    rq_x: Requant
-    rq_h: Requant
-    bias_z: np.ndarray  # int32 (H,), Q3.12
-    bias_h: np.ndarray  # int32 (H,), Q3.12
-    zeta: int  # Q0.15, 0..32767
-    nu: int  # Q0.15, 0..32767
-    input_scale: float
-    state_exp: int = 0  # as FastRNNLayerQ's
-    CELL: ClassVar[str] = "fastgrnn"
+    @property
+    def input_size(self) -> int: ...
+    @property
+    def hidden_size(self) -> int: ...
+    @property
+    def wx(self) -> KPMatrixQ: ...
+    @property
+    def wh(self) -> KPMatrixQ: ...
+    @property
+    def rq_x(self) -> Requant: ...
+    @property
+    def rq_h(self) -> Requant: ...
+    @property
+    def input_scale(self) -> float: ...
 
 
 @dataclass(frozen=True)
 class BiLayerQ:
-    fwd: object  # one of the *LayerQ
-    bwd: object
+    fwd: LayerQ  # a layer of one cell; bwd of the same cell
+    bwd: LayerQ
 
     @property
     def input_size(self) -> int:
@@ -386,7 +304,7 @@ class BiLayerQ:
         return self.fwd.hidden_size
 
 
-LSTMLayerQ.CELL = "lstm"
+AnyLayerQ = LayerQ | BiLayerQ
 
 
 def state_scale(layer: object) -> float:
@@ -408,7 +326,7 @@ class ModelQ:
     input_size: int
     num_classes: int
     input_scale: float  # x_int8 = clamp(round(x / input_scale), -127, 127)
-    layers: tuple[LSTMLayerQ, ...]
+    layers: tuple[AnyLayerQ, ...]
     head: DenseQ
     sigmoid_table: np.ndarray  # int16 (1024,): kpgen.reference.golden.make_table
     tanh_table: np.ndarray  # int16 (1024,)

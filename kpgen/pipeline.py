@@ -2,28 +2,36 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import stat
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from kpgen import KpgenError, __version__
-from kpgen.target import cycles
-from kpgen.frontend import datasets
+from kpgen import KpgenError, __version__, escape
 from kpgen.codegen import fit
-from kpgen.reference import golden
-from kpgen.target import qemu
-from kpgen.quant import quantize
-from kpgen.reference import floatmodel
-from kpgen.target import toolchain
-from kpgen.target.boards import load_board
 from kpgen.codegen.emit import MANIFEST, arena_bytes, render_sources, write_tree
-from kpgen.ir import ModelF, ModelQ, cell_of, directions, matrices, sublayers
+from kpgen.frontend import datasets
 from kpgen.frontend.load import load_checkpoint
-from kpgen.reference.vectors import expected_for
+from kpgen.ir import ModelF, ModelQ, cell_of, directions, matrices, sublayers
+from kpgen.quant import quantize
+from kpgen.reference import floatmodel, golden
+from kpgen.reference.vectors import check_shape, expected_from_trace, first_samples
+from kpgen.target import cycles, qemu, toolchain
+from kpgen.target.boards import Board, check_console, load_board
+from kpgen.target.cycles import CycleEstimate
 from kpgen.target.verify import Verification, verify_output
+
+if TYPE_CHECKING:  # kpgen.target.validate is imported only when `kpgen validate` runs
+    from collections.abc import Callable
+
+    from kpgen.target.serial import Link
+    from kpgen.target.validate import Outcome
 
 
 @dataclass(frozen=True)
@@ -33,44 +41,116 @@ class TestSet:
     source: str
 
 
+MAX_VECTOR_ELEMENTS = 1 << 26  # test inputs: 64 Mi numbers (512 MB as float64) is far beyond any firmware's vectors
+MAX_LABELS = 1 << 24
+
+
+def _npz_member(zf: zipfile.ZipFile, vectors: Path, key: str, limit: int) -> np.ndarray | None:
+    """Array `key` of an .npz, its header read and its declared size checked before any data is read."""
+    names = {i.filename: i for i in zf.infolist()}
+    info = names.get(f"{key}.npy") or names.get(key)
+    if info is None:
+        return None
+    with zf.open(info) as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            fmt = np.lib.format
+            read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, fortran, dtype = read_header(f)
+        except (ValueError, EOFError, OSError, SyntaxError, TypeError) as e:
+            raise KpgenError(f"{vectors}: member {key!r} is not a numpy array ({e}); "
+                             "save it with numpy.savez") from None
+        if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
+            raise KpgenError(f"{vectors}: {key} has dtype {dtype}, not plain numbers; save a numeric array")
+        count = math.prod(shape)
+        if count > limit:
+            raise KpgenError(f"{vectors}: {key} declares shape {shape} ({count:,} values), more than kpgen reads "
+                             f"({limit:,}); give fewer samples")
+        if info.file_size < count * dtype.itemsize:
+            raise KpgenError(f"{vectors}: {key} declares shape {shape} but holds only {info.file_size:,} bytes; "
+                             "the file is truncated: save it again")
+        data = f.read(count * dtype.itemsize)
+    return np.frombuffer(data, dtype=dtype, count=count).reshape(shape, order="F" if fortran else "C")
+
+
+def _read_npz(vectors: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """x and y of a user's .npz: a regular file, a zip of .npy arrays, sizes bounded before reading."""
+    p = Path(vectors)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise KpgenError(f"{vectors}: no such file; check the path") from None
+    except OSError as e:
+        raise KpgenError(f"{vectors}: cannot be read ({e.strerror or e}); check the path and permissions") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise KpgenError(f"{vectors}: is not a regular file (a directory, pipe or device); give an .npz file")
+    try:
+        with open(p, "rb") as f:
+            head = f.read(6)
+            if head == b"\x93NUMPY":
+                raise KpgenError(f"{vectors}: is a .npy file (one array), not an .npz; save inputs and labels with "
+                                 "numpy.savez(file, x=..., y=...)")
+            if not zipfile.is_zipfile(f):
+                reason = "not a zip archive"
+                raise KpgenError(f"{vectors}: not a readable .npz file ({reason}); save it with numpy.savez")
+            with zipfile.ZipFile(f) as zf:
+                x = _npz_member(zf, vectors, "x", MAX_VECTOR_ELEMENTS)
+                if x is None:
+                    raise KpgenError(f"{vectors}: no array named 'x'; save test inputs as x [samples, steps, features]")
+                return x, _npz_member(zf, vectors, "y", MAX_LABELS)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, NotImplementedError, RuntimeError) as e:
+        raise KpgenError(f"{vectors}: not a readable .npz file ({escape(str(e))[:120]}); "
+                         "save it with numpy.savez") from None
+
+
+def check_labels(y_raw: np.ndarray, samples: int, num_classes: int, where: str, fix: str) -> np.ndarray:
+    """y as int64: one integer label per sample in 0..num_classes-1 (floats only when exactly integral)."""
+    integral = y_raw.shape == (samples,) and (np.issubdtype(y_raw.dtype, np.integer) or (
+        np.issubdtype(y_raw.dtype, np.floating) and bool(np.all(np.isfinite(y_raw) & (y_raw == np.round(y_raw))))))
+    if not integral:
+        raise KpgenError(f"{where}: y has shape {y_raw.shape} and dtype {y_raw.dtype}, expected {samples} integer "
+                         f"labels (one per sample in x); {fix}")
+    bad = (y_raw < 0) | (y_raw >= num_classes)
+    if bool(bad.any()):
+        first = int(np.argmax(bad))
+        raise KpgenError(f"{where}: label y[{first}] = {y_raw[first].item()!r} is not a class of this model "
+                         f"(0..{num_classes - 1}); {fix}")
+    return y_raw.astype(np.int64)
+
+
 def test_set(model: ModelF, vectors: Path | None, seed: int = 0) -> TestSet:
     """Held-out data: a user's .npz (x [N,T,I], optional y), else the checkpoint's dataset's test split."""
     if vectors is not None:
-        try:
-            with np.load(vectors, allow_pickle=False) as z:
-                if "x" not in z:
-                    raise KpgenError(f"{vectors}: no array named 'x'; save test inputs as x [samples, steps, features]")
-                x_raw = z["x"]
-                y_raw = z["y"] if "y" in z else None
-        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
-            raise KpgenError(f"{vectors}: not a readable .npz file ({e}); save it with numpy.savez") from None
+        x_raw, y_raw = _read_npz(vectors)
         if not (np.issubdtype(x_raw.dtype, np.floating) or np.issubdtype(x_raw.dtype, np.integer)):
             raise KpgenError(f"{vectors}: x has dtype {x_raw.dtype}, not real numbers; save float inputs")
-        x = np.asarray(x_raw, dtype=np.float64)
-        if x.ndim != 3 or x.shape[2] != model.input_size:
+        if x_raw.ndim != 3 or x_raw.shape[2] != model.input_size:
             raise KpgenError(
-                f"{vectors}: x has shape {x.shape}, expected [samples, steps, {model.input_size}]; save matching inputs"
+                f"{vectors}: x has shape {x_raw.shape}, expected [samples, steps, {model.input_size}]; "
+                "save matching inputs"
             )
-        if x.shape[0] < 1 or x.shape[1] < 1:
-            raise KpgenError(f"{vectors}: x has shape {x.shape}: no samples or no time steps; give at least one of each")
+        if x_raw.shape[0] < 1 or x_raw.shape[1] < 1:
+            raise KpgenError(f"{vectors}: x has shape {x_raw.shape}: no samples or no time steps; "
+                             "give at least one of each")
+        with np.errstate(over="ignore", invalid="ignore"):
+            x = np.asarray(x_raw, dtype=np.float64)
         if not np.all(np.isfinite(x)):
             raise KpgenError(f"{vectors}: x contains NaN or infinite values; clean the test inputs")
         y = None
         if y_raw is not None:
-            ok = y_raw.shape == (x.shape[0],) and (np.issubdtype(y_raw.dtype, np.integer) or (
-                np.issubdtype(y_raw.dtype, np.floating) and bool(np.all(np.isfinite(y_raw) & (y_raw == np.round(y_raw))))))
-            if not ok:
-                raise KpgenError(
-                    f"{vectors}: y has shape {y_raw.shape} and dtype {y_raw.dtype}, expected {x.shape[0]} integer "
-                    "labels (one per sample in x); fix y or leave it out"
-                )
-            y = y_raw.astype(np.int64)
+            y = check_labels(y_raw, x.shape[0], model.num_classes, str(vectors), "fix y or leave it out")
         return TestSet(x=x, y=y, source=Path(vectors).name)
     name = model.meta.get("dataset")
     if not isinstance(name, str) or not name:
         raise KpgenError("the checkpoint names no dataset; pass test inputs with --vectors FILE.npz")
     split = datasets.load(name, seed=seed)
-    return TestSet(x=split.x_test.astype(np.float64), y=split.y_test, source=f"{name} test split")
+    if split.x_test.ndim != 3 or split.x_test.shape[2] != model.input_size:
+        raise KpgenError(f"the checkpoint's meta.dataset {name!r} has {split.x_test.shape[-1]} features per step "
+                         f"but the model takes {model.input_size}; "
+                         "fix meta.dataset or pass test inputs with --vectors FILE.npz")
+    y = check_labels(np.asarray(split.y_test), len(split.x_test), model.num_classes, f"dataset {name}",
+                     "fix meta.dataset or pass test inputs with --vectors FILE.npz")
+    return TestSet(x=split.x_test.astype(np.float64), y=y, source=f"{name} test split")
 
 
 def _matrix_summary(m) -> dict:
@@ -126,10 +206,12 @@ def check_replaceable(out_dir: Path, inputs: list[Path]) -> None:
     for inp in inputs:
         where = inp.resolve()
         if out == where or out in where.parents:
-            raise KpgenError(f"output directory {out_dir} contains the input {inp}; choose an output directory of its own")
+            raise KpgenError(f"output directory {out_dir} contains the input {inp}; "
+                             "choose an output directory of its own")
     cwd = Path.cwd().resolve()
     if out == cwd or out in cwd.parents:
-        raise KpgenError(f"output directory {out_dir} is the current directory or above it; choose a directory of its own")
+        raise KpgenError(f"output directory {out_dir} is the current directory or above it; "
+                         "choose a directory of its own")
     if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
         raise KpgenError(f"output directory {out_dir} exists and is not a directory; remove it or choose another path")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
@@ -137,6 +219,42 @@ def check_replaceable(out_dir: Path, inputs: list[Path]) -> None:
             f"output directory {out_dir} was not written by `kpgen emit` (it has no {MANIFEST}); --force replaces "
             "only kpgen's own output: remove it yourself or choose another directory"
         )
+
+
+def project_manifest(
+    model: ModelF,
+    qmodel: ModelQ,
+    board,
+    expected,
+    *,
+    name: str,
+    source: str,
+    accuracy: dict,
+    target: str = "firmware",
+    fit_estimate: dict | None = None,
+) -> dict:
+    """The kpgen.json of an emitted project: what was emitted for which board, its sizes, accuracy and the test
+    vectors' expected results (which `kpgen run` verifies against); fit_estimate is left out when None."""
+    manifest = {
+        "kpgen_version": __version__,
+        "board": board.name,
+        "target": target,
+        "name": name,
+        "checkpoint": source,
+        "model": model_summary(model, qmodel),
+        "arena_bytes": arena_bytes(qmodel, int(expected.inputs.shape[1])),
+    }
+    if fit_estimate is not None:
+        manifest["fit_estimate"] = fit_estimate
+    manifest["accuracy"] = accuracy
+    manifest["vectors"] = {
+        "samples": int(len(expected.inputs)),
+        "steps": int(expected.inputs.shape[1]),
+        "labels": [int(v) for v in expected.labels],
+        "scores": expected.scores.astype(int).tolist(),
+        "final_digests": [f"{int(d):08x}" for d in expected.digests[:, -1]],
+    }
+    return manifest
 
 
 def emit_project(
@@ -149,9 +267,11 @@ def emit_project(
     vectors: Path | None = None,
     force: bool = False,
     target: str = "firmware",
+    console: str | None = None,
 ) -> dict:
     """Load, quantize, pick test vectors, check the model fits the board, render and write the project;
-    returns the manifest. target: "firmware" (the test firmware) or "lib" (a static library, no main)."""
+    returns the manifest. target: "firmware" (the test firmware) or "lib" (a static library, no main).
+    console: "uart" or "semihosting" (None: the board's default, the UART where it has one)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
         raise KpgenError(f"output directory {out_dir} exists; remove it or pass --force to replace it")
@@ -159,6 +279,7 @@ def emit_project(
     if samples < 1:
         raise KpgenError(f"--samples must be at least 1, got {samples}")
     board = load_board(board_name)
+    console = check_console(board, console)
     model = load_checkpoint(checkpoint)
     try:
         qmodel = quantize.quantize_model(model)
@@ -167,46 +288,39 @@ def emit_project(
     data = test_set(model, vectors)
     xq_all = golden.quantize_input(data.x, qmodel.input_scale)
     n = min(samples, len(xq_all))
-    est = fit.estimate(qmodel, board, target, vector_samples=n, steps=int(xq_all.shape[1]))
+    # a validate firmware embeds one sample (for its profile run) and receives the rest: sized as a test firmware
+    est = fit.estimate(qmodel, board, "firmware" if target == "validate" else target,
+                       vector_samples=1 if target == "validate" else n, steps=int(xq_all.shape[1]))
     fit.check_fits(est)
+    check_shape(qmodel, xq_all)
     float_acc = golden_acc = None
-    if data.y is not None:
+    if data.y is not None:  # one batched golden run gives the accuracy and, sliced, the test vectors' results
         float_acc = floatmodel.accuracy(floatmodel.float_forward(model, data.x), data.y)
-        golden_acc = floatmodel.accuracy(golden.run_model(qmodel, xq_all).logits, data.y)
+        trace = golden.run_model(qmodel, xq_all)
+        golden_acc = floatmodel.accuracy(trace.logits, data.y)
+        trace = first_samples(trace, n)
+    else:
+        trace = golden.run_model(qmodel, xq_all[:n])
     labels = None if data.y is None else data.y[:n]
-    expected = expected_for(qmodel, xq_all[:n], labels)
+    expected = expected_from_trace(trace, xq_all[:n], labels)
     source = Path(checkpoint).name
-    files = render_sources(qmodel, board, expected, name, source, target=target)
-    manifest = {
-        "kpgen_version": __version__,
-        "board": board.name,
-        "target": target,
-        "name": name,
-        "checkpoint": source,
-        "model": model_summary(model, qmodel),
-        "arena_bytes": arena_bytes(qmodel, int(expected.inputs.shape[1])),
-        "fit_estimate": {
-            "model_flash": est.model_flash,
-            "flash_at_least": est.flash,
-            "flash_available": est.flash_available,
-            "ram_at_least": est.ram,
-            "ram_available": board.ram_size,
-        },
-        "accuracy": {
-            "test_set": data.source,
-            "test_samples": int(len(data.x)),
-            "float": float_acc,
-            "int8_golden": golden_acc,
-        },
-        "vectors": {
-            "samples": n,
-            "steps": int(expected.inputs.shape[1]),
-            "labels": [int(v) for v in expected.labels],
-            "scores": expected.scores.astype(int).tolist(),
-            "final_digests": [f"{int(d):08x}" for d in expected.digests[:, -1]],
-        },
+    files = render_sources(qmodel, board, expected, name, source, target=target, console=console)
+    fit_estimate = {
+        "model_flash": est.model_flash,
+        "flash_at_least": est.flash,
+        "flash_available": est.flash_available,
+        "ram_at_least": est.ram,
+        "ram_available": board.ram_size,
     }
-    write_tree(out_dir, files, manifest, force, with_board=target == "firmware")
+    accuracy = {"test_set": data.source, "test_samples": int(len(data.x)), "float": float_acc,
+                "int8_golden": golden_acc}
+    manifest = project_manifest(model, qmodel, board, expected, name=name, source=source, target=target,
+                                accuracy=accuracy, fit_estimate=fit_estimate)
+    manifest["console"] = console
+    if target == "validate":  # `kpgen validate` re-reads the model for the golden results: remember which one
+        manifest["checkpoint_path"] = str(Path(checkpoint).resolve())
+        manifest["checkpoint_sha256"] = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
+    write_tree(out_dir, files, manifest, force, with_board=target != "lib")
     return manifest
 
 
@@ -215,7 +329,7 @@ class RunReport:
     """Everything one `kpgen run` measured: verification, exit, instruction counts, sizes."""
 
     manifest: dict
-    board: object
+    board: Board
     verification: Verification
     exit_code: int | None
     timed_out: bool
@@ -225,34 +339,104 @@ class RunReport:
     sizes: dict
     stack: dict
     weight_bytes_flash: int
-    cycles: object | None = None  # kpgen.target.cycles.CycleEstimate of the profiled inference (an estimate)
-    profile: object | None = None  # the kpgen.target.qemu.Profile behind instructions, per_function and cycles
-    stack_check: object | None = None  # kpgen.target.toolchain.StackCheck: the model's deepest call chain vs the board
+    cycles: CycleEstimate | None = None  # the profiled inference's estimated cycles
+    profile: qemu.Profile | None = None  # behind instructions, per_function and cycles
+    stack_check: toolchain.StackCheck | None = None  # the model's deepest call chain vs the board
+    problem: str | None = None  # a firmware failure in words (hang, fault, lockup, runaway output), from either run
 
     @property
     def passed(self) -> bool:
         return (
             self.verification.passed and self.exit_code == 0 and not self.timed_out and self.fault_pc is None
+            and self.problem is None
         )
 
 
+MAX_MANIFEST_BYTES = 256 << 20
+
+
+def _is_int(v: object, low: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _is_rate(v: object) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1)
+
+
+def manifest_problem(m: object) -> str | None:
+    """What is wrong with a kpgen.json (as `kpgen emit` writes it) in the fields run, flash and the report read;
+    None when it is well-formed. A hand edit must give one line, not a KeyError deep inside the report."""
+    if not isinstance(m, dict):
+        return f"holds a {type(m).__name__}, not an object"
+    for key in ("board", "name", "checkpoint"):
+        if not isinstance(m.get(key), str) or not m[key]:
+            return f"'{key}' is missing or not a string"
+    if not m["name"].isidentifier() or not m["name"].isascii():
+        return "'name' is not a C identifier"
+    if m.get("target", "firmware") not in ("firmware", "lib", "validate"):
+        return "'target' is not 'firmware', 'lib' or 'validate'"
+    if m.get("console", "semihosting") not in ("uart", "semihosting"):
+        return "'console' is neither 'uart' nor 'semihosting'"
+    if not _is_int(m.get("arena_bytes")):
+        return "'arena_bytes' is missing or not a count"
+    md = m.get("model")
+    counts = ("params", "dense_params", "weight_bytes_int8", "dense_float32_bytes")
+    if (not isinstance(md, dict) or not all(_is_int(md.get(k)) for k in counts)
+            or not isinstance(md.get("layers"), list)):
+        return "'model' is missing or lacks its parameter counts"
+    for layer in md["layers"]:
+        if not isinstance(layer, dict) or not all(isinstance(layer.get(k), (int, float)) for k in
+                                                  ("matrix_compression", "matrix_params_dense", "matrix_params_kp")):
+            return "'model.layers' holds a layer without its matrix counts"
+    acc = m.get("accuracy")
+    if not (isinstance(acc, dict) and _is_int(acc.get("test_samples")) and isinstance(acc.get("test_set"), str)
+            and _is_rate(acc.get("float")) and _is_rate(acc.get("int8_golden"))):
+        return "'accuracy' is missing or malformed"
+    v = m.get("vectors")
+    if not isinstance(v, dict) or not _is_int(v.get("samples"), 1) or not _is_int(v.get("steps"), 1):
+        return "'vectors' lacks its sample and step counts"
+    n = v["samples"]
+    scores, digests, labels = v.get("scores"), v.get("final_digests"), v.get("labels")
+    if not (isinstance(scores, list) and len(scores) == n and all(
+            isinstance(r, list) and r and all(_is_int(x, -(1 << 31)) and x < (1 << 31) for x in r) for r in scores)):
+        return f"'vectors.scores' is not {n} lists of int32 scores"
+    if not (isinstance(digests, list) and len(digests) == n and all(
+            isinstance(d, str) and len(d) == 8 and all(c in "0123456789abcdef" for c in d) for d in digests)):
+        return f"'vectors.final_digests' is not {n} 8-digit hex digests"
+    if not (isinstance(labels, list) and len(labels) == n and all(_is_int(x, -1) for x in labels)):
+        return f"'vectors.labels' is not {n} labels"
+    return None
+
+
 def read_manifest(project: Path) -> dict:
+    """The project's kpgen.json, checked field by field (docs/errors.md: one line for a hand-edited file)."""
     path = Path(project) / MANIFEST
     if not Path(project).is_dir():
         raise KpgenError(f"{project} is not a directory; give the output directory of `kpgen emit`")
     if not path.is_file():
         raise KpgenError(f"{project} has no {MANIFEST}; it was not written by `kpgen emit` (run that first)")
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise KpgenError(f"{path} is unreadable ({e}); emit the project again") from None
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ValueError(f"larger than {MAX_MANIFEST_BYTES:,} bytes")
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
+        gist = "nested too deeply" if isinstance(e, RecursionError) else str(e)[:120]
+        raise KpgenError(f"{path} is unreadable ({gist}); emit the project again") from None
     if not isinstance(manifest, dict) or not all(k in manifest for k in ("board", "name", "vectors")):
         raise KpgenError(f"{path} lacks the board, name or vectors `kpgen emit` writes; emit the project again")
+    problem = manifest_problem(manifest)
+    if problem:
+        raise KpgenError(f"{path} is not as `kpgen emit` writes it: {problem}; emit the project again")
     return manifest
 
 
 def require_runnable(project: Path, manifest: dict, board) -> None:
     """`kpgen run` needs a test firmware for a board QEMU emulates; say so in one line otherwise."""
+    if manifest.get("target", "firmware") == "validate":
+        raise KpgenError(
+            f"{project} is a validation firmware (emitted with --target validate): check it with "
+            f"`kpgen validate {project}`, or emit with --target firmware for `kpgen run`"
+        )
     if manifest.get("target", "firmware") != "firmware":
         raise KpgenError(
             f"{project} is a library (emitted with --target lib): there is nothing to run; build it with make or "
@@ -277,11 +461,16 @@ def run_project(project: Path, *, timeout: float = 300.0, profile: bool = True) 
     res = qemu.run(built.elf, board, timeout=timeout)
     ver = verify_output(res.stdout, manifest["vectors"])
     instructions, per_function, estimate, prof = None, {}, None, None
+    problem = res.problem
     if profile and ver.passed and res.exit_code == 0:
-        prof = qemu.count_instructions(built.elf, board, args=("profile",), timeout=timeout)
-        instructions, per_function = prof.total, prof.per_function
-        if cycles.core_model(board.core) is not None:
-            estimate = cycles.estimate(prof, board.core)
+        try:
+            prof = qemu.count_instructions(built.elf, board, args=("profile",), timeout=timeout)
+        except qemu.ProfileFailed as e:  # the firmware hung, faulted or ran away inside the measured window
+            problem = str(e)
+        else:
+            instructions, per_function = prof.total, prof.per_function
+            if cycles.core_model(board.core) is not None:
+                estimate = cycles.estimate(prof, board.core)
     weight_bytes = toolchain.object_bytes(built.elf, f"{manifest['name']}_")
     return RunReport(
         manifest=manifest,
@@ -298,4 +487,81 @@ def run_project(project: Path, *, timeout: float = 300.0, profile: bool = True) 
         cycles=estimate,
         profile=prof,
         stack_check=stack_check,
+        problem=problem,
     )
+
+
+@dataclass
+class ValidateReport:
+    """Everything one `kpgen validate` found: the streamed samples' verdicts and the inference's cost."""
+
+    manifest: dict
+    board: Board
+    outcome: Outcome
+    instructions: int | None  # QEMU only: exact count of one inference (sample 0 of the emitted vectors)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.outcome.passed)
+
+
+def validate_project(
+    project: Path,
+    *,
+    port: str | None = None,
+    baud: int | None = None,
+    vectors: Path | None = None,
+    samples: int | None = None,
+    checkpoint: Path | None = None,
+    timeout: float = 10.0,
+    run_timeout: float = 3600.0,
+    retries: int = 2,
+    link_factory: Callable[[Path, Board], Link] | None = None,
+) -> ValidateReport:
+    """Build a `--target validate` project, stream test sequences to it (QEMU, or the board on `port`) and
+    check every reply against the golden model. link_factory(elf, board) replaces the link (tests)."""
+    from kpgen.target import serial, validate
+
+    project = Path(project)
+    manifest = read_manifest(project)
+    if manifest.get("target") != "validate":
+        raise KpgenError(f"{project} is not a validation firmware; emit it with --target validate first")
+    board = load_board(manifest["board"])
+    if port is None and not board.emulated and link_factory is None:
+        raise KpgenError(f"board {board.name} is real hardware that QEMU does not emulate; flash it "
+                         f"(`kpgen flash {project}`) and give its serial line with --port, e.g. --port /dev/ttyACM0")
+    if samples is not None and samples < 1:
+        raise KpgenError(f"--samples must be at least 1, got {samples}")
+    ckpt = Path(checkpoint) if checkpoint is not None else Path(str(manifest.get("checkpoint_path", "")))
+    if not ckpt.is_file():
+        raise KpgenError(f"the checkpoint {ckpt} that {project} was emitted from is not there; pass it with "
+                         "--checkpoint")
+    if checkpoint is None and hashlib.sha256(ckpt.read_bytes()).hexdigest() != manifest.get("checkpoint_sha256"):
+        raise KpgenError(f"{ckpt} changed since {project} was emitted from it; emit the project again (or pass "
+                         "the original with --checkpoint)")
+    model = load_checkpoint(ckpt)
+    qmodel = quantize.quantize_model(model)
+    data = test_set(model, vectors)
+    xq = golden.quantize_input(data.x, qmodel.input_scale)
+    check_shape(qmodel, xq)
+    n = len(xq) if samples is None else min(samples, len(xq))
+    xq = xq[:n]
+    labels = None if data.y is None else data.y[:n]
+    expected = expected_from_trace(golden.run_model(qmodel, xq), xq, labels)
+    toolchain.check_tools(toolchain.BUILD_TOOLS + (() if port else (toolchain.QEMU,)))
+    built = toolchain.build(project)
+    if link_factory is not None:
+        link = link_factory(built.elf, board)
+    elif port is not None:
+        link = serial.SerialLink(port, baud or (board.uart.baud if board.uart else 115200))
+    else:
+        link = serial.QemuLink(built.elf, board, timeout=run_timeout)
+    try:
+        outcome = validate.stream(link, expected.inputs, expected.scores, expected.digests[:, -1], expected.labels,
+                                  timeout=timeout, retries=retries)
+    finally:
+        link.close()
+    instructions = None
+    if link.emulated and board.emulated and outcome.passed:
+        instructions = qemu.count_instructions(built.elf, board, args=("profile",), timeout=run_timeout).total
+    return ValidateReport(manifest=manifest, board=board, outcome=outcome, instructions=instructions)

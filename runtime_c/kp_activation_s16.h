@@ -15,7 +15,7 @@ extern "C" {
 
 /*
  * f(z) = table[(z + 32768) >> 6] (docs/quantization.md, "Activations"); table: 1024 int16 entries from
- * kpgen.golden.make_table. mid = table + 512, so the entry is mid[z >> 6]: one shift and one load.
+ * kpgen.reference.golden.make_table. mid = table + 512, so the entry is mid[z >> 6]: one shift and one load.
  */
 static inline int32_t kp_act_s16(int32_t z, const int16_t *mid)
 {

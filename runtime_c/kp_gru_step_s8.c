@@ -16,7 +16,7 @@
  * All units, one at a time: r, z and n from the rows u, H + u and 2H + u of both accumulators, then h'[u].
  * rq(acc) + c is kp_gate_rq (one rounding high multiply, SMMLAR on the DSP cores); sx and sh are literal 32 in
  * the usual case, so the pre-shift of the accumulator folds away. Every partial sum stays in int32
- * (kpgen.golden.kernel_limits): r, z: |bias| + |gx| + |gh|; n: |bias_n| + |gx| + 32768, |bias_hn| + |gh|.
+ * (kpgen.quant.limits.kernel_limits): r, z: |bias| + |gx| + |gh|; n: |bias_n| + |gx| + 32768, |bias_hn| + |gh|.
  * h' = sat8(rsr(z * (h << 8) + (32768 - z) * n, 23)) is computed as 32768 n + z ((h << 8) - n), the same
  * number: z in 0..32767 weighs two values of magnitude <= 32768, so the sum is at most 2^30 in magnitude and
  * z * ((h << 8) - n) < 32767 * 65536.

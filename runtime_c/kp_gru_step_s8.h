@@ -22,7 +22,7 @@ typedef struct {
     int32_t mult_h, shift_h;
     const int32_t *bias;               /* 3H, Q3.12: b_ih + (b_hr, b_hz, 0) */
     const int32_t *bias_hn;            /* H, Q3.12: b_hn, inside the reset gate's product */
-    const int16_t *sigmoid_table;      /* 1024 entries each (kpgen.golden.make_table) */
+    const int16_t *sigmoid_table;      /* 1024 entries each (kpgen.reference.golden.make_table) */
     const int16_t *tanh_table;
 } kp_gru_params_s8;
 
@@ -31,7 +31,7 @@ typedef struct {
  *   r = sigmoid(sat16(gx_r + gh_r + bias_r)), z = sigmoid(sat16(gx_z + gh_z + bias_z))          (Q0.15)
  *   n = tanh(sat16(gx_n + bias_n + rsr(r * sat16(gh_n + bias_hn), 15)))                          (Q0.15)
  *   h' = sat8(rsr(z * (h << 8) + (32768 - z) * n, 23))                                           (Q0.7)
- * The layer must satisfy kpgen.golden.kernel_limits (the quantizer guarantees it) and the sigmoid table must
+ * The layer must satisfy kpgen.quant.limits.kernel_limits (the quantizer guarantees it) and the sigmoid table must
  * hold values 0..32767 (make_table's does): then every sum fits int32.
  * x: input_size int8; h: hidden_size int8 (updated in place). Scratch: kp_lstm_scratch_s8 with acc_x and acc_h
  * of 3H int32 each and tv for the larger of Wx and Wh; `gates` is not used. x must not alias h or the scratch.

@@ -11,7 +11,7 @@
  * 1, 3) and tanh for g (k = 2), z = sat16(bias[r] + rq(ax[r], mult_x, shift_x) + rq(ah[r], mult_h, shift_h)):
  * requantization, bias, saturation and activation in one pass, (i, f, g, o) of a unit side by side for the
  * cell update. rq(acc, m, s) = rsr(acc * m, s) is one rounding high multiply of acc * 2^(32-s) by m
- * (kp_gate_rq); the quantizer keeps every partial sum in int32 (kpgen.golden.kernel_limits).
+ * (kp_gate_rq); the quantizer keeps every partial sum in int32 (kpgen.quant.limits.kernel_limits).
  * Helium: four rows per step (VRMULH, VADD, clamp, gathering table load, scattering halfword store).
  */
 static KP_STAGE void kp_lstm_gates_s16(const kp_lstm_params_s8 *p, const int32_t *ax, const int32_t *ah,

@@ -21,11 +21,11 @@ typedef struct {
     int32_t mult_h, shift_h;
     const int32_t *bias;               /* 4H, Q3.12 */
     int32_t cell_frac;                 /* 0..15 */
-    const int16_t *sigmoid_table;      /* 1024 entries each (kpgen.golden.make_table) */
+    const int16_t *sigmoid_table;      /* 1024 entries each (kpgen.reference.golden.make_table) */
     const int16_t *tanh_table;
 } kp_lstm_params_s8;
 
-/* Scratch of one step (shared by all layers; sizes from kpgen.emit.arena_fields). */
+/* Scratch of one step (shared by all layers; sizes from kpgen.codegen.emit.arena_fields). */
 typedef struct {
     int32_t *acc_x, *acc_h;            /* 4H int32 each: Wx x and Wh h */
     int32_t *gates;                    /* 2H words: the gate values (int16), unit by unit: (i, f), (g, o) */
@@ -38,7 +38,7 @@ typedef struct {
  *   i, f, o = sigmoid(z), g = tanh(z)                                                          (Q0.15)
  *   c' = sat16(rsr(f * c, 15) + rsr(i * g, 30 - cell_frac))
  *   h' = sat8(rsr(o * tanh(c' in Q3.12), 23))                                                  (Q0.7)
- * The layer must satisfy kpgen.golden.kernel_limits (the quantizer guarantees it): then every sum fits int32.
+ * The layer must satisfy kpgen.quant.limits.kernel_limits (the quantizer guarantees it): then every sum fits int32.
  * x: input_size int8; h: hidden_size int8 (updated in place); c: hidden_size int16 (updated in place).
  * x must not alias h or the scratch. Stages (separate functions, named in a profile): kp_matvec_s8's
  * (kp_dense_x_s16 or kp_kron_xbt_s8, then kp_kron_at_s8) for Wx x and Wh h, then kp_lstm_gates_s16 (requantize,

@@ -56,12 +56,13 @@ def save(ckpt: object, path: Path) -> Path:
     return path
 
 
-def vectors(path: Path, samples: int = 3, steps: int = 5, features: int = 6, seed: int = 0, labels: bool = True) -> Path:
-    """An .npz of test inputs x [samples, steps, features] in -1.5..1.5 (and labels y)."""
+def vectors(path: Path, samples: int = 3, steps: int = 5, features: int = 6, seed: int = 0, labels: bool = True,
+            classes: int = 3) -> Path:
+    """An .npz of test inputs x [samples, steps, features] in -1.5..1.5 (and labels y in 0..classes-1)."""
     rng = np.random.default_rng(seed)
     x = rng.uniform(-1.5, 1.5, size=(samples, steps, features))
     arrays = {"x": x}
     if labels:
-        arrays["y"] = rng.integers(0, 3, size=samples)
+        arrays["y"] = rng.integers(0, classes, size=samples)
     np.savez(path, **arrays)
     return Path(path)

@@ -6,7 +6,6 @@ import ctypes
 import os
 
 import pytest
-
 from runtime_ctypes import build_runtime
 
 

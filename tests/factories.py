@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from kpgen.reference import golden
+from kpgen.cells.lstm import LSTMLayerQ
+from kpgen.ir import DenseQ, KPMatrixQ, ModelQ, Requant
+from kpgen.quant import limits
 from kpgen.quant.quantize import t_shift_for
-from kpgen.ir import DenseQ, KPMatrixQ, LSTMLayerQ, ModelQ, Requant
+from kpgen.reference import golden
 
 Factors = tuple[int, int, int, int]  # (m1, n1, m2, n2)
 
@@ -52,9 +54,9 @@ def random_requant(rng: np.random.Generator, shift_lo: int = 20, shift_hi: int =
 
 def min_gate_shift(m: KPMatrixQ) -> int:
     """Smallest gate-requantizer shift the C kernels allow for this matrix: |acc| * 2**(32-shift) < 2**31."""
-    bound = golden.kp_acc_bound(m.a, m.b, m.t_shift)
+    bound = limits.kp_acc_bound(m.a, m.b, m.t_shift)
     shift = 1
-    while (bound << (golden.GATE_SHIFT_MAX - shift)) >= 2**31:
+    while (bound << (limits.GATE_SHIFT_MAX - shift)) >= 2**31:
         shift += 1
     return shift
 
@@ -66,15 +68,15 @@ def gate_requant(rng: np.random.Generator, m: KPMatrixQ, mode: str = "random") -
     lo = min_gate_shift(m)
     if mode == "extreme":
         return Requant(mult=int(rng.integers(1 << 28, 1 << 30)), shift=lo)
-    shift = int(rng.integers((lo + golden.GATE_SHIFT_MAX) // 2, golden.GATE_SHIFT_MAX + 1))
+    shift = int(rng.integers((lo + limits.GATE_SHIFT_MAX) // 2, limits.GATE_SHIFT_MAX + 1))
     return Requant(mult=int(2 ** rng.uniform(4, 30)), shift=shift)
 
 
 def gate_headroom(wx: KPMatrixQ, wh: KPMatrixQ, rq_x: Requant, rq_h: Requant) -> int:
-    """Largest |bias| for which the int32 gate sum cannot overflow (kpgen.reference.golden.kernel_limits)."""
+    """Largest |bias| for which the int32 gate sum cannot overflow (kpgen.reference.limits.kernel_limits)."""
     worst = 0
     for m, rq in ((wx, rq_x), (wh, rq_h)):
-        worst += int(golden.rsr(np.int64(golden.kp_acc_bound(m.a, m.b, m.t_shift)) * np.int64(rq.mult), rq.shift))
+        worst += int(golden.rsr(np.int64(limits.kp_acc_bound(m.a, m.b, m.t_shift)) * np.int64(rq.mult), rq.shift))
     return (1 << 31) - 1 - worst
 
 
@@ -88,7 +90,7 @@ def random_layer(
     mode: str = "random",
     cell_frac: int | None = None,
 ) -> LSTMLayerQ:
-    """A random LSTMLayerQ within the C kernels' limits (kpgen.reference.golden.kernel_limits); mode 'extreme': extreme
+    """A random LSTMLayerQ within the C kernels' limits (kpgen.reference.limits.kernel_limits); mode 'extreme': extreme
     weights, the smallest allowed shifts, biases at the int32 headroom (saturating gates)."""
     h4 = 4 * hidden_size
     fx = x_factors or random_factors(rng, h4, input_size)
@@ -115,7 +117,7 @@ def random_layer(
         cell_frac=int(rng.integers(0, 16)) if cell_frac is None else cell_frac,
         input_scale=1 / 128,
     )
-    assert not golden.kernel_limits(layer), golden.kernel_limits(layer)
+    assert not limits.kernel_limits(layer), limits.kernel_limits(layer)
     return layer
 
 

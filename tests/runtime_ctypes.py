@@ -16,10 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from kpgen.cells.lstm import LSTMLayerQ
 from kpgen.codegen import layout
-from kpgen.ir import LSTMLayerQ
 
 RUNTIME_DIR = Path(__file__).resolve().parents[1] / "runtime_c"
+# The files of kp_matvec_s8: its public entry and the stage kernels that share kp_matvec_internal.h.
+MATVEC_RUNTIME = tuple(sorted(p.name for p in RUNTIME_DIR.glob("*.c") if '"kp_matvec_internal.h"' in p.read_text()))
 CFLAGS = ["-O2", "-std=c99", "-shared", "-fPIC", "-Wall", "-Wextra", "-Wconversion", "-Wshadow", "-Werror", "-pedantic"]
 
 SHIM_C = r"""
@@ -240,6 +242,8 @@ class Runtime:
         self.lib = lib
         lib.kp_matvec_s8.argtypes = [ctypes.POINTER(Kron), P8, P32, P32]
         lib.kp_matvec_s8.restype = None
+        lib.kp_matvec_s8_get_buffer_size.argtypes = [ctypes.POINTER(Kron)]
+        lib.kp_matvec_s8_get_buffer_size.restype = I32
         lib.kp_fc_s8.argtypes = [P8, P32, I32, I32, P8, P32]
         lib.kp_fc_s8.restype = None
         lib.kp_lstm_step_s8.argtypes = [ctypes.POINTER(LSTMParams), P8, P8, P16, ctypes.POINTER(LSTMScratch)]
@@ -282,6 +286,10 @@ class Runtime:
         assert tv[-1] == POISON and y[-1] == POISON, "kp_matvec_s8 wrote past its scratch or output"
         y = y[:-1]
         return y
+
+    def buffer_size(self, m) -> int:
+        """kp_matvec_s8_get_buffer_size of a whole KPMatrixQ: the scratch words the C runtime asks for."""
+        return int(self.lib.kp_matvec_s8_get_buffer_size(ctypes.byref(PackedMatrix(m).struct)))
 
     def matrix(self, m, x: np.ndarray, scratch_words: int | None = None) -> np.ndarray:
         """kp_matvec_s8 on a whole KPMatrixQ (PackedMatrix) and one vector x (N,) -> int32 (M,); the scratch is

@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from kpgen import KpgenError
-from kpgen.target.boards import BOARDS_DIR, REPO_ROOT, list_boards, load_board, render_linker_script, render_makefile
+from kpgen.codegen.emit import BOARD_COMMON, RUNTIME
+from kpgen.target.boards import (
+    BOARDS_DIR,
+    TEMPLATES_DIR,
+    list_boards,
+    load_board,
+    render_linker_script,
+    render_makefile,
+)
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_paths():
-    assert (REPO_ROOT / "kpgen" / "target" / "boards.py").is_file()
-    assert BOARDS_DIR == REPO_ROOT / "boards"
-    assert (REPO_ROOT / "templates" / "link.ld.j2").is_file()
+    """From a checkout (editable install), the shipped folders are the repository's own top-level folders."""
+    assert BOARDS_DIR.resolve() == REPO / "boards"
+    assert TEMPLATES_DIR.resolve() == REPO / "templates"
+    assert RUNTIME.resolve() == REPO / "runtime_c"
+    assert BOARD_COMMON.resolve() == REPO / "boards" / "common"
+    assert (TEMPLATES_DIR / "link.ld.j2").is_file()
 
 
 def test_m4_fields():
@@ -108,9 +123,10 @@ def test_every_board_loads_with_a_consistent_memory_map():
         flash = range(b.flash_origin, b.flash_origin + b.flash_size)
         ram = range(b.ram_origin, b.ram_origin + b.ram_size)
         assert b.flash_size > 0 and b.ram_size > 0, b.name
-        assert not (set((flash.start, flash.stop - 1)) & set(ram) or set((ram.start, ram.stop - 1)) & set(flash)), b.name
+        assert not (set((flash.start, flash.stop - 1)) & set(ram)
+                    or set((ram.start, ram.stop - 1)) & set(flash)), b.name
         assert b.flash_origin % 4 == 0 and (b.ram_origin + b.ram_size) % 8 == 0, b.name
-        assert 0 < b.stack_size and b.stack_size + b.heap_size < b.ram_size, b.name
+        assert b.stack_size > 0 and b.stack_size + b.heap_size < b.ram_size, b.name
         assert b.ram_origin + b.ram_size <= 1 << 32 and b.flash_origin + b.flash_size <= 1 << 32, b.name
         ld = render_linker_script(b)
         assert f"ORIGIN = 0x{b.flash_origin:08X}, LENGTH = 0x{b.flash_size:08X}" in ld, b.name

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from kpgen.train.nn import (
+    KPGRU,
     HKPLinear,
     KPFastGRNN,
     KPFastRNN,
-    KPGRU,
     KPLinear,
     KPRNNClassifier,
     LowRankLinear,
@@ -60,7 +60,7 @@ def test_kplinear_three_factor_gradients_match_kron_chain():
     ((layer(x) - target) ** 2).sum().backward()
     fs = [p.detach().clone().requires_grad_(True) for p in layer.factor_list()]
     ((x @ kron_chain(fs).T - target) ** 2).sum().backward()
-    for p, q in zip(layer.factor_list(), fs):
+    for p, q in zip(layer.factor_list(), fs, strict=True):
         torch.testing.assert_close(p.grad, q.grad)
 
 
@@ -250,16 +250,16 @@ def test_kpfastgrnn_equals_hand_loop():
         z = torch.sigmoid(pre + cell.bias_z)
         cand = torch.tanh(pre + cell.bias_h)
         h = (zeta * (1 - z) + nu) * cand + z * h
-    out, hn = cell(x, h0)
+    _, hn = cell(x, h0)
     torch.testing.assert_close(hn, h)
     _, _, trace = cell(x, h0, return_trace=True)
     assert trace.gates.shape == (3, 5, 8)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "fastrnn", "fastgrnn"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "fastrnn", "fastgrnn", "rnn", "rnn-relu"])
 def test_classifier_every_cell_backward_reaches_every_parameter(cell):
     torch.manual_seed(11)
-    gates = {"lstm": 4, "gru": 3, "fastrnn": 1, "fastgrnn": 1}[cell]
+    gates = {"lstm": 4, "gru": 3, "fastrnn": 1, "fastgrnn": 1, "rnn": 1, "rnn-relu": 1}[cell]
     wx = wh = [(2 * gates, 2), (4, 4)]  # (8 * gates) x 8, for the input (8 features) and h (8 units)
     model = KPRNNClassifier(cell, 8, 8, 3, wx, wh, num_layers=2)
     logits, traces = model(torch.randn(4, 6, 8), return_trace=True)
@@ -276,4 +276,26 @@ def test_classifier_with_hkp_lowrank_and_dense_specs():
     dense = KPRNNClassifier("gru", 8, 8, 3, "dense", "dense")
     assert {n for n, _ in dense.named_parameters()} >= {"layers.0.wx.weight", "layers.0.wh.weight", "layers.0.bias_hn"}
     with pytest.raises(ValueError, match="unknown cell"):
-        KPRNNClassifier("rnn", 8, 8, 3, "dense", "dense")
+        KPRNNClassifier("elman", 8, 8, 3, "dense", "dense")
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_plain_rnn_layer_is_torch_rnn(nonlinearity):
+    """KPRNN / KPReluRNN with dense matrices compute torch.nn.RNN's outputs from the same weights
+    (bias = b_ih + b_hh)."""
+    from kpgen.train.nn import KPRNN, KPReluRNN
+
+    torch.manual_seed(12)
+    ref = torch.nn.RNN(5, 6, batch_first=True, nonlinearity=nonlinearity).double()
+    layer = (KPReluRNN if nonlinearity == "relu" else KPRNN)(5, 6, "dense", "dense").double()
+    with torch.no_grad():
+        layer.wx.weight.copy_(ref.weight_ih_l0)
+        layer.wh.weight.copy_(ref.weight_hh_l0)
+        layer.bias.copy_(ref.bias_ih_l0 + ref.bias_hh_l0)
+    x = torch.randn(3, 7, 5, dtype=torch.float64)
+    out, h = layer(x)
+    want, hn = ref(x)
+    torch.testing.assert_close(out, want)
+    torch.testing.assert_close(h, hn[0])
+    if nonlinearity == "relu":
+        assert float(out.detach().min()) == 0.0 and float(out.detach().max()) > 0.5

@@ -12,13 +12,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from kpgen.reference import golden
-from kpgen.quant import quantize
-from kpgen.reference import floatmodel
 from kpgen.cli import main
 from kpgen.frontend.load import checkpoint_to_ir
-from kpgen.train.nn import KPRNNClassifier
+from kpgen.quant import quantize
+from kpgen.reference import floatmodel, golden
 from kpgen.train.loop import calibrate, make_checkpoint, save_checkpoint
+from kpgen.train.nn import KPRNNClassifier
 
 I, H, C, T = 6, 8, 3, 7
 
@@ -28,6 +27,8 @@ KP = {
     "gru": ([[4, 2], [6, 3]], [[4, 2], [6, 4]]),
     "fastrnn": ([[2, 2], [4, 3]], [[2, 2], [4, 4]]),
     "fastgrnn": ([[2, 2], [4, 3]], [[2, 2], [4, 4]]),
+    "rnn": ([[2, 2], [4, 3]], [[2, 2], [4, 4]]),
+    "rnn-relu": ([[2, 2], [4, 3]], [[2, 2], [4, 4]]),
 }
 
 CASES = {
@@ -45,6 +46,9 @@ CASES = {
     "fastgrnn-dense-stacked": ("fastgrnn", "dense", "dense", 2, False, "dense"),
     # alpha 0.45, beta 0.97: |h| grows past 1, so h is Q(e).(7-e) with e > 0 (the state exponent, emitted)
     "fastrnn-growing-stacked": ("fastrnn", *KP["fastrnn"], 2, False, "kp"),
+    "rnn-kp": ("rnn", *KP["rnn"], 1, False, "kp"),
+    "rnn-relu-kp": ("rnn-relu", *KP["rnn-relu"], 1, False, "kp"),
+    "rnn-relu-bidirectional-stacked": ("rnn-relu", *KP["rnn-relu"], 2, True, "kp"),
 }
 
 
@@ -123,7 +127,8 @@ def _variant(**changes) -> dict:
 
 VARIANT_ERRORS = {
     "spec-not-a-spec": (dict(spec_wx_specs=7), "arch.wx_specs[0] is 7, not a matrix spec"),
-    "spec-kind": (dict(spec_wx_specs={"kind": "sparse"}), "arch.wx_specs[0] has kind 'sparse', not 'kp', 'hkp' or 'dense'"),
+    "spec-kind": (dict(spec_wx_specs={"kind": "sparse"}),
+                  "arch.wx_specs[0] has kind 'sparse', not 'kp', 'hkp' or 'dense'"),
     "spec-padded": (dict(spec_wh_specs={"kind": "kp", "factors": [[4, 2], [6, 4]], "pad": True}),
                     "arch.wh_specs[0] has padded Kronecker factors, which kpgen cannot emit"),
     "spec-factors": (dict(spec_wx_specs={"kind": "kp", "factors": [[4, 2]]}),
@@ -131,11 +136,13 @@ VARIANT_ERRORS = {
     "spec-dense-rows": (dict(spec_wx_specs={"kind": "hkp", "factors": [[4, 2], [6, 3]], "dense_rows": 24}),
                         "arch.wx_specs[0].dense_rows is 24, not an int in 0..23"),
     "spec-product": (dict(spec_wx_specs={"kind": "hkp", "factors": [[4, 2], [6, 3]], "dense_rows": 8}),
-                     "arch.wx_specs[0] factors (4x2) (x) (6x3) make a 24x6 matrix but the layer needs 16x6 below 8 dense rows"),
+                     "arch.wx_specs[0] factors (4x2) (x) (6x3) make a 24x6 matrix but the layer needs 16x6 "
+                     "below 8 dense rows"),
     "method": (dict(method="magic"), "arch.method 'magic' is not known"),
     "bidirectional": (dict(bidirectional="yes"), "arch.bidirectional is 'yes', not true or false"),
     "spec-count": (dict(wh_specs=[]), "arch.wh_specs must list one matrix spec per layer (1)"),
-    "variant-cell": (dict(cell="rnn"), "arch.cell 'rnn' is not supported; use one of lstm, gru, fastrnn, fastgrnn"),
+    "variant-cell": (dict(cell="elman"), "arch.cell 'elman' is not supported; use one of lstm, gru, fastrnn, fastgrnn, "
+                                          "rnn, rnn-relu"),
 }
 
 
@@ -148,3 +155,30 @@ def test_variant_arch_errors(case: str) -> None:
     with pytest.raises(KpgenError) as e:
         checkpoint_to_ir(_variant(**changes), "ck.pt")
     assert message in str(e.value) and "\n" not in str(e.value) and str(e.value).startswith("ck.pt: ")
+
+
+RNN_QEMU = [(case, board) for case in ("rnn-kp", "rnn-relu-kp") for board in ("m4", "m0")]
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize(("case", "board"), RNN_QEMU, ids=[f"{c}-{b}" for c, b in RNN_QEMU])
+def test_plain_rnn_bit_exact_on_m4_and_m0(case: str, board: str, tmp_path: Path) -> None:
+    """The plain RNN, tanh and relu (h with a state exponent), through `kpgen emit` + `kpgen run` on the M4 (DSP)
+    and the M0 (Armv6-M, 16 x 16 high multiply): 4 samples, bit-exact."""
+    ck, _ = build_checkpoint(case)
+    assert ck["arch"]["cell"] == case.removesuffix("-kp")
+    if case == "rnn-relu-kp":  # the relu state is wider than 1 here, so h is Q(e).(7-e) with e > 0
+        assert quantize.quantize_model(checkpoint_to_ir(ck, case)).layers[0].state_exp > 0
+    pt = tmp_path / f"{case}.pt"
+    save_checkpoint(ck, pt)
+    rng = np.random.default_rng(4)
+    vec = tmp_path / "v.npz"
+    np.savez(vec, x=rng.uniform(-1.5, 1.5, (4, T, I)), y=rng.integers(0, C, 4))
+    out = tmp_path / board
+    runner = CliRunner()
+    res = runner.invoke(main, ["emit", str(pt), "--board", board, "-o", str(out), "--vectors", str(vec)])
+    assert res.exit_code == 0, res.output
+    assert "kp_rnn_step_s8(&" in (out / "model.c").read_text()
+    res = runner.invoke(main, ["run", str(out), "--timeout", "120"])
+    assert res.exit_code == 0, res.output
+    assert "PASS: bit-exact" in res.output and "4/4" in res.output, res.output

@@ -1,5 +1,6 @@
-"""The integer GRU, FastRNN and FastGRNN cells: golden model against Python integers and the float cells of
-kpgen.train.nn, the C kernels against the golden model (bit-exact, every code path), kernel limits and quantizer."""
+"""The integer GRU, FastRNN, FastGRNN and plain RNN (tanh, relu) cells: golden model against Python integers and the
+float cells of kpgen.train.nn, the C kernels against the golden model (bit-exact, every code path), kernel limits
+and quantizer."""
 
 from __future__ import annotations
 
@@ -7,36 +8,45 @@ import ctypes
 
 import numpy as np
 import pytest
-
 from factories import gate_requant, random_factors, random_int8, random_kp
-from kpgen import KpgenError, ir
-from kpgen.reference import golden
-from kpgen.quant import quantize
-from kpgen.reference import floatmodel
-from kpgen.ir import (
-    BiLayerF,
-    BiLayerQ,
-    Calibration,
-    DenseF,
-    FastGRNNLayerF,
-    FastGRNNLayerQ,
-    FastRNNLayerF,
-    FastRNNLayerQ,
-    GRULayerF,
-    GRULayerQ,
-    KPMatrixF,
-    LSTMLayerF,
-    ModelF,
-    Requant,
+from runtime_ctypes import (
+    I32,
+    P8,
+    P16,
+    P32,
+    POISON,
+    Kron,
+    LSTMScratch,
+    PackedMatrix,
+    Runtime,
+    _arr,
+    _p,
 )
-from runtime_ctypes import I32, P8, P16, P32, POISON, Kron, LSTMScratch, PackedMatrix, Runtime, _arr, _p
+
+from kpgen import KpgenError, cells, ir
+from kpgen.cells import fastgrnn as fastgrnn_cell
+from kpgen.cells import fastrnn as fastrnn_cell
+from kpgen.cells import gru as gru_cell
+from kpgen.cells import rnn as rnn_cell
+from kpgen.cells.fastgrnn import FastGRNNLayerF, FastGRNNLayerQ
+from kpgen.cells.fastrnn import FastRNNLayerF, FastRNNLayerQ
+from kpgen.cells.gru import GRULayerF, GRULayerQ
+from kpgen.cells.lstm import LSTMLayerF
+from kpgen.cells.rnn import ReluRNNLayerF, ReluRNNLayerQ, RNNLayerF, RNNLayerQ
+from kpgen.ir import BiLayerF, BiLayerQ, Calibration, DenseF, KPMatrixF, ModelF, Requant
+from kpgen.quant import limits, quantize
+from kpgen.reference import floatmodel, golden
 
 SIG = golden.make_table("sigmoid")
 TANH = golden.make_table("tanh")
 MODES = ("random", "min", "max", "extreme")
 CELLS = ("gru", "fastrnn", "fastgrnn")
-GATES = {"gru": 3, "fastrnn": 1, "fastgrnn": 1}
-STEP = {"gru": golden.kp_gru_step_s8, "fastrnn": golden.kp_fastrnn_step_s8, "fastgrnn": golden.kp_fastgrnn_step_s8}
+RNN_CELLS = ("rnn", "rnn-relu")  # the plain RNN, tanh and relu: one C kernel
+ALL = CELLS + RNN_CELLS  # seeds derive from ALL.index(cell): the first three keep their seeds
+GATES = {"gru": 3, "fastrnn": 1, "fastgrnn": 1, "rnn": 1, "rnn-relu": 1}
+STEP = {"gru": gru_cell.kp_gru_step_s8, "fastrnn": fastrnn_cell.kp_fastrnn_step_s8,
+        "fastgrnn": fastgrnn_cell.kp_fastgrnn_step_s8, "rnn": rnn_cell.kp_rnn_step_s8,
+        "rnn-relu": rnn_cell.kp_rnn_step_s8}
 I31 = (1 << 31) - 1
 
 # ----------------------------------------------------------------------------------------- random layers
@@ -44,7 +54,7 @@ I31 = (1 << 31) - 1
 
 def _worst(m, rq: Requant) -> int:
     """Largest |requantize(acc)| the matrix can give."""
-    return int(golden.rsr(np.int64(golden.matrix_acc_bound(m)) * np.int64(rq.mult), rq.shift))
+    return int(golden.rsr(np.int64(limits.matrix_acc_bound(m)) * np.int64(rq.mult), rq.shift))
 
 
 def _bias(rng: np.random.Generator, n: int, room: int, mode: str) -> np.ndarray:
@@ -67,9 +77,9 @@ def random_cell(
     shift32: bool = False,
     state_exp: int = 0,
 ):
-    """A random integer layer of `cell` inside golden.kernel_limits; 'extreme': extreme weights, the smallest
+    """A random integer layer of `cell` inside limits.kernel_limits; 'extreme': extreme weights, the smallest
     shifts, biases at their int32 headroom. scalars: (alpha, beta) or (zeta, nu); shift32: both shifts 32;
-    state_exp: FastRNN / FastGRNN only."""
+    state_exp: FastRNN / FastGRNN / ReLU RNN only."""
     rows = GATES[cell] * hsz
     wx = random_kp(rng, fx or random_factors(rng, rows, isz), mode)
     wh = random_kp(rng, fh or random_factors(rng, rows, hsz), mode)
@@ -87,11 +97,15 @@ def random_cell(
     elif cell == "fastrnn":
         layer = FastRNNLayerQ(**common, bias=_bias(rng, hsz, room, mode).astype(np.int32),
                               alpha=scalars[0], beta=scalars[1], state_exp=state_exp)  # fmt: skip
+    elif cell == "rnn":
+        layer = RNNLayerQ(**common, bias=_bias(rng, hsz, room, mode).astype(np.int32))
+    elif cell == "rnn-relu":  # the rounding term 2**7 of rsr(max(s, 0), 8) takes its room too
+        layer = ReluRNNLayerQ(**common, bias=_bias(rng, hsz, room - 128, mode).astype(np.int32), state_exp=state_exp)
     else:
         layer = FastGRNNLayerQ(**common, bias_z=_bias(rng, hsz, room, mode).astype(np.int32),
                                bias_h=_bias(rng, hsz, room, mode).astype(np.int32), zeta=scalars[0], nu=scalars[1],
                                state_exp=state_exp)  # fmt: skip
-    assert golden.kernel_limits(layer) == [], golden.kernel_limits(layer)
+    assert limits.kernel_limits(layer) == [], limits.kernel_limits(layer)
     return layer
 
 
@@ -123,11 +137,19 @@ class FastGRNNParams(ctypes.Structure):
                 ("sigmoid_table", P16), ("tanh_table", P16)]  # fmt: skip
 
 
+class RNNParams(ctypes.Structure):
+    """Mirror of kp_rnn_params_s8."""
+
+    _fields_ = [("input_size", I32), ("hidden_size", I32), ("wx", Kron), ("wh", Kron),
+                ("mult_x", I32), ("shift_x", I32), ("mult_h", I32), ("shift_h", I32),
+                ("bias", P32), ("relu", I32), ("state_exp", I32), ("tanh_table", P16)]  # fmt: skip
+
+
 class CCell:
     """One C-side layer (packed as the emitter packs it) with its own h and poisoned scratch."""
 
     def __init__(self, rt: Runtime, layer) -> None:
-        self.rt, self.cell = rt, type(layer).CELL
+        self.rt, self.cell = rt, cells.of(layer).name
         hs, rows = layer.hidden_size, GATES[self.cell] * layer.hidden_size
         self.wx, self.wh = PackedMatrix(layer.wx), PackedMatrix(layer.wh)
         self.tabs = _arr(SIG, np.int16), _arr(TANH, np.int16)
@@ -140,11 +162,14 @@ class CCell:
         elif self.cell == "fastrnn":
             self.vecs = [_arr(layer.bias, np.int32)]
             self.params = FastRNNParams(*head, _p(self.vecs[0], P32), layer.alpha, layer.beta, layer.state_exp, tanh)
+        elif self.cell in RNN_CELLS:
+            self.vecs = [_arr(layer.bias, np.int32)]
+            self.params = RNNParams(*head, _p(self.vecs[0], P32), int(self.cell == "rnn-relu"), layer.state_exp, tanh)
         else:
             self.vecs = [_arr(layer.bias_z, np.int32), _arr(layer.bias_h, np.int32)]
             self.params = FastGRNNParams(*head, *(_p(v, P32) for v in self.vecs), layer.zeta, layer.nu, layer.state_exp,
                                          sig, tanh)  # fmt: skip
-        self.fn = getattr(rt.lib, f"kp_{self.cell}_step_s8")
+        self.fn = getattr(rt.lib, cells.get(self.cell).c_step)
         self.fn.argtypes = [ctypes.POINTER(type(self.params)), P8, P8, ctypes.POINTER(LSTMScratch)]
         self.fn.restype = None
         self.h = np.zeros(hs + 1, np.int8)  # one guard byte past h
@@ -201,7 +226,7 @@ def py_step(layer, x: np.ndarray, h: np.ndarray) -> list[int]:
     out = []
     for u in range(hs):
         hu, hv = int(h[u]) * 256, int(h[u])
-        if type(layer).CELL == "gru":
+        if cells.of(layer).name == "gru":
             b = [int(v) for v in layer.bias]
             r = _act(sat(gx[u] + gh[u] + b[u], 16), SIG)
             z = _act(sat(gx[hs + u] + gh[hs + u] + b[hs + u], 16), SIG)
@@ -211,7 +236,15 @@ def py_step(layer, x: np.ndarray, h: np.ndarray) -> list[int]:
             out.append(sat(rsr(v, 23), 8))
             continue
         e = layer.state_exp
-        if type(layer).CELL == "fastrnn":
+        if cells.of(layer).name in RNN_CELLS:
+            s = gx[u] + gh[u] + int(layer.bias[u])
+            assert abs(s) + 128 < 1 << 31  # the int32 proof, checked: C adds the rounding term 2**7
+            if cells.of(layer).name == "rnn":
+                out.append(sat(rsr(_act(sat(s, 16), TANH), 8), 8))  # tanh Q0.15 -> h Q0.7
+            else:
+                out.append(sat(rsr(max(s, 0), 8), 8))  # Q(e).(15-e) -> Q(e).(7-e)
+            continue
+        if cells.of(layer).name == "fastrnn":
             ht = _act(sat(gx[u] + gh[u] + int(layer.bias[u]), 16), TANH)
             a, b = layer.alpha * ht, layer.beta * hv  # h' = sat8(rsr(rsr(alpha h~, 8 + e) + beta h, 15))
         else:
@@ -222,23 +255,24 @@ def py_step(layer, x: np.ndarray, h: np.ndarray) -> list[int]:
             a, b = g * ht, z * hv  # h' = sat8(rsr(rsr(g h~, 8 + e) + z h, 15))
         v = rsr(a, 8 + e) + b
         # the int32 proofs, checked: C adds the rounding terms 2**(7+e) to a and 2**14 to v
-        assert -(1 << 31) <= a and a + (1 << (7 + e)) < 1 << 31 and abs(v) + (1 << 14) < 1 << 31
+        assert a >= -(1 << 31) and a + (1 << (7 + e)) < 1 << 31 and abs(v) + (1 << 14) < 1 << 31
         out.append(sat(rsr(v, 15), 8))
     return out
 
 
-CELL_EXPS = [("gru", 0)] + [(c, e) for c in ("fastrnn", "fastgrnn") for e in range(8)]  # GRU: no state exponent
+# GRU, tanh RNN: no exponent
+CELL_EXPS = [("gru", 0), ("rnn", 0)] + [(c, e) for c in ("fastrnn", "fastgrnn", "rnn-relu") for e in range(8)]
 
 
 @pytest.mark.parametrize(("cell", "state_exp"), CELL_EXPS, ids=[f"{c}-e{e}" for c, e in CELL_EXPS])
 @pytest.mark.parametrize("mode", ["random", "extreme"])
 def test_golden_matches_python_ints_and_batches(cell: str, mode: str, state_exp: int) -> None:
     """Per element on Python ints, every state exponent 0..7 of FastRNN and FastGRNN."""
-    rng = np.random.default_rng(2 * CELLS.index(cell) + (mode == "extreme"))
+    rng = np.random.default_rng(2 * ALL.index(cell) + (mode == "extreme"))
     for _ in range(6):
         isz, hsz = int(rng.integers(1, 9)), int(rng.integers(1, 9))
         layer = random_cell(rng, cell, isz, hsz, mode=mode)
-        if cell != "gru":
+        if cell not in ("gru", "rnn"):
             layer = type(layer)(**{**layer.__dict__, "state_exp": state_exp})
         x = random_int8(rng, (5, isz), "random", lo=-128)
         h = random_int8(rng, (5, hsz), mode, lo=-128)
@@ -258,11 +292,11 @@ def _torch_cell(cell: str, isz: int, hsz: int, seed: int):
     """A kpgen.train.nn float cell with KP matrices and non-trivial biases / scalars, and the same layer as float IR."""
     import torch
 
-    from kpgen.train.nn.rnn import CELLS as NN_CELLS
+    from kpgen.train.nn.rnn import layer_class
 
     torch.manual_seed(seed)
     g = GATES[cell]
-    mod = NN_CELLS[cell](isz, hsz, ((g * hsz // 4, 3), (4, isz // 3)), ((g * hsz // 4, 4), (4, hsz // 4)))
+    mod = layer_class(cell)(isz, hsz, ((g * hsz // 4, 3), (4, isz // 3)), ((g * hsz // 4, 4), (4, hsz // 4)))
     with torch.no_grad():
         for name, p in mod.named_parameters():
             if name.startswith("bias"):
@@ -280,6 +314,8 @@ def _torch_cell(cell: str, isz: int, hsz: int, seed: int):
         lf = GRULayerF(isz, hsz, wx, wh, np_["bias"], np_["bias_hn"])
     elif cell == "fastrnn":
         lf = FastRNNLayerF(isz, hsz, wx, wh, np_["bias"], sig(np_["alpha"]), sig(np_["beta"]))
+    elif cell in RNN_CELLS:
+        lf = (ReluRNNLayerF if cell == "rnn-relu" else RNNLayerF)(isz, hsz, wx, wh, np_["bias"])
     else:
         lf = FastGRNNLayerF(isz, hsz, wx, wh, np_["bias_z"], np_["bias_h"], sig(np_["zeta"]), sig(np_["nu"]))
     return mod, lf
@@ -300,7 +336,7 @@ def test_golden_tracks_the_float_cell(cell: str) -> None:
     out_f = out_f.double().numpy()
     input_scale = 1.0 / 127
     q = quantize.quantize_layer(lf, input_scale, 0.0, 0)
-    assert type(q).CELL == cell
+    assert cells.of(q).name == cell
     xq = golden.quantize_input(x, input_scale)
     h = np.zeros((40, hsz), np.int8)
     err, sq = 0.0, 0.0
@@ -315,12 +351,12 @@ def test_golden_tracks_the_float_cell(cell: str) -> None:
 # --------------------------------------------------------------------------------------- C against golden
 
 
-@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("cell", ALL)
 @pytest.mark.parametrize("mode", ["random", "extreme"])
 @pytest.mark.parametrize("seed", range(4))
 def test_c_steps_equal_golden(rt: Runtime, cell: str, mode: str, seed: int) -> None:
     """Random shapes and factors, several steps carried in C, then steps from random states: equal h."""
-    rng = np.random.default_rng(1000 * seed + 10 * CELLS.index(cell) + (mode == "extreme"))
+    rng = np.random.default_rng(1000 * seed + 10 * ALL.index(cell) + (mode == "extreme"))
     isz, hsz = int(rng.integers(1, 17)), int(rng.integers(1, 17))
     layer = random_cell(rng, cell, isz, hsz, mode=mode, shift32=seed == 1)
     cc = CCell(rt, layer)
@@ -335,13 +371,14 @@ def test_c_steps_equal_golden(rt: Runtime, cell: str, mode: str, seed: int) -> N
         assert np.array_equal(cc.step(x, h0), STEP[cell](layer, x, h0, SIG, TANH)), t
 
 
-@pytest.mark.parametrize("cell", ["fastrnn", "fastgrnn"])
+@pytest.mark.parametrize("cell", ["fastrnn", "fastgrnn", "rnn-relu"])
 @pytest.mark.parametrize("state_exp", [0, 1, 3, 7])
 @pytest.mark.parametrize("mode", ["random", "extreme"])
 def test_c_state_exponents_equal_golden(rt: Runtime, cell: str, state_exp: int, mode: str) -> None:
     """The run-time shift 8 + state_exp of the state update: steps carried in C and steps from random states,
     with scalars near their ends (alpha + beta > 1 lets h grow, as the exponent is there for)."""
-    rng = np.random.default_rng(300 + 10 * state_exp + (cell == "fastgrnn") + 2 * (mode == "extreme"))
+    rng = np.random.default_rng(300 + 10 * state_exp + (cell == "fastgrnn") + 2 * (mode == "extreme")
+                                + 5 * (cell == "rnn-relu"))
     for k in range(3):
         scalars = [(14746, 31785), (32767, 32767), tuple(int(v) for v in rng.integers(0, 32768, 2))][k]
         layer = random_cell(rng, cell, 8, 24, mode=mode, scalars=scalars, state_exp=state_exp, shift32=k == 2)
@@ -357,11 +394,11 @@ def test_c_state_exponents_equal_golden(rt: Runtime, cell: str, state_exp: int, 
             assert np.array_equal(cc.step(x, h0), STEP[cell](layer, x, h0, SIG, TANH)), (k, t)
 
 
-@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("cell", ALL)
 def test_c_many_random_states(rt: Runtime, cell: str) -> None:
     """64 units from 60 random (x, h) pairs: enough unit updates that an off-by-one in any rounding term
     (which moves h' only near a rounding boundary of rsr(., 23)) shows up."""
-    rng = np.random.default_rng(60 + CELLS.index(cell))
+    rng = np.random.default_rng(60 + ALL.index(cell))
     layer = random_cell(rng, cell, 16, 64)
     cc = CCell(rt, layer)
     for t in range(60):
@@ -370,10 +407,10 @@ def test_c_many_random_states(rt: Runtime, cell: str) -> None:
         assert np.array_equal(cc.step(x, h0), STEP[cell](layer, x, h0, SIG, TANH)), t
 
 
-@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("cell", ALL)
 def test_c_dense_and_dimension_one_factors(rt: Runtime, cell: str) -> None:
     """Dense matrices (B 1x1: the dense kernel) and factors with a 1 in every position."""
-    rng = np.random.default_rng(50 + CELLS.index(cell))
+    rng = np.random.default_rng(50 + ALL.index(cell))
     hsz, isz = 8, 6
     rows = GATES[cell] * hsz
     for fx, fh in [((rows, isz, 1, 1), (rows, hsz, 1, 1)), ((1, 1, rows, isz), (rows, hsz, 1, 1)),
@@ -386,11 +423,11 @@ def test_c_dense_and_dimension_one_factors(rt: Runtime, cell: str) -> None:
             assert np.array_equal(cc.step(x, h0), STEP[cell](layer, x, h0, SIG, TANH)), (fx, fh, t)
 
 
-@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("cell", ALL)
 def test_c_quantized_layers_with_three_factors_and_hkp(rt: Runtime, cell: str) -> None:
     """Float layers quantized by quantize.quantize_layer, Wx with three Kronecker factors and Wh hybrid (dense rows
     on top of a KP part): the C step equals the golden one."""
-    rng = np.random.default_rng(80 + CELLS.index(cell))
+    rng = np.random.default_rng(80 + ALL.index(cell))
     g, hsz, isz = GATES[cell], 8, 12
     wx = KPMatrixF(rng.normal(0, 0.5, (g * 2, 2)), rng.normal(0, 0.5, (2, 3)), (rng.normal(0, 0.5, (2, 2)),))
     wh = KPMatrixF(rng.normal(0, 0.5, (g * 2, 2)), rng.normal(0, 0.5, (2, 4)), (), rng.normal(0, 0.5, (g * 4, hsz)))
@@ -408,12 +445,12 @@ def test_c_quantized_layers_with_three_factors_and_hkp(rt: Runtime, cell: str) -
 SCALARS = [(0, 0), (0, 32767), (32767, 0), (32767, 32767), (16384, 1)]
 
 
-@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("cell", ALL)
 @pytest.mark.parametrize("scalars", SCALARS, ids=[f"{a}-{b}" for a, b in SCALARS])
 def test_c_saturation_edges(rt: Runtime, cell: str, scalars: tuple[int, int]) -> None:
     """Biases at their int32 headroom, extreme weights and shifts, h all -128 or 127, scalars 0 and 32767
     (GRU: the same layers; the scalars only vary the seed): the largest int32 intermediates, equal bits."""
-    rng = np.random.default_rng(70 + SCALARS.index(scalars) + 10 * CELLS.index(cell))
+    rng = np.random.default_rng(70 + SCALARS.index(scalars) + 10 * ALL.index(cell))
     saturated = set()
     for k in range(6):
         layer = random_cell(rng, cell, 6, 8, mode="extreme", scalars=scalars)
@@ -447,7 +484,7 @@ def test_c_int32_extremes_by_construction(rt: Runtime) -> None:
             else:  # z = sigmoid(-8) (smallest), h~ = tanh(sign * 8)
                 layer = FastGRNNLayerQ(**{**layer.__dict__, "bias_z": np.full(4, -(1 << 20), np.int32),
                                           "bias_h": np.full(4, sign << 20, np.int32)})  # fmt: skip
-            assert golden.kernel_limits(layer) == [] and rows == layer.wx.shape[0]
+            assert limits.kernel_limits(layer) == [] and rows == layer.wx.shape[0]
             cc = CCell(rt, layer)
             for hv in (-128, 127):
                 x = np.zeros(4, np.int8)
@@ -466,31 +503,31 @@ def test_kernel_limits_catch_each_rule(cell: str) -> None:
     rng = np.random.default_rng(4)
     layer = random_cell(rng, cell, 6, 4)
     d = layer.__dict__
-    assert "shift 1..32" in golden.kernel_limits(type(layer)(**{**d, "rq_x": Requant(layer.rq_x.mult, 33)}))[0]
-    assert "leaves int32" in golden.kernel_limits(type(layer)(**{**d, "rq_h": Requant(1, 1)}))[0]
+    assert "shift 1..32" in limits.kernel_limits(type(layer)(**{**d, "rq_x": Requant(layer.rq_x.mult, 33)}))[0]
+    assert "leaves int32" in limits.kernel_limits(type(layer)(**{**d, "rq_h": Requant(1, 1)}))[0]
     big = lambda n: np.full(n, I31, np.int32)  # noqa: E731
     if cell == "gru":
         b = np.concatenate([np.zeros(8), np.full(4, I31 - 32768 - _worst(layer.wx, layer.rq_x))]).astype(np.int32)
-        assert golden.kernel_limits(GRULayerQ(**{**d, "bias": b})) == []  # exactly at the n-gate limit
+        assert limits.kernel_limits(GRULayerQ(**{**d, "bias": b})) == []  # exactly at the n-gate limit
         b[-1] += 1
-        assert "n gate sum" in golden.kernel_limits(GRULayerQ(**{**d, "bias": b}))[0]
-        assert "the r and z gate sum" in golden.kernel_limits(GRULayerQ(**{**d, "bias": big(12)}))[0]
-        assert "recurrent n gate sum" in golden.kernel_limits(GRULayerQ(**{**d, "bias_hn": big(4)}))[0]
+        assert "n gate sum" in limits.kernel_limits(GRULayerQ(**{**d, "bias": b}))[0]
+        assert "the r and z gate sum" in limits.kernel_limits(GRULayerQ(**{**d, "bias": big(12)}))[0]
+        assert "recurrent n gate sum" in limits.kernel_limits(GRULayerQ(**{**d, "bias_hn": big(4)}))[0]
     elif cell == "fastrnn":
-        assert "gate sum" in golden.kernel_limits(FastRNNLayerQ(**{**d, "bias": big(4)}))[0]
-        assert "alpha = 32768" in golden.kernel_limits(FastRNNLayerQ(**{**d, "alpha": 32768}))[0]
-        assert "beta = -1" in golden.kernel_limits(FastRNNLayerQ(**{**d, "beta": -1}))[0]
-        assert golden.kernel_limits(FastRNNLayerQ(**{**d, "state_exp": 7})) == []
-        assert "state_exp = 8 outside 0..7" in golden.kernel_limits(FastRNNLayerQ(**{**d, "state_exp": 8}))[0]
+        assert "gate sum" in limits.kernel_limits(FastRNNLayerQ(**{**d, "bias": big(4)}))[0]
+        assert "alpha = 32768" in limits.kernel_limits(FastRNNLayerQ(**{**d, "alpha": 32768}))[0]
+        assert "beta = -1" in limits.kernel_limits(FastRNNLayerQ(**{**d, "beta": -1}))[0]
+        assert limits.kernel_limits(FastRNNLayerQ(**{**d, "state_exp": 7})) == []
+        assert "state_exp = 8 outside 0..7" in limits.kernel_limits(FastRNNLayerQ(**{**d, "state_exp": 8}))[0]
     else:
-        assert "gate sum" in golden.kernel_limits(FastGRNNLayerQ(**{**d, "bias_h": big(4)}))[0]
-        assert "gate sum" in golden.kernel_limits(FastGRNNLayerQ(**{**d, "bias_z": -big(4)}))[0]
-        assert "zeta" in golden.kernel_limits(FastGRNNLayerQ(**{**d, "zeta": 40000}))[0]
-        assert "nu" in golden.kernel_limits(FastGRNNLayerQ(**{**d, "nu": -5}))[0]
-        assert "state_exp = -1 outside 0..7" in golden.kernel_limits(FastGRNNLayerQ(**{**d, "state_exp": -1}))[0]
+        assert "gate sum" in limits.kernel_limits(FastGRNNLayerQ(**{**d, "bias_h": big(4)}))[0]
+        assert "gate sum" in limits.kernel_limits(FastGRNNLayerQ(**{**d, "bias_z": -big(4)}))[0]
+        assert "zeta" in limits.kernel_limits(FastGRNNLayerQ(**{**d, "zeta": 40000}))[0]
+        assert "nu" in limits.kernel_limits(FastGRNNLayerQ(**{**d, "nu": -5}))[0]
+        assert "state_exp = -1 outside 0..7" in limits.kernel_limits(FastGRNNLayerQ(**{**d, "state_exp": -1}))[0]
     bi = BiLayerQ(fwd=layer, bwd=type(layer)(**{**d, "rq_x": Requant(layer.rq_x.mult, 33)}))
-    assert golden.kernel_limits(BiLayerQ(fwd=layer, bwd=layer)) == []
-    problems = golden.kernel_limits(bi)
+    assert limits.kernel_limits(BiLayerQ(fwd=layer, bwd=layer)) == []
+    problems = limits.kernel_limits(bi)
     assert len(problems) == 1 and problems[0].startswith("backward Wx: requantizer")
 
 
@@ -506,6 +543,9 @@ def _float_layer(rng: np.random.Generator, cell: str, isz: int = 12, hsz: int = 
         return GRULayerF(isz, hsz, wx, wh, kw.get("bias", rng.normal(0, 0.5, 3 * hsz)), rng.normal(0, 0.5, hsz))
     if cell == "fastrnn":
         return FastRNNLayerF(isz, hsz, wx, wh, kw.get("bias", rng.normal(0, 0.5, hsz)), kw.get("alpha", 0.1), 0.9)
+    if cell in RNN_CELLS:
+        layer_type = ReluRNNLayerF if cell == "rnn-relu" else RNNLayerF
+        return layer_type(isz, hsz, wx, wh, kw.get("bias", rng.normal(0, 0.5, hsz)))
     return FastGRNNLayerF(isz, hsz, wx, wh, kw.get("bias", rng.normal(0, 0.5, hsz)), rng.normal(0, 0.5, hsz),
                           kw.get("zeta", 0.8), 0.05)  # fmt: skip
 
@@ -516,7 +556,7 @@ def test_quantize_cell_fields(cell: str) -> None:
     lf = _float_layer(rng, cell)
     q = quantize.quantize_layer(lf, 0.02, float("nan") if cell == "gru" else 0.7, 3)  # GRU never reads the range
     assert getattr(q, "state_exp", 0) == 0
-    assert type(q).CELL == cell and golden.kernel_limits(q) == []
+    assert cells.of(q).name == cell and limits.kernel_limits(q) == []
     assert q.rq_x.real == pytest.approx(q.wx.unit * 0.02 * 4096, rel=0, abs=2.0**-33)  # mult rounded at shift 32
     assert q.rq_h.real == pytest.approx(q.wh.unit / 128 * 4096, rel=0, abs=2.0**-33)
     assert q.rq_x.mult < 2**31 and q.rq_x.shift == 32 and q.input_scale == 0.02
@@ -534,14 +574,14 @@ def test_quantize_cell_fields(cell: str) -> None:
 
 def test_quantize_scalars_edges_and_bidirectional() -> None:
     rng = np.random.default_rng(22)
-    assert quantize.quantize_fastrnn(_float_layer(rng, "fastrnn", alpha=1.0), 0.02, 0).alpha == 32767
-    assert quantize.quantize_fastrnn(_float_layer(rng, "fastrnn", alpha=0.0), 0.02, 0).alpha == 0
-    assert quantize.quantize_fastgrnn(_float_layer(rng, "fastgrnn", zeta=0.99999), 0.02, 0).zeta == 32767
+    assert fastrnn_cell.quantize_fastrnn(_float_layer(rng, "fastrnn", alpha=1.0), 0.02, 0).alpha == 32767
+    assert fastrnn_cell.quantize_fastrnn(_float_layer(rng, "fastrnn", alpha=0.0), 0.02, 0).alpha == 0
+    assert fastgrnn_cell.quantize_fastgrnn(_float_layer(rng, "fastgrnn", zeta=0.99999), 0.02, 0).zeta == 32767
     fwd, bwd = _float_layer(rng, "gru"), _float_layer(rng, "gru")
     bq = quantize.quantize_layer(BiLayerF(fwd, bwd), 0.05, 1.0, 1)
     assert isinstance(bq, BiLayerQ) and bq.fwd.input_scale == bq.bwd.input_scale == 0.05
-    assert np.array_equal(bq.bwd.bias_hn, quantize.quantize_gru(bwd, 0.05, 1).bias_hn)
-    assert golden.kernel_limits(bq) == []
+    assert np.array_equal(bq.bwd.bias_hn, gru_cell.quantize_gru(bwd, 0.05, 1).bias_hn)
+    assert limits.kernel_limits(bq) == []
 
 
 def test_quantize_refusals() -> None:
@@ -566,11 +606,12 @@ def test_quantize_model_mixes_cells_and_ignores_state_range() -> None:
     l0 = _float_layer(rng, "gru", isz=12, hsz=8)
     l1 = _float_layer(rng, "fastgrnn", isz=8, hsz=8)
     lstm = LSTMLayerF(8, 8, KPMatrixF(rng.normal(0, 0.3, (16, 4)), rng.normal(0, 0.3, (2, 2))),
-                      KPMatrixF(rng.normal(0, 0.3, (16, 4)), rng.normal(0, 0.3, (2, 2))), rng.normal(0, 0.3, 32))  # fmt: skip
+                      KPMatrixF(rng.normal(0, 0.3, (16, 4)), rng.normal(0, 0.3, (2, 2))),
+                      rng.normal(0, 0.3, 32))
     head = DenseF(rng.normal(0, 0.5, (3, 8)), np.zeros(3))
     model = ModelF(12, 3, (l0, l1, lstm), head, Calibration(input_absmax=2.0, cell_absmax=(1e9, 0.9, 2.5)))
     qm = quantize.quantize_model(model)
-    assert [type(l).CELL for l in qm.layers] == ["gru", "fastgrnn", "lstm"]
+    assert [cells.of(l).name for l in qm.layers] == ["gru", "fastgrnn", "lstm"]
     assert qm.layers[0].input_scale == pytest.approx(2.0 / 127) and qm.layers[1].input_scale == 1 / 128
     assert qm.layers[2].cell_frac == 12
     bad = ModelF(12, 3, (l0, l1, lstm), head, Calibration(input_absmax=2.0, cell_absmax=(1.0, 1.0, 1e9)))
@@ -585,7 +626,8 @@ def test_state_exp_from_calibrated_range() -> None:
     """e = 0 up to |h| = 1, else ceil(log2(state_absmax)); refused above 7 or for a non-finite range."""
     for v, e in [(0.0, 0), (0.5, 0), (1.0, 0), (1.0001, 1), (2.0, 1), (3.19, 2), (4.0, 2), (100.0, 7), (128.0, 7)]:
         assert quantize.state_exp_for(v, 0) == e, v
-    with pytest.raises(KpgenError, match=r"^layer 3: calibrated state \|h\| up to 200 needs 2\*\*8, more than the 2\*\*7"):
+    want = r"^layer 3: calibrated state \|h\| up to 200 needs 2\*\*8, more than the 2\*\*7"
+    with pytest.raises(KpgenError, match=want):
         quantize.state_exp_for(200.0, 3)
     with pytest.raises(KpgenError, match=r"^layer 0: calibration state_absmax nan is not a finite number; recalibrate"):
         quantize.quantize_layer(_float_layer(np.random.default_rng(0), "fastrnn"), 0.02, float("nan"), 0)
@@ -593,7 +635,7 @@ def test_state_exp_from_calibrated_range() -> None:
     for cell in ("fastrnn", "fastgrnn"):
         lf = _float_layer(rng, cell)
         q = quantize.quantize_layer(lf, 0.02, 3.19, 1)
-        assert q.state_exp == 2 and ir.state_scale(q) == 2.0**-5 and golden.kernel_limits(q) == []
+        assert q.state_exp == 2 and ir.state_scale(q) == 2.0**-5 and limits.kernel_limits(q) == []
         assert q.rq_h.real == pytest.approx(q.wh.unit * 2.0**-5 * 4096, rel=0, abs=2.0**-30)  # Wh reads h at 2**(e-7)
         q0 = quantize.quantize_layer(lf, 0.02, 0.5, 1)
         assert q0.state_exp == 0 and q0.rq_h.real == pytest.approx(q0.wh.unit / 128 * 4096, rel=0, abs=2.0**-33)
@@ -611,7 +653,7 @@ def test_bidirectional_directions_share_state_exp() -> None:
     for cell in ("fastrnn", "fastgrnn"):
         bq = quantize.quantize_layer(BiLayerF(_float_layer(rng, cell), _float_layer(rng, cell)), 0.02, 5.0, 1)
         assert bq.fwd.state_exp == bq.bwd.state_exp == 3 and ir.state_scale(bq) == 2.0**-4
-        assert golden.kernel_limits(bq) == []
+        assert limits.kernel_limits(bq) == []
         with pytest.raises(KpgenError, match=r"^layer 1: calibrated state"):
             quantize.quantize_layer(BiLayerF(_float_layer(rng, cell), _float_layer(rng, cell)), 0.02, 300.0, 1)
 
@@ -658,7 +700,7 @@ def test_state_exponent_keeps_a_growing_fastrnn_on_track() -> None:
         h = np.zeros((x.shape[0], lf.hidden_size), np.int8)
         err, sq = 0.0, 0.0
         for t in range(x.shape[1]):
-            h = golden.kp_fastrnn_step_s8(q, xq[:, t], h, SIG, TANH)
+            h = fastrnn_cell.kp_fastrnn_step_s8(q, xq[:, t], h, SIG, TANH)
             d = h * ir.state_scale(q) - out_f[:, t]
             err, sq = max(err, float(np.max(np.abs(d)))), sq + float(np.mean(d**2)) / x.shape[1]
         errs[q.state_exp] = (err, sq**0.5)
@@ -666,3 +708,114 @@ def test_state_exponent_keeps_a_growing_fastrnn_on_track() -> None:
     # measured: e = 2 max 0.109 (3.5 steps of 1/32), RMS 0.021; e = 0 max 2.03, RMS 0.21
     assert errs[2][0] < 0.15 and errs[2][1] < 0.03, errs
     assert errs[0][0] > 1.5 and errs[0][1] > 0.15 and errs[0][1] > 5 * errs[2][1], errs
+
+
+# ------------------------------------------------------------------------------------ plain RNN (tanh, relu)
+
+
+@pytest.mark.parametrize("cell", RNN_CELLS)
+def test_rnn_golden_tracks_the_float_cell(cell: str) -> None:
+    """The integer plain RNN follows kpgen.train.nn's float cell (torch.nn.RNN's equations) over 12 steps, h
+    dequantized with its state scale: tanh with h Q0.7, relu with the exponent of the calibrated max |h|."""
+    import torch
+
+    isz, hsz = 12, 16
+    mod, lf = _torch_cell(cell, isz, hsz, seed=7)
+    x = np.random.default_rng(11).uniform(-1, 1, (40, 12, isz))
+    with torch.no_grad():
+        out_f = mod(torch.from_numpy(x).float())[0].double().numpy()
+    assert np.allclose(floatmodel.run_layer(lf, x)[0], out_f, atol=1e-5)  # the float IR step is torch's
+    absmax = float(np.max(np.abs(out_f)))
+    q = quantize.quantize_layer(lf, 1.0 / 127, absmax, 0)
+    assert cells.of(q).name == cell and limits.kernel_limits(q) == []
+    assert q.state_exp == (quantize.state_exp_for(absmax, 0) if cell == "rnn-relu" else 0)
+    xq = golden.quantize_input(x, 1.0 / 127)
+    h = np.zeros((40, hsz), np.int8)
+    err, sq = 0.0, 0.0
+    for t in range(12):
+        h = STEP[cell](q, xq[:, t], h, SIG, TANH)
+        d = h * ir.state_scale(q) - out_f[:, t]
+        err, sq = max(err, float(np.max(np.abs(d)))), sq + float(np.mean(d**2)) / 12
+    assert np.std(out_f) > 0.15, np.std(out_f)  # the outputs move
+    step = ir.state_scale(q)
+    # measured: tanh max 0.075 (9.6 steps of 1/128), RMS 1.2 steps; relu (|h| up to 6.3, e = 3) max 0.64 (10.2
+    # steps of 1/16), RMS 0.6 steps: the recurrence carries every step's rounding on, with no leak to damp it
+    assert err < 14 * step and sq**0.5 < 2 * step, (err / step, sq**0.5 / step)
+
+
+def test_rnn_kernel_limits_catch_each_rule() -> None:
+    rng = np.random.default_rng(5)
+    for cell in RNN_CELLS:
+        layer = random_cell(rng, cell, 6, 4)
+        d = layer.__dict__
+        wx, wh = _worst(layer.wx, layer.rq_x), _worst(layer.wh, layer.rq_h)
+        edge = I31 - wx - wh - (128 if cell == "rnn-relu" else 0)  # the largest |bias| the gate sum allows
+        assert limits.kernel_limits(type(layer)(**{**d, "bias": np.full(4, edge, np.int32)})) == []
+        over = type(layer)(**{**d, "bias": np.full(4, edge + 1, np.int32)})
+        assert "the gate sum can reach" in limits.kernel_limits(over)[0]
+        assert "shift 1..32" in limits.kernel_limits(type(layer)(**{**d, "rq_x": Requant(layer.rq_x.mult, 33)}))[0]
+    relu = random_cell(rng, "rnn-relu", 6, 4)
+    assert limits.kernel_limits(ReluRNNLayerQ(**{**relu.__dict__, "state_exp": 7})) == []
+    assert "state_exp = 8 outside 0..7" in limits.kernel_limits(ReluRNNLayerQ(**{**relu.__dict__, "state_exp": 8}))[0]
+    tanh = random_cell(rng, "rnn", 6, 4)
+    assert limits.kernel_limits(RNNLayerQ(**{**tanh.__dict__, "state_exp": 1})) == [
+        "state_exp = 1 of a tanh RNN is not 0"]
+
+
+def test_rnn_quantizer_units() -> None:
+    """tanh: bias and pre-activation Q3.12, Wh reads h at 1/128; relu: Q(e).(15-e), Wh reads h at 2**(e-7), so
+    the Wh requantizer is wh.unit * 256 whatever e is; the next layer and the head read h at 2**(e-7)."""
+    rng = np.random.default_rng(41)
+    tanh = rnn_cell.quantize_rnn(_float_layer(rng, "rnn"), 0.02, 0)
+    assert isinstance(tanh, RNNLayerQ) and not isinstance(tanh, ReluRNNLayerQ) and tanh.state_exp == 0
+    assert tanh.rq_x.real == pytest.approx(tanh.wx.unit * 0.02 * 4096, rel=0, abs=2.0**-33)
+    assert tanh.rq_h.real == pytest.approx(tanh.wh.unit / 128 * 4096, rel=0, abs=2.0**-33)
+    lf = _float_layer(rng, "rnn-relu")
+    for absmax, e in [(0.5, 0), (3.19, 2), (100.0, 7)]:
+        q = quantize.quantize_layer(lf, 0.02, absmax, 1)
+        assert isinstance(q, ReluRNNLayerQ) and q.state_exp == e and ir.state_scale(q) == 2.0 ** (e - 7)
+        assert np.array_equal(q.bias, np.round(lf.bias * 2.0 ** (15 - e)).astype(np.int32))
+        assert q.rq_x.real == pytest.approx(q.wx.unit * 0.02 * 2.0 ** (15 - e), rel=0, abs=2.0**-33)
+        assert q.rq_h.real == pytest.approx(q.wh.unit * 256, rel=0, abs=2.0**-33)  # mult rounded at shift 32
+    with pytest.raises(KpgenError, match=r"^layer 2: calibrated state \|h\| up to 200 needs 2\*\*8"):
+        quantize.quantize_layer(lf, 0.02, 200.0, 2)
+    bq = quantize.quantize_layer(BiLayerF(_float_layer(rng, "rnn-relu"), _float_layer(rng, "rnn-relu")), 0.02, 5.0, 1)
+    assert bq.fwd.state_exp == bq.bwd.state_exp == 3 and limits.kernel_limits(bq) == []
+
+
+def test_rnn_relu_c_int32_extremes(rt: Runtime) -> None:
+    """The relu sum at its int32 edge (bias + worst products + 2**7 just below 2**31) and at the most negative end:
+    C equals golden, and the ends of h are reached (127 for a huge positive sum, 0 for a negative one)."""
+    rng = np.random.default_rng(91)
+    for e in (0, 7):
+        layer = random_cell(rng, "rnn-relu", 4, 4, mode="extreme", state_exp=e)
+        wx, wh = _worst(layer.wx, layer.rq_x), _worst(layer.wh, layer.rq_h)
+        for sign in (1, -1):
+            bias = np.full(4, sign * (I31 - wx - wh - 128), np.int32)
+            q = ReluRNNLayerQ(**{**layer.__dict__, "bias": bias})
+            assert limits.kernel_limits(q) == []
+            cc = CCell(rt, q)
+            for hv in (-128, 127):
+                for xmode in ("min", "max"):
+                    x = random_int8(rng, (4,), xmode, lo=-128)
+                    h0 = np.full(4, hv, np.int8)
+                    want = STEP["rnn-relu"](q, x, h0, SIG, TANH)
+                    assert np.array_equal(cc.step(x, h0), want), (e, sign, hv, xmode)
+                    assert np.all(want == (127 if sign > 0 else 0)), (e, sign, want)
+
+
+def test_registry_refusals() -> None:
+    """kpgen.cells: an unknown name and a layer type no cell registers are one-line errors naming the cells."""
+    with pytest.raises(KpgenError,
+                       match=r"^unknown cell 'elman'; use one of lstm, gru, fastrnn, fastgrnn, rnn, rnn-relu$"):
+        cells.get("elman")
+    with pytest.raises(KpgenError,
+                       match=r"^DenseF is not a layer of any kpgen cell; build layers of one of the cells "):
+        cells.of(DenseF(np.ones((2, 2)), np.zeros(2)))
+    assert cells.find(DenseF(np.ones((2, 2)), np.zeros(2))) is None
+    # every registered name round-trips, and every layer type maps back to its cell
+    for name, cell in cells.REGISTRY.items():
+        assert cells.get(name) is cell and cell.name == name and cells.GATES[name] == cell.gates
+    assert cells.of(_float_layer(np.random.default_rng(0), "rnn-relu")).name == "rnn-relu"
+    bi = BiLayerF(_float_layer(np.random.default_rng(0), "rnn"), _float_layer(np.random.default_rng(1), "rnn"))
+    assert cells.of(bi).name == "rnn"

@@ -160,8 +160,8 @@ def test_train_every_cell_and_method(tmp_path: Path, args, cell, bidirectional, 
 
 def test_train_keeps_the_demo_factors_where_they_fit() -> None:
     """The demo's shapes (an LSTM, 4H = 512, 28 inputs) stay the default; another cell gets planned ones."""
-    from kpgen.train.plan import train_specs
     from kpgen.train import DEFAULT_CONFIG
+    from kpgen.train.plan import train_specs
 
     pref = (DEFAULT_CONFIG["wx_factors"], DEFAULT_CONFIG["wh_factors"])
     wx, wh = train_specs("lstm", 28, 128, preferred=pref)

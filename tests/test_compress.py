@@ -7,9 +7,11 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from kpgen import KpgenError
-from kpgen.reference import floatmodel
+from kpgen import KpgenError, cells
 from kpgen.cli import main
+from kpgen.frontend.load import load_checkpoint
+from kpgen.reference import floatmodel
+from kpgen.train import make_checkpoint, save_checkpoint
 from kpgen.train.compress import (
     MagnitudePruner,
     build_compressed,
@@ -22,10 +24,8 @@ from kpgen.train.compress import (
     small_hidden_size,
     sparsity_at,
 )
-from kpgen.frontend.load import load_checkpoint
-from kpgen.train.nn import KPRNNClassifier
-from kpgen.train import make_checkpoint, save_checkpoint
 from kpgen.train.loop import model_from_checkpoint
+from kpgen.train.nn import KPRNNClassifier
 
 F64 = torch.float64
 
@@ -93,6 +93,25 @@ def test_torch_state_dict_import_computes_the_same(cell, layers, bidir):
     torch.testing.assert_close(model(x), net(x))
 
 
+@pytest.mark.parametrize("nonlinearity,layers,bidir", [("tanh", 1, False), ("relu", 2, False), ("tanh", 2, True),
+                                                        ("relu", 1, True)])
+def test_torch_rnn_state_dict_import(nonlinearity, layers, bidir, tmp_path):
+    """An nn.RNN classifier's state dict: read as the tanh RNN, or as the relu one when the file says so next to
+    the state dict ({"state_dict": ..., "nonlinearity": "relu"}); the kpgen model computes the same logits."""
+    torch.manual_seed(4)
+    net = TorchNet(lambda *a, **k: nn.RNN(*a, nonlinearity=nonlinearity, **k), layers=layers, bidirectional=bidir)
+    net = net.double()
+    torch.save({"state_dict": net.state_dict(), "nonlinearity": nonlinearity}, tmp_path / "rnn.pt")
+    model, _ = read_source(tmp_path / "rnn.pt")
+    assert model.cell == ("rnn-relu" if nonlinearity == "relu" else "rnn") and model.num_layers == layers
+    x = torch.randn(4, 6, 8, dtype=F64)
+    torch.testing.assert_close(model.double()(x), net(x))
+    if nonlinearity == "tanh":  # the default for a bare state dict
+        assert from_torch_state_dict(net.state_dict()).cell == "rnn"
+    with pytest.raises(KpgenError, match=r"^m\.pt: nonlinearity 'sigmoid' is not tanh or relu; give the nn\.RNN's"):
+        from_torch_state_dict(net.state_dict(), "m.pt", "sigmoid")
+
+
 def test_torch_state_dict_errors_are_one_line():
     sd = TorchNet().state_dict()
     cases = [
@@ -117,7 +136,7 @@ def test_kp_init_is_the_nearest_kp_of_every_matrix_and_keeps_the_rest():
     src = dense_source()
     model = build_compressed(src, "kp", 10)
     assert model.wx_specs[0]["kind"] == "kp" and len(model.wx_specs[0]["factors"]) == 2
-    for (name, m), (_, d) in zip(model.matrices(), src.matrices()):
+    for (name, m), (_, d) in zip(model.matrices(), src.matrices(), strict=True):
         a, b = nearest_kp(d.weight.detach().double(), *m.factor_shapes)
         torch.testing.assert_close(torch.kron(a, b).float(), m.dense().detach(), rtol=1e-5, atol=1e-6)
         assert m.weight_params <= d.weight.numel() // 10, name
@@ -226,7 +245,7 @@ def test_gru_kp_variant_and_kpgen_dense_source(tmp_path):
     assert ck["arch"]["cell"] == "gru" and ck["arch"]["method"] == "kp" and ck["meta"]["dataset"] == "digits"
     save_checkpoint(ck, tmp_path / "gru.pt")
     ir = load_checkpoint(tmp_path / "gru.pt")
-    assert type(ir.layers[0]).CELL == "gru" and not ir.layers[0].wx.is_dense
+    assert cells.of(ir.layers[0]).name == "gru" and not ir.layers[0].wx.is_dense
 
 
 def test_compress_errors(tmp_path):
@@ -244,7 +263,8 @@ def test_compress_errors(tmp_path):
 def test_cli_compress(tmp_path):
     src = save_torch_model(tmp_path)
     out = tmp_path / "kp.pt"
-    args = ["compress", str(src), "--method", "kp", "--ratio", "8", "--dataset", "digits", "--epochs", "1", "-o", str(out)]
+    args = ["compress", str(src), "--method", "kp", "--ratio", "8", "--dataset", "digits", "--epochs", "1",
+            "-o", str(out)]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     assert "wrote" in res.output and out.exists()

@@ -10,11 +10,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from firmware import build_fixture
-from kpgen.target import cycles
-from kpgen.target import qemu
-from kpgen.target import toolchain
+
+from kpgen.target import cycles, qemu, toolchain
 from kpgen.target.boards import load_board
 from kpgen.target.cycles import base_mnemonic, decode, register_count
 from kpgen.target.qemu import Insn, Profile
@@ -41,12 +39,14 @@ def test_base_mnemonic(mnemonic, base):
     "mnemonic, operands, cls",
     [
         ("ldr", "r2, [r3, #4]", "load"), ("ldrsb.w", "r2, [r3, r1]", "load"), ("str", "r1, [r2, r3]", "store"),
-        ("str.w", "r4, [r2, #4]!", "store_imm"), ("strb", "r1, [r0], #1", "store_imm"), ("strd", "r0, r1, [r3]", "strd"),
+        ("str.w", "r4, [r2, #4]!", "store_imm"), ("strb", "r1, [r0], #1", "store_imm"),
+        ("strd", "r0, r1, [r3]", "strd"),
         ("pop", "{r4, pc}", "ldm"), ("push", "{r4-r7, lr}", "stm"), ("ldmia.w", "r0!, {r1, r2}", "ldm"),
         ("muls", "r3, r2, r3", "mul"), ("mla", "r0, r1, r2, r3", "mla"), ("smull", "r0, r1, r2, r3", "mull"),
         ("smlal", "r0, r1, r2, r3", "mlal"), ("smlad", "r0, r1, r2, r0", "dsp_mac"), ("sxtb16", "r1, r2", "dsp"),
         ("sdiv", "r0, r1, r2", "div"), ("bne.n", "8 <x>", "branch"), ("cbz", "r0, 8 <x>", "branch"),
-        ("bl", "8 <f>", "call"), ("bx", "lr", "indirect"), ("mov", "pc, lr", "indirect"), ("tbb", "[pc, r0]", "indirect"),
+        ("bl", "8 <f>", "call"), ("bx", "lr", "indirect"), ("mov", "pc, lr", "indirect"),
+        ("tbb", "[pc, r0]", "indirect"),
         ("le", "lr, 8 <x>", "loop_end"), ("dls", "lr, r0", "alu"), ("it", "lt", "alu"), ("dmb", "sy", "system"),
         ("vldrb.u8", "q0, [r1]", "vload"), ("vmladava.s8", "r2, q0, q1", "vmul"), ("vadd.i8", "q0, q1, q2", "vint"),
         ("vpst", "", "vsys"), ("vldr", "d4, [pc, #48]", "fp"),
@@ -114,7 +114,8 @@ def test_estimate_on_a_synthetic_trace(n):
 # --------------------------------------------------------------------------------------------- under QEMU
 
 pytestmark_qemu = pytest.mark.skipif(
-    any(shutil.which(t) is None for t in toolchain.ALL_TOOLS), reason="needs arm-none-eabi-gcc, make and qemu-system-arm"
+    any(shutil.which(t) is None for t in toolchain.ALL_TOOLS),
+    reason="needs arm-none-eabi-gcc, make and qemu-system-arm",
 )
 
 # kernel -> core -> expected cycles of the kernel function for N >= 2 iterations (docs/cycle-model.md):

@@ -8,16 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from factories import random_model
+
 from kpgen import KpgenError
-from kpgen.target import qemu
-from kpgen.target import toolchain
-from kpgen.target.boards import load_board
 from kpgen.codegen.emit import RUNTIME, arena_bytes, render_sources, write_tree
-from kpgen.target.verify import verify_output
-from kpgen.reference.vectors import expected_for
 from kpgen.reference import golden
+from kpgen.reference.vectors import expected_for
+from kpgen.target import qemu, toolchain
+from kpgen.target.boards import load_board
+from kpgen.target.verify import verify_output
 
 WARN = ["-std=c99", "-Wall", "-Wextra", "-Wconversion", "-Wshadow", "-Werror", "-pedantic"]
 
@@ -35,7 +34,7 @@ def test_render_is_deterministic() -> None:
     b = render_sources(m, load_board("m4"), exp, "model", "x.pt")
     assert a == b
     assert set(a) == {"model.h", "model.c", "main.c", "vectors.h", "vectors.c", "link.ld", "Makefile",
-                      "CMakeLists.txt", "arm-none-eabi.cmake", "kpgen_size.cmake"}
+                      "CMakeLists.txt", "arm-none-eabi.cmake", "kpgen_size.cmake", "board/kpgen_console.h"}
     lib = render_sources(m, load_board("m4"), exp, "model", "x.pt", target="lib")
     assert set(lib) == {"model.h", "model.c", "Makefile", "CMakeLists.txt", "arm-none-eabi.cmake", "kpgen_size.cmake"}
     assert lib["model.c"] == a["model.c"] and "libmodel.a" in lib["Makefile"]

@@ -98,7 +98,8 @@ def test_every_raised_message_is_documented() -> None:
         candidates = [r for r in table if r["where"] == module]
         if not any(all(p in r["message"] for p in pieces) for r in candidates):
             missing.append(f"{module}:{line}: {' ... '.join(pieces)}")
-    assert not missing, "add these messages to docs/errors.md (with the test that triggers them):\n" + "\n".join(missing)
+    assert not missing, ("add these messages to docs/errors.md (with the test that triggers them):\n"
+                         + "\n".join(missing))
 
 
 def test_every_documented_message_still_exists() -> None:

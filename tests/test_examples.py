@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 
 from kpgen.frontend import datasets
-from kpgen.reference import golden
-from kpgen.quant import quantize
-from kpgen.reference import floatmodel
 from kpgen.frontend.load import load_checkpoint
+from kpgen.quant import quantize
+from kpgen.reference import floatmodel, golden
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.pt"))
 
@@ -29,6 +28,7 @@ def test_example_int8_within_one_point_of_float(path: Path) -> None:
     q = quantize.quantize_model(model)
     split = datasets.load(model.meta["dataset"], seed=int(model.meta.get("seed", 0)))
     f = floatmodel.accuracy(floatmodel.float_forward(model, split.x_test), split.y_test)
-    i = floatmodel.accuracy(golden.run_model(q, golden.quantize_input(split.x_test, q.input_scale)).logits, split.y_test)
+    logits = golden.run_model(q, golden.quantize_input(split.x_test, q.input_scale)).logits
+    i = floatmodel.accuracy(logits, split.y_test)
     assert abs(f - float(model.meta["float_test_accuracy"])) < 1e-6  # the float IR is the trained model
     assert i >= f - 0.01, (path.name, f, i)

@@ -18,15 +18,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from checkpoints import tiny_checkpoint, vectors
+from example_counts import count, finding
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from checkpoints import tiny_checkpoint, vectors
-from example_counts import count, finding
 from kpgen import KpgenError
 from kpgen.codegen.emit import MANIFEST
 from kpgen.pipeline import emit_project
-
 
 
 def fuzz(n: int) -> settings:
@@ -63,6 +62,8 @@ def work() -> Path:
     d = Path(tempfile.mkdtemp(prefix="kpgen-fuzz-"))
     vectors(d / "v.npz", samples=2, steps=3)
     yield d
+    for key, n in sorted(OUTCOMES.items()):  # what the fuzzers reached, for the end-of-run report
+        finding("fuzz outcomes", f"{n:5d}  {key}")
     shutil.rmtree(d, ignore_errors=True)
 
 
@@ -166,7 +167,7 @@ def _parent(root: dict, path: tuple) -> object:
     return node
 
 
-def _mutate(ck: dict, data: st.DataObject) -> str:  # noqa: C901
+def _mutate(ck: dict, data: st.DataObject) -> str:
     """Apply one random mutation in place; returns a description for hypothesis' report."""
     slots = _slots(ck)
     path = data.draw(st.sampled_from(slots), label="path")
@@ -197,10 +198,14 @@ def _mutate(ck: dict, data: st.DataObject) -> str:  # noqa: C901
             shape = data.draw(st.lists(st.integers(0, 6), max_size=3))
             parent[key] = make_tensor(shape, current.dtype, "normal", 0)  # type: ignore[index]
         elif how == "special" and current.numel():
+            if not current.is_floating_point():  # NaN and inf exist only in float tensors
+                current = parent[key] = current.double()  # type: ignore[index]
             idx = data.draw(st.integers(0, current.numel() - 1))
-            current.reshape(-1)[idx] = data.draw(st.sampled_from([float("nan"), float("inf"), -float("inf"), 1e38, 0.0]))
+            bad = [float("nan"), float("inf"), -float("inf"), 1e38, 0.0]
+            current.reshape(-1)[idx] = data.draw(st.sampled_from(bad))
         elif how == "scale":
-            current.mul_(data.draw(st.sampled_from([0.0, 1e-38, 1e-20, 1e20, 1e38, -1.0])))
+            # out of place: an integer tensor (from an earlier dtype change) times a float becomes a float tensor
+            parent[key] = current * data.draw(st.sampled_from([0.0, 1e-38, 1e-20, 1e20, 1e38, -1.0]))  # type: ignore[index]
     return f"{action} at {path}"
 
 
@@ -214,7 +219,7 @@ def test_fuzz_mutated_checkpoint_dicts(work: Path, data: st.DataObject) -> None:
             _mutate(ck, data)
     try:
         raw = _saved_bytes(ck)
-    except Exception:  # noqa: BLE001 - a value torch.save itself cannot write is not a loader input
+    except Exception:
         return
     emit_once(work, "fuzz: mutated checkpoint dicts", raw)
 
@@ -249,9 +254,11 @@ def test_fuzz_random_valid_architectures(work: Path, data: st.DataObject) -> Non
     scale = data.draw(st.sampled_from([0.5, 3.0, 1e-3, 1e3, 1e-12, 1e12]), label="weight scale")  # usual first
     ck = tiny_checkpoint(seed=data.draw(st.integers(0, 1000)), arch=arch, scale=scale)
     ck["calibration"]["input_absmax"] = data.draw(st.sampled_from([1.0, 100.0, 1e-3, 1e-20, 1e20]))
-    ck["calibration"]["cell_absmax"] = [data.draw(st.sampled_from([3.0, 0.5, 1000.0, 1e-9, 20000.0]))] * arch["num_layers"]
+    cell_absmax = data.draw(st.sampled_from([3.0, 0.5, 1000.0, 1e-9, 20000.0]))
+    ck["calibration"]["cell_absmax"] = [cell_absmax] * arch["num_layers"]
     vec = Path(tempfile.mkdtemp(dir=work)) / "v.npz"
-    vectors(vec, samples=2, steps=data.draw(st.integers(1, 3)), features=arch["input_size"])
+    vectors(vec, samples=2, steps=data.draw(st.integers(1, 3)), features=arch["input_size"],
+            classes=arch["num_classes"])
     outcome = emit_once(work, "fuzz: random valid architectures", _saved_bytes(ck), vec)
     if scale in (0.5, 3.0) and ck["calibration"]["input_absmax"] in (1e-3, 1.0, 100.0) \
             and ck["calibration"]["cell_absmax"][0] != 20000.0:
@@ -283,7 +290,15 @@ def test_fuzz_damaged_files(work: Path, data: st.DataObject) -> None:
     emit_once(work, "fuzz: damaged files", bytes(raw))
 
 
-def test_fuzz_outcomes_recorded() -> None:
-    """Not a check: keeps what the fuzzers reached (emitted, and each kind of refusal) for the report."""
-    for key, n in sorted(OUTCOMES.items()):
-        finding("fuzz outcomes", f"{n:5d}  {key}")
+def test_fuzz_oracle_tells_emitted_from_refused(work: Path) -> None:
+    """The fuzzers' oracle (emit_once) is not vacuous: the unmutated checkpoint is emitted, and a truncated file,
+    a file cut inside its pickle and a checkpoint without its state dict are each refused with their own message."""
+    assert emit_once(work, "oracle", BASE_BYTES) == "emitted"
+    refusals = set()
+    broken = copy.deepcopy(BASE)
+    del broken["state_dict"]
+    for data in (BASE_BYTES[:64], BASE_BYTES[:PKL_LO + (PKL_HI - PKL_LO) // 2], _saved_bytes(broken)):
+        outcome = emit_once(work, "oracle", data)
+        assert outcome.startswith("error: ") and len(outcome) > len("error: "), outcome
+        refusals.add(outcome)
+    assert len(refusals) >= 2, refusals

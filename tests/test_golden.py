@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from fractions import Fraction
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
+from factories import random_layer, random_model, t_shift_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from factories import random_layer, random_model, t_shift_for
+from kpgen.cells import lstm as lstm_cell
+from kpgen.cells.lstm import LSTMLayerQ
+from kpgen.ir import KPMatrixQ
+from kpgen.quant import limits
 from kpgen.reference import golden
-from kpgen.ir import LSTMLayerQ
 
 SIG = golden.make_table("sigmoid")
 TANH = golden.make_table("tanh")
@@ -244,7 +247,7 @@ def test_lstm_step_matches_python(seed: int, mode: str) -> None:
         x = rng.choice(np.array([-128, 127], np.int8), isz) if mode != "random" else rng.integers(-128, 128, isz)
         x = x.astype(np.int8)
         h, c = py_lstm_step(layer, [int(v) for v in x], h, c)
-        hg, cg = golden.kp_lstm_step_s8(layer, x[None], hg, cg, SIG, TANH)
+        hg, cg = lstm_cell.kp_lstm_step_s8(layer, x[None], hg, cg, SIG, TANH)
         assert hg.dtype == np.int8 and cg.dtype == np.int16
         assert hg[0].tolist() == h and cg[0].tolist() == c
 
@@ -259,7 +262,7 @@ def test_lstm_extremes_saturate_gates() -> None:
         x = rng.choice(np.array([-128, 127], np.int8), (8, 4))
         h, c = np.zeros((8, 3), np.int8), np.zeros((8, 3), np.int16)
         for _ in range(12):
-            h, c = golden.kp_lstm_step_s8(layer, x, h, c, SIG, TANH)
+            h, c = lstm_cell.kp_lstm_step_s8(layer, x, h, c, SIG, TANH)
             seen_h |= set(np.unique(h).tolist())
             seen_c |= set(np.unique(c).tolist())
     assert {127, -128} <= seen_h  # o * tanh(c) rounds past +-127.5: h saturates
@@ -302,7 +305,7 @@ def test_run_model_shapes_and_batch(t_bits: int) -> None:
     # the head reads the last step of the last layer; layer 2 reads layer 1's h
     assert np.array_equal(tr.logits, golden.kp_fc_s8(model.head.weight, model.head.bias, tr.hidden[1][:, -1]))
     l1 = model.layers[1]
-    h2, c2 = golden.kp_lstm_step_s8(l1, tr.hidden[0][:, 0], np.zeros((5, 4), np.int8), np.zeros((5, 4), np.int16),
+    h2, c2 = lstm_cell.kp_lstm_step_s8(l1, tr.hidden[0][:, 0], np.zeros((5, 4), np.int8), np.zeros((5, 4), np.int16),
                                     model.sigmoid_table, model.tanh_table, t_bits)  # fmt: skip
     assert np.array_equal(h2, tr.hidden[1][:, 0]) and np.array_equal(c2, tr.cell[1][:, 0])
 
@@ -329,7 +332,7 @@ def test_lstm_batch_property(xq: np.ndarray, seed: int) -> None:
     ph = [[0, 0] for _ in range(bsz)]
     pc = [[0, 0] for _ in range(bsz)]
     for t in range(steps):
-        h, c = golden.kp_lstm_step_s8(layer, xq[:, t], h, c, SIG, TANH)
+        h, c = lstm_cell.kp_lstm_step_s8(layer, xq[:, t], h, c, SIG, TANH)
         for s in range(bsz):
             ph[s], pc[s] = py_lstm_step(layer, [int(v) for v in xq[s, t]], ph[s], pc[s])
         assert h.tolist() == ph and c.tolist() == pc
@@ -345,7 +348,7 @@ def test_acc_bound_holds_and_is_reached(dims: tuple[int, int, int, int], seed: i
     a = rng.integers(-127, 128, (m1, n1)).astype(np.int8)
     b = rng.integers(-127, 128, (m2, n2)).astype(np.int8)
     ts = t_shift_for(b)
-    bound = golden.kp_acc_bound(a, b, ts)
+    bound = limits.kp_acc_bound(a, b, ts)
     xs = rng.integers(-128, 128, (64, n1 * n2)).astype(np.int8)
     assert np.abs(golden.kp_matvec_s8(a, b, xs, ts).astype(np.int64)).max() <= bound
     p = int(np.argmax(np.abs(a.astype(np.int64)).sum(axis=1)))
@@ -355,3 +358,55 @@ def test_acc_bound_holds_and_is_reached(dims: tuple[int, int, int, int], seed: i
     y = int(golden.kp_matvec_s8(a, b, x, ts)[p * m2 + q])
     asum, bsum = int(np.abs(a[p].astype(np.int64)).sum()), int(np.abs(b[q].astype(np.int64)).sum())
     assert bound - asum * (bsum // 2**ts + 2) <= abs(y) <= bound  # short only by x = 127 (not 128) and rounding
+
+
+# ------------------------------------------------------------- kp_matrix_s8 against plain int64 arithmetic
+
+
+def i64_kp_matrix(m: KPMatrixQ, x: np.ndarray, t_bits: int) -> np.ndarray:
+    """kp_matrix_s8 in int64 numpy, no floats: each factor as an einsum mode product (last factor first), its
+    sums rounded (rsr) and saturated to t_bits before the next; HKP top rows first; int32 saturation last."""
+    k, (rows, cols) = len(m.factors), m.kp_shape
+    flat = x.reshape(-1, cols).astype(np.int64)
+    modes = "abcd"[:k]
+    v = flat.reshape((len(flat),) + tuple(f.shape[1] for f in m.factors))
+    for j in range(k - 1, -1, -1):
+        src = "Z" + modes
+        v = np.einsum(f"{src},{modes[j].upper()}{modes[j]}->{src.replace(modes[j], modes[j].upper())}", v,
+                      m.factors[j].astype(np.int64))  # fmt: skip
+        if j > 0:
+            s = m.shifts[j - 1]
+            v = v if s == 0 else (v + (1 << (s - 1))) >> s
+            v = np.clip(v, -(1 << (t_bits - 1)), (1 << (t_bits - 1)) - 1)
+    y = v.reshape(len(flat), rows)
+    if m.top is not None:
+        top = flat @ m.top.astype(np.int64).T
+        ts = m.top_shift
+        top = top << ts if ts >= 0 else (top + (1 << (-ts - 1))) >> -ts
+        y = np.concatenate([top, y], axis=1)
+    return np.clip(y, I32_MIN, I32_MAX).reshape(x.shape[:-1] + (rows + m.top_rows,))
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+@pytest.mark.parametrize("t_bits", [8, 16, 32])
+def test_kp_matrix_equals_int64_reference(k: int, t_bits: int) -> None:
+    """The float64 BLAS products of kp_matrix_s8 give exactly the int64 integers: 2..4 random factors, HKP top
+    rows (top_shift of both signs), shifts from 0 (saturating) to large, batches of every shape, extreme inputs."""
+    rng = np.random.default_rng(100 * k + t_bits)
+    for it in range(30):
+        fs = [rng.integers(-128, 128, (int(rng.integers(1, 7)), int(rng.integers(1, 7)))).astype(np.int8)
+              for _ in range(k)]  # fmt: skip
+        n = math.prod(f.shape[1] for f in fs)
+        top_rows = (0, 1, 4)[it % 3]
+        top = rng.integers(-128, 128, (top_rows, n)).astype(np.int8) if top_rows else None
+        shifts = [int(rng.integers(0, 16)) for _ in range(k - 1)]
+        m = KPMatrixQ(a=fs[0], b=fs[1], t_shift=shifts[0], a_scale=1.0, b_scale=1.0, rest=tuple(fs[2:]),
+                      rest_shifts=tuple(shifts[1:]), rest_scales=(1.0,) * (k - 2), top=top,
+                      top_shift=int(rng.integers(-12, 13)) if top_rows else 0)  # fmt: skip
+        shape = ((), (1,), (37,), (3, 5))[it % 4]
+        x = rng.integers(-128, 128, shape + (n,)).astype(np.int8)
+        x.reshape(-1, n)[0] = np.where(rng.random(n) < 0.5, -128, 127)  # an extreme row saturates T
+        got = golden.kp_matrix_s8(m, x, t_bits)
+        want = i64_kp_matrix(m, x, t_bits)
+        assert got.dtype == np.int32 and got.shape == want.shape
+        assert np.array_equal(got, want), (it, [f.shape for f in fs], shifts, top_rows)

@@ -2,6 +2,7 @@
 
 import copy
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -9,11 +10,10 @@ import torch
 
 from kpgen import KpgenError
 from kpgen.frontend import datasets
-from kpgen.ir import ModelF
 from kpgen.frontend.load import load_checkpoint
-from kpgen.train.nn import KPLSTMClassifier
+from kpgen.ir import ModelF
 from kpgen.train import make_checkpoint, save_checkpoint, train_model
-from kpgen.train.loop import parse_factors
+from kpgen.train.nn import KPLSTMClassifier
 
 
 class NotATensor:
@@ -139,7 +139,8 @@ BAD_DICTS = [
     ("nan", mutate(lambda ck: _fill(ck["state_dict"]["layers.0.wh.a"], math.nan)),
      "state_dict['layers.0.wh.a'] contains NaN or inf"),
     ("inf", mutate(lambda ck: _fill(ck["state_dict"]["layers.1.bias"], math.inf)), "contains NaN or inf"),
-    ("calibration key", mutate(lambda ck: _del(ck["calibration"], "cell_absmax")), "calibration is missing cell_absmax"),
+    ("calibration key", mutate(lambda ck: _del(ck["calibration"], "cell_absmax")),
+     "calibration is missing cell_absmax"),
     ("calibration length", mutate(lambda ck: _set(ck["calibration"], "cell_absmax", [1.0])),
      "not 2 positive number(s), one per layer"),
     ("calibration value", mutate(lambda ck: _set(ck["calibration"], "input_absmax", 0.0)),
@@ -230,7 +231,7 @@ def test_mnist_split_is_stratified_and_deterministic():
     a, b = datasets.load("mnist", seed=0), datasets.load("mnist", seed=0)
     assert a.x_train.shape == (4000, 28, 28) and a.x_test.shape == (1000, 28, 28)
     assert a.x_train.dtype == np.float32 and a.y_train.dtype == np.int64
-    assert 0.0 <= a.x_train.min() and a.x_train.max() <= 1.0
+    assert a.x_train.min() >= 0.0 and a.x_train.max() <= 1.0
     assert np.bincount(a.y_test).tolist() == [100] * 10
     np.testing.assert_array_equal(a.y_test, b.y_test)
     np.testing.assert_array_equal(a.x_train, b.x_train)
@@ -262,15 +263,9 @@ def test_train_rejects_bad_factors():
         train_model(wx_factors=[[32, 4], [16, 8]], epochs=1, max_train=10, log=lambda s: None)
 
 
-def test_parse_factors():
-    assert parse_factors("32x4,16x7") == [[32, 4], [16, 7]]
-    with pytest.raises(ValueError, match="M1xN1,M2xN2"):
-        parse_factors("32x4")
-
-
 def test_save_checkpoint_leaves_nothing_on_failure(tmp_path):
-    with pytest.raises(Exception):
-        save_checkpoint({"f": lambda: 0}, tmp_path / "m.pt")  # lambdas cannot be pickled
+    with pytest.raises((AttributeError, pickle.PicklingError)):  # lambdas cannot be pickled
+        save_checkpoint({"f": lambda: 0}, tmp_path / "m.pt")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -11,14 +11,14 @@ import subprocess
 
 import numpy as np
 import pytest
+from runtime_ctypes import CFLAGS, HOST_ACLE_H, MATVEC_RUNTIME, P8, P32, POISON, RUNTIME_DIR, Runtime
 
 from kpgen import KpgenError
-from kpgen.reference import golden
 from kpgen.codegen import layout
-from kpgen.quant import quantize
-from kpgen.target.boards import template_env
 from kpgen.ir import KPMatrixF, KPMatrixQ
-from runtime_ctypes import CFLAGS, HOST_ACLE_H, P8, P32, RUNTIME_DIR, POISON, Runtime
+from kpgen.quant import limits, quantize
+from kpgen.reference import golden
+from kpgen.target.boards import template_env
 
 I32 = 2**31
 
@@ -72,14 +72,14 @@ def py_matrix(m: KPMatrixQ, x: list[int]) -> list[int]:
     out = []
     if m.top is not None:
         for row in m.top:
-            acc = sum(int(w) * v for w, v in zip(row, x))
+            acc = sum(int(w) * v for w, v in zip(row, x, strict=True))
             out.append(acc << m.top_shift if m.top_shift >= 0 else py_rsr(acc, -m.top_shift))
     return out + py_kron_apply(m.factors, m.shifts, x)
 
 
 def argext(factors, shifts, row: int, want_max: bool) -> list[int]:
     """An int8 input that drives output `row` of the Kronecker part to its largest (or smallest) value: the
-    constructive side of golden.matrix_acc_range (rsr and sat16 are monotone, the parts of x independent)."""
+    constructive side of limits.matrix_acc_range (rsr and sat16 are monotone, the parts of x independent)."""
     f = factors[0]
     if len(factors) == 1:
         return [(127 if want_max else -128) if w > 0 else (-128 if want_max else 127) for w in f[row]]
@@ -102,7 +102,7 @@ def test_two_factors_equal_kp_matvec() -> None:
         want = golden.kp_matvec_s8(m.a, m.b, x, m.t_shift)
         got = golden.kp_matrix_s8(m, x)
         assert got.dtype == np.int32 and got.shape == (3, 2, m.shape[0]) and np.array_equal(got, want)
-        assert golden.matrix_acc_bound(m) <= golden.kp_acc_bound(m.a, m.b, m.t_shift)
+        assert limits.matrix_acc_bound(m) <= limits.kp_acc_bound(m.a, m.b, m.t_shift)
 
 
 @pytest.mark.parametrize("k", [2, 3, 4])
@@ -116,8 +116,9 @@ def test_unshifted_is_the_dense_product(k: int, top_rows: int) -> None:
         top = rng.integers(-127, 128, (top_rows, n)).astype(np.int8) if top_rows else None
         m = make_q(fs, [0] * (k - 1), top, 0)
         x = rng.integers(-128, 128, (5, n)).astype(np.int8)
-        dense = KPMatrixF(a=fs[0].astype(np.int64), b=fs[1].astype(np.int64), rest=tuple(f.astype(np.int64) for f in fs[2:]),
-                          top=None if top is None else top.astype(np.int64)).dense()  # fmt: skip
+        dense = KPMatrixF(a=fs[0].astype(np.int64), b=fs[1].astype(np.int64),
+                          rest=tuple(f.astype(np.int64) for f in fs[2:]),
+                          top=None if top is None else top.astype(np.int64)).dense()
         assert np.array_equal(golden.kp_matrix_s8(m, x), x.astype(np.int64) @ dense.T)
 
 
@@ -149,12 +150,12 @@ def test_hkp_top_shift_signs() -> None:
 @pytest.mark.parametrize("k", [2, 3, 4])
 @pytest.mark.parametrize("top_rows", [0, 2])
 def test_acc_bound_is_exact(k: int, top_rows: int) -> None:
-    """golden.matrix_acc_range: every row's smallest and largest value is reached (by a constructed input),
+    """limits.matrix_acc_range: every row's smallest and largest value is reached (by a constructed input),
     and no random or extreme input leaves it; matrix_acc_bound is the largest magnitude."""
     rng = np.random.default_rng(40 + 3 * k + top_rows)
     for it in range(8):
         m = random_q(rng, k, (1, 4), top_rows=top_rows, shift_mode="wild" if it % 2 else "spec", lo=-128)
-        lo, hi = golden.matrix_acc_range(m)
+        lo, hi = limits.matrix_acc_range(m)
         xs = []
         for row in range(m.shape[0]):
             for want_max in (False, True):
@@ -169,22 +170,22 @@ def test_acc_bound_is_exact(k: int, top_rows: int) -> None:
                       + rng.choice([-128, 127], (200, m.shape[1])).tolist(), np.int8)  # fmt: skip
         y = golden.kp_matrix_s8(m, xs).astype(np.int64)
         assert np.all(y >= lo) and np.all(y <= hi)
-        assert golden.matrix_acc_bound(m) == max(int(np.abs(y).max()), 0)
+        assert limits.matrix_acc_bound(m) == max(int(np.abs(y).max()), 0)
 
 
 def test_matrix_limits() -> None:
     ok = make_q([np.ones((2, 511), np.int8), np.ones((2, 3), np.int8), np.ones((1, 65535), np.int8)], [0, 0])
-    assert golden.matrix_limits(ok) == []
+    assert limits.matrix_limits(ok) == []
     wide = make_q([np.ones((2, 3), np.int8), np.ones((2, 512), np.int8), np.ones((1, 2), np.int8)], [0, 0])
-    assert any("factor 2" in p and "511" in p for p in golden.matrix_limits(wide))
+    assert any("factor 2" in p and "511" in p for p in limits.matrix_limits(wide))
     many = make_q([np.ones((1, 1), np.int8)] * 9, [0] * 8)
-    assert any("9 Kronecker factors" in p for p in golden.matrix_limits(many))
-    assert any("shift 32" in p for p in golden.matrix_limits(make_q([np.ones((1, 1), np.int8)] * 2, [32])))
+    assert any("9 Kronecker factors" in p for p in limits.matrix_limits(many))
+    assert any("shift 32" in p for p in limits.matrix_limits(make_q([np.ones((1, 1), np.int8)] * 2, [32])))
     fs = [np.ones((1, 1), np.int8), np.full((1, 2), 127, np.int8)]
     top = np.full((1, 2), 127, np.int8)
-    assert golden.matrix_limits(make_q(fs, [0], top, 16)) == []  # 2 * 127 * 128 * 2**16 < 2**31
-    assert any("2**17" in p for p in golden.matrix_limits(make_q(fs, [0], top, 17)))
-    assert any("top_shift -32" in p for p in golden.matrix_limits(make_q(fs, [0], top, -32)))
+    assert limits.matrix_limits(make_q(fs, [0], top, 16)) == []  # 2 * 127 * 128 * 2**16 < 2**31
+    assert any("2**17" in p for p in limits.matrix_limits(make_q(fs, [0], top, 17)))
+    assert any("top_shift -32" in p for p in limits.matrix_limits(make_q(fs, [0], top, -32)))
 
 
 # --------------------------------------------------------------------------------------------- quantizer
@@ -204,8 +205,8 @@ def test_quantize_kp_round_trip(k: int, top_rows: int) -> None:
         if k == 2 and fs[1].shape == (1, 1):
             continue  # dense folding: test_quant covers it
         q = quantize.quantize_kp(mf, "layer 0 Wx")
-        assert len(q.factors) == k and golden.matrix_limits(q) == []
-        for fq, ff, s in zip(q.factors, fs, q.scales):
+        assert len(q.factors) == k and limits.matrix_limits(q) == []
+        for fq, ff, s in zip(q.factors, fs, q.scales, strict=True):
             assert np.max(np.abs(fq)) == 127 and np.allclose(fq * s, ff, atol=s / 2 + 1e-12)
         assert q.unit == pytest.approx(math.prod(q.scales) * 2.0 ** sum(q.shifts))
         if top_rows:
@@ -229,7 +230,7 @@ def _sub(m: KPMatrixQ, j: int) -> KPMatrixQ:
 @pytest.mark.parametrize("k", [2, 3, 4, 5])
 def test_quantizer_shifts_never_saturate(k: int) -> None:
     """Every int16 intermediate stays inside int16 for every int8 input: the exact range of the products of
-    factors j+1.. (golden.matrix_acc_range of that sub-chain, or of the last factor alone), rounded by shift j,
+    factors j+1.. (limits.matrix_acc_range of that sub-chain, or of the last factor alone), rounded by shift j,
     fits; and worst-case inputs give the same output with 16-bit and 32-bit intermediates."""
     rng = np.random.default_rng(80 + k)
     for it in range(6):
@@ -245,9 +246,9 @@ def test_quantizer_shifts_never_saturate(k: int) -> None:
         q = quantize.quantize_kp(KPMatrixF(a=fs[0], b=fs[1], rest=tuple(fs[2:])), "w")
         for j in range(k - 1):  # the intermediate factor j multiplies: products of factors j+1.., rounded by shifts[j]
             if j + 1 == k - 1:
-                lo, hi = golden._range_after(q.factors[-1], np.array([-128]), np.array([127]))
+                lo, hi = limits._range_after(q.factors[-1], np.array([-128]), np.array([127]))
             else:
-                lo, hi = golden.matrix_acc_range(_sub(q, j + 1), t_bits=32)
+                lo, hi = limits.matrix_acc_range(_sub(q, j + 1), t_bits=32)
             assert golden.rsr(hi, q.shifts[j]).max() <= 32767 and golden.rsr(lo, q.shifts[j]).min() >= -32768
         n = q.shape[1]
         xs = [argext(q.factors, q.shifts, r, w) for r in range(q.shape[0]) for w in (False, True)]
@@ -264,17 +265,17 @@ def test_factor_shifts_two_factors_is_t_shift_for() -> None:
 
 def test_quantize_kp_refusals() -> None:
     one = np.ones((1, 1))
-    with pytest.raises(KpgenError, match="9 Kronecker factors.*choose fewer factors"):
+    with pytest.raises(KpgenError, match=r"9 Kronecker factors.*choose fewer factors"):
         quantize.quantize_kp(KPMatrixF(a=one, b=one, rest=(one,) * 7), "layer 0 Wx")
     with pytest.raises(KpgenError, match="factor B has 512 columns"):
         quantize.quantize_kp(KPMatrixF(a=one, b=np.ones((1, 512)), rest=(one,)), "layer 0 Wx")
     with pytest.raises(KpgenError, match="top rows"):
         quantize.quantize_kp(KPMatrixF(a=one, b=np.ones((1, 2)), top=np.ones((2, 3))), "layer 0 Wx")
-    with pytest.raises(KpgenError, match="layer 0 Wh: the HKP top rows .* steps"):
+    with pytest.raises(KpgenError, match=r"layer 0 Wh: the HKP top rows .* steps"):
         quantize.quantize_kp(KPMatrixF(a=one * 1e-9, b=np.ones((1, 2)) * 1e-9, top=np.ones((2, 2)) * 1e9), "layer 0 Wh")
     with pytest.raises(KpgenError, match="the HKP top rows hold a non-finite weight"):
         quantize.quantize_kp(KPMatrixF(a=one, b=np.ones((1, 2)), top=np.array([[1.0, np.inf]])), "layer 0 Wx")
-    with pytest.raises(KpgenError, match="times 2\\*\\*.* outside int32"):  # in range for the shift, not the sum
+    with pytest.raises(KpgenError, match=r"times 2\*\*.* outside int32"):  # in range for the shift, not the sum
         quantize.quantize_kp(KPMatrixF(a=one * 1e-3, b=np.ones((1, 400)) * 1e-3, top=np.ones((1, 400)) * 1e3), "w")
     for msg in ("layer 0 Wx: factor A has 512 columns, more than 511; the int32 accumulator could overflow: "
                 "choose factor shapes with fewer columns in A",):  # fmt: skip
@@ -344,6 +345,21 @@ def test_c_matches_golden_every_kind(rt: Runtime) -> None:
     assert count == 320
 
 
+def test_c_buffer_size_is_layout_scratch_words(rt: Runtime) -> None:
+    """kp_matvec_s8_get_buffer_size and kpgen.codegen.layout.matrix_scratch_words agree on every kind of matrix,
+    and kp_matvec_s8 runs in exactly that much scratch (rt.matrix poisons a guard word after it)."""
+    rng = np.random.default_rng(101)
+    sizes = set()
+    for m, x in _c_cases(rng):
+        words = rt.buffer_size(m)
+        assert words == layout.matrix_scratch_words(m), ([f.shape for f in m.factors], m.top_rows)
+        assert np.array_equal(rt.matrix(m, x, scratch_words=words), golden.kp_matrix_s8(m, x))
+        sizes.add(words)
+    eight = make_q([np.ones((1, 2), np.int8)] * 8, [0] * 7)  # the most factors the runtime chains
+    assert rt.buffer_size(eight) == layout.matrix_scratch_words(eight)
+    assert len(sizes) > 20  # the cases cover many different layouts
+
+
 @pytest.mark.parametrize("shape", [((16, 2), (4, 7), (8, 2)), ((2, 4), (2, 4), (2, 4), (2, 4)),
                                    ((8, 8), (8, 2), (1, 7)), ((1, 1), (5, 1), (1, 9)), ((64, 28), (2, 1), (1, 1))])
 def test_c_model_like_shapes(rt: Runtime, shape) -> None:
@@ -367,7 +383,7 @@ def test_c_top_shift_extremes(rt: Runtime) -> None:
     top[1] = -127
     for ts in (-31, -30, -1, 0, 1, 14):
         m = make_q(fs, quantize.factor_shifts(fs), top, ts)
-        assert golden.matrix_limits(m) == []
+        assert limits.matrix_limits(m) == []
         for x in (np.full(6, 127, np.int8), np.full(6, -128, np.int8), rng.integers(-128, 128, 6).astype(np.int8)):
             assert np.array_equal(rt.matrix(m, x), golden.kp_matrix_s8(m, x)), ts
 
@@ -402,12 +418,15 @@ def _render_mats(rng: np.random.Generator) -> list[KPMatrixQ]:
     mats = [
         make_q([rng.integers(-127, 128, (8, 3)), np.ones((1, 1))], [0]),  # dense
         make_q([rng.integers(-127, 128, (4, 2)), rng.integers(-127, 128, (3, 5))], [9]),  # plain KP
-        make_q([rng.integers(-127, 128, (2, 3)), rng.integers(-127, 128, (3, 2)), rng.integers(-127, 128, (2, 2))], [3, 8]),
+        make_q([rng.integers(-127, 128, (2, 3)), rng.integers(-127, 128, (3, 2)), rng.integers(-127, 128, (2, 2))],
+               [3, 8]),
         make_q([rng.integers(-127, 128, (2, 2))] * 4, [5, 6, 7]),
-        make_q([rng.integers(-127, 128, (4, 2)), rng.integers(-127, 128, (3, 3))], [9], rng.integers(-127, 128, (5, 6)), -4),
-        make_q([rng.integers(-127, 128, (2, 3)), rng.integers(-127, 128, (3, 2)), rng.integers(-127, 128, (2, 2))], [3, 8],
-               rng.integers(-127, 128, (3, 12)), 2),
-        make_q([rng.integers(-127, 128, (6, 4)), np.ones((1, 1))], [0], rng.integers(-127, 128, (2, 4)), 0),  # dense + top
+        make_q([rng.integers(-127, 128, (4, 2)), rng.integers(-127, 128, (3, 3))], [9],
+               rng.integers(-127, 128, (5, 6)), -4),
+        make_q([rng.integers(-127, 128, (2, 3)), rng.integers(-127, 128, (3, 2)), rng.integers(-127, 128, (2, 2))],
+               [3, 8], rng.integers(-127, 128, (3, 12)), 2),
+        make_q([rng.integers(-127, 128, (6, 4)), np.ones((1, 1))], [0],  # dense + top
+               rng.integers(-127, 128, (2, 4)), 0),
     ]  # fmt: skip
     return mats
 
@@ -480,7 +499,7 @@ def test_rendered_macros_build_for_cortex_m(tmp_path, cpu: str) -> None:
     src.write_text(render(_render_mats(np.random.default_rng(14))))
     flags = [f for f in CFLAGS if f not in ("-shared", "-fPIC")]
     abi = ["-mfloat-abi=hard"] if cpu == "cortex-m55" else []
-    for f in (src, RUNTIME_DIR / "kp_matvec_s8.c"):
+    for f in (src, *(RUNTIME_DIR / name for name in MATVEC_RUNTIME)):
         res = subprocess.run([gcc, *flags, f"-mcpu={cpu}", "-mthumb", *abi, f"-I{RUNTIME_DIR}", "-c", str(f),
                               "-o", str(tmp_path / (f.stem + ".o"))], capture_output=True, text=True)  # fmt: skip
         assert res.returncode == 0, res.stderr

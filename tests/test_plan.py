@@ -10,9 +10,9 @@ from kpgen.cli import main
 from kpgen.train.nn import make_matrix
 from kpgen.train.plan import (
     Candidate,
-    budget_for,
     best_hkp,
     best_kp,
+    budget_for,
     hkp_candidates,
     kp_candidates,
     kp_key,
@@ -135,8 +135,8 @@ def test_cli_plan_for_every_matrix_of_a_checkpoint():
 def test_plan_for_training_side_variants(tmp_path):
     """A bidirectional two-layer GRU with HKP and low-rank matrices: every matrix is listed with what it is now,
     matrices of one shape share one plan, and --max-params is shared by all of them in proportion to size."""
-    from kpgen.train.nn import KPRNNClassifier
     from kpgen.train import make_checkpoint, save_checkpoint
+    from kpgen.train.nn import KPRNNClassifier
 
     hkp = {"kind": "hkp", "factors": [[5, 2], [4, 4]], "dense_rows": 4}  # 24x8 = 4 dense rows + 20x8
     model = KPRNNClassifier("gru", 8, 8, 10, hkp, {"kind": "lowrank", "rank": 2}, num_layers=2, bidirectional=True)

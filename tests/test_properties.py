@@ -11,14 +11,17 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from example_counts import count
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from example_counts import count
-from kpgen.reference import golden
-from kpgen.ir import DenseQ, KPMatrixQ, LSTMLayerQ, ModelQ, Requant
+from kpgen.cells import lstm as lstm_cell
+from kpgen.cells.lstm import LSTMLayerQ
+from kpgen.ir import DenseQ, KPMatrixQ, ModelQ, Requant
+from kpgen.quant import limits
 from kpgen.quant.quantize import t_shift_for
+from kpgen.reference import golden
 
 I32_MIN, I32_MAX = -(2**31), 2**31 - 1
 SIG = golden.make_table("sigmoid")
@@ -27,7 +30,8 @@ TANH = golden.make_table("tanh")
 
 def props(n: int) -> settings:
     """n examples, no deadline (the first call of a test warms numpy up)."""
-    return settings(max_examples=n, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    return settings(max_examples=n, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
 # --------------------------------------------------------------------------- the spec in Python integers
@@ -66,7 +70,8 @@ def p_lstm(layer: LSTMLayerQ, x: list[int], h: list[int], c: list[int]) -> tuple
     sig, tanh = L(SIG), L(TANH)
     ax = p_matvec(L(layer.wx.a), L(layer.wx.b), x, layer.wx.t_shift)
     ah = p_matvec(L(layer.wh.a), L(layer.wh.b), h, layer.wh.t_shift)
-    z = [p_sat(p_requantize(ax[r], layer.rq_x.mult, layer.rq_x.shift) + p_requantize(ah[r], layer.rq_h.mult, layer.rq_h.shift)
+    z = [p_sat(p_requantize(ax[r], layer.rq_x.mult, layer.rq_x.shift)
+               + p_requantize(ah[r], layer.rq_h.mult, layer.rq_h.shift)
                + int(layer.bias[r]), 16) for r in range(4 * hs)]  # fmt: skip
     h2, c2 = [], []
     for r in range(hs):
@@ -116,15 +121,15 @@ def kp_matrix(data: st.DataObject, f: tuple[int, int, int, int]) -> KPMatrixQ:
 
 
 def lstm_layer(data: st.DataObject, isz: int, hsz: int) -> LSTMLayerQ:
-    """Any layer inside the C kernels' limits (golden.kernel_limits), often one whose gates and cell saturate:
+    """Any layer inside the C kernels' limits (limits.kernel_limits), often one whose gates and cell saturate:
     the smallest shifts the accumulator bound allows, and biases up to what the int32 gate sum leaves."""
     wx = kp_matrix(data, factor_pair(data, 4 * hsz, isz))
     wh = kp_matrix(data, factor_pair(data, 4 * hsz, hsz))
-    top = getattr(golden, "GATE_SHIFT_MAX", 62)
+    top = limits.GATE_SHIFT_MAX
     rqs, worst = [], 0
     for m in (wx, wh):
-        bound = golden.kp_acc_bound(m.a, m.b, m.t_shift) if hasattr(golden, "kp_acc_bound") else 2**30
-        low = max(1, top - (30 - bound.bit_length())) if top == 32 else 1  # |acc| * 2**(32-shift) < 2**31
+        bound = limits.kp_acc_bound(m.a, m.b, m.t_shift)
+        low = max(1, top - (30 - bound.bit_length()))  # |acc| * 2**(32-shift) < 2**31
         shift = data.draw(st.one_of(st.just(low), st.integers(low, top)), label="shift")
         mult = data.draw(st.one_of(st.sampled_from([1, 2**30, 2**31 - 1]), st.integers(1, 2**31 - 1)), label="mult")
         rqs.append(Requant(mult, shift))
@@ -143,8 +148,7 @@ def lstm_layer(data: st.DataObject, isz: int, hsz: int) -> LSTMLayerQ:
         cell_frac=data.draw(st.integers(0, 15), label="cell_frac"),
         input_scale=1.0,
     )
-    if hasattr(golden, "kernel_limits"):
-        assert golden.kernel_limits(layer) == [], golden.kernel_limits(layer)
+    assert limits.kernel_limits(layer) == [], limits.kernel_limits(layer)
     return layer
 
 
@@ -244,7 +248,7 @@ def test_lstm_step(data: st.DataObject, isz: int, hsz: int, batch: int) -> None:
     x = data.draw(int8_array((batch, isz)), label="x")
     h = data.draw(int8_array((batch, hsz)), label="h")
     c = data.draw(hnp.arrays(np.int16, (batch, hsz), elements=int16_values), label="c")
-    h2, c2 = golden.kp_lstm_step_s8(layer, x, h, c, SIG, TANH)
+    h2, c2 = lstm_cell.kp_lstm_step_s8(layer, x, h, c, SIG, TANH)
     assert h2.dtype == np.int8 and c2.dtype == np.int16
     for s in range(batch):
         ph, pc = p_lstm(layer, x[s].astype(int).tolist(), h[s].astype(int).tolist(), c[s].astype(int).tolist())
@@ -261,16 +265,15 @@ def test_saturation_is_reached(data: st.DataObject) -> None:
     sign = data.draw(st.sampled_from([1, -1]))
     big = 2**24  # 4096 in Q3.12: far past where z saturates at int16
     bias = np.concatenate([np.full(hsz, big), np.full(hsz, big), np.full(hsz, sign * big), np.full(hsz, big)])
-    quiet = Requant(1, getattr(golden, "GATE_SHIFT_MAX", 62))  # the mat-vecs add 0: the biases decide every gate
+    quiet = Requant(1, limits.GATE_SHIFT_MAX)  # the mat-vecs add 0: the biases decide every gate
     layer = LSTMLayerQ(**{**layer.__dict__, "bias": bias.astype(np.int32), "rq_x": quiet, "rq_h": quiet,
                           "cell_frac": data.draw(st.integers(12, 15))})  # fmt: skip
-    if hasattr(golden, "kernel_limits"):
-        assert golden.kernel_limits(layer) == []
+    assert limits.kernel_limits(layer) == []
     h, c = np.zeros((1, hsz), np.int8), np.zeros((1, hsz), np.int16)
     x = data.draw(int8_array((1, 2)))
     ph, pc = [0] * hsz, [0] * hsz
     for _ in range(12):
-        h, c = golden.kp_lstm_step_s8(layer, x, h, c, SIG, TANH)
+        h, c = lstm_cell.kp_lstm_step_s8(layer, x, h, c, SIG, TANH)
         ph, pc = p_lstm(layer, x[0].astype(int).tolist(), ph, pc)
         assert h[0].tolist() == ph and c[0].tolist() == pc
     assert set(c[0].tolist()) == {32767 if sign > 0 else -32768}  # i = f = 1, g = +-1: c climbs to the rail

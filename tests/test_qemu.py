@@ -11,11 +11,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from firmware import build_fixture
+
 from kpgen import KpgenError
-from kpgen.target import qemu
-from kpgen.target import toolchain
+from kpgen.target import qemu, toolchain
 from kpgen.target.boards import load_board, prepare_firmware_dir
 
 pytestmark = [
@@ -123,7 +122,8 @@ def test_hang_is_killed_at_timeout(fw, board):
     assert r.stdout == "hanging\n"
 
 
-@pytest.mark.parametrize("mode, func, offset, mnemonic", [("udf", "fault_udf", 0, "udf"), ("load", "fault_load", 4, "ldr")])
+@pytest.mark.parametrize("mode, func, offset, mnemonic",
+                         [("udf", "fault_udf", 0, "udf"), ("load", "fault_load", 4, "ldr")])
 def test_fault_reports_pc(fw, board, syms, mode, func, offset, mnemonic):
     r = qemu.run(fw.elf, board, timeout=20, args=[mode])
     expected = syms[func][0] + offset
@@ -246,11 +246,11 @@ def test_random_model_bit_exact(name, tmp_path):
     """A small random stacked KP-LSTM, emitted for the smallest core and for the Helium core, matches the
     integer reference bit for bit under QEMU; its profiled inference gets an estimated cycle count."""
     import numpy as np
-
     from factories import random_model
-    from kpgen.target import cycles
+
     from kpgen.codegen.emit import render_sources, write_tree
     from kpgen.reference.vectors import expected_for
+    from kpgen.target import cycles
     from kpgen.target.verify import verify_output
 
     rng = np.random.default_rng(7)

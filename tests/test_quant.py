@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from kpgen import KpgenError
-from kpgen.reference import golden
-from kpgen.quant import quantize
-from kpgen.reference import floatmodel
-from kpgen.ir import Calibration, DenseF, KPMatrixF, LSTMLayerF, LSTMLayerQ, ModelF, Requant
+from kpgen.cells.lstm import LSTMLayerF, LSTMLayerQ
+from kpgen.ir import Calibration, DenseF, KPMatrixF, ModelF, Requant
+from kpgen.quant import limits, quantize
+from kpgen.reference import floatmodel, golden
 
 
 def float_model(rng: np.random.Generator, i: int = 12, h: int = 16, c: int = 4, scale: float = 0.3) -> ModelF:
@@ -61,10 +61,11 @@ def test_t_shift_is_smallest_that_cannot_saturate() -> None:
         assert np.all(np.abs(t) <= 32768)
 
 
-@pytest.mark.parametrize("cmax,frac", [(0.0, 15), (0.4, 15), (0.5, 15), (0.6, 14), (2.5, 12), (3.9, 12), (4.1, 11), (1000.0, 4)])
+@pytest.mark.parametrize("cmax,frac", [(0.0, 15), (0.4, 15), (0.5, 15), (0.6, 14), (2.5, 12), (3.9, 12), (4.1, 11),
+                                       (1000.0, 4)])
 def test_cell_frac_leaves_room_for_twice_the_range(cmax: float, frac: int) -> None:
     assert quantize.cell_frac_for(cmax) == frac
-    assert 2 * cmax * 2**frac <= 2**15 or frac == 15 and cmax <= 0.5
+    assert 2 * cmax * 2**frac <= 2**15 or (frac == 15 and cmax <= 0.5)
 
 
 def test_cell_frac_refuses_huge_or_nan() -> None:
@@ -80,7 +81,8 @@ def test_quantized_model_tracks_float_model() -> None:
     layer = qm.layers[0]
     # every requantizer maps its accumulator to Q3.12
     lf = model.layers[0]
-    assert layer.rq_x.real == pytest.approx(layer.wx.a_scale * layer.wx.b_scale * qm.input_scale * 2**layer.wx.t_shift * 4096, rel=1e-8)
+    want = layer.wx.a_scale * layer.wx.b_scale * qm.input_scale * 2**layer.wx.t_shift * 4096
+    assert layer.rq_x.real == pytest.approx(want, rel=1e-8)
     assert layer.cell_frac == 12 and layer.bias.dtype == np.int32
     assert np.allclose(layer.bias / 4096, lf.bias, atol=1 / 8192)
     x = rng.uniform(-1, 1, (64, 10, 12))
@@ -140,7 +142,7 @@ def test_dense_matrix_is_folded_into_a() -> None:
 
 
 def test_quantized_layers_fit_the_kernels() -> None:
-    """Every layer the quantizer returns passes golden.kernel_limits, dense and Kronecker, with large weights."""
+    """Every layer the quantizer returns passes limits.kernel_limits, dense and Kronecker, with large weights."""
     from kpgen.frontend import synth
 
     for seed, (fx, fh) in enumerate([((64, 12, 1, 1), (64, 16, 1, 1)), (None, None), ((8, 3, 8, 4), (8, 4, 8, 4))]):
@@ -151,24 +153,24 @@ def test_quantized_layers_fit_the_kernels() -> None:
             qm = quantize.quantize_model(ModelF(model.input_size, model.num_classes, tuple(big), model.head,
                                              model.calibration))  # fmt: skip
             for layer in qm.layers:
-                assert golden.kernel_limits(layer) == []
+                assert limits.kernel_limits(layer) == []
 
 
 def test_kernel_limits_catch_each_rule() -> None:
     from factories import random_layer
 
     layer = random_layer(np.random.default_rng(4), 6, 4)
-    assert golden.kernel_limits(layer) == []
+    assert limits.kernel_limits(layer) == []
     bad_shift = LSTMLayerQ(**{**layer.__dict__, "rq_x": Requant(layer.rq_x.mult, 33)})
-    assert "shift 1..32" in golden.kernel_limits(bad_shift)[0]
-    bound = golden.kp_acc_bound(layer.wh.a, layer.wh.b, layer.wh.t_shift)
+    assert "shift 1..32" in limits.kernel_limits(bad_shift)[0]
+    bound = limits.kp_acc_bound(layer.wh.a, layer.wh.b, layer.wh.t_shift)
     tight = 1
     while bound << (32 - tight) >= 2**31:
         tight += 1
     too_small = LSTMLayerQ(**{**layer.__dict__, "rq_h": Requant(1, tight - 1)})
-    assert "leaves int32" in golden.kernel_limits(too_small)[0]
+    assert "leaves int32" in limits.kernel_limits(too_small)[0]
     huge_bias = LSTMLayerQ(**{**layer.__dict__, "bias": np.full(16, 2**31 - 1, np.int32)})
-    assert "gate sum" in golden.kernel_limits(huge_bias)[0]
+    assert "gate sum" in limits.kernel_limits(huge_bias)[0]
 
 
 def test_synth_models_are_deterministic_calibrated_and_unsaturated() -> None:
@@ -177,7 +179,8 @@ def test_synth_models_are_deterministic_calibrated_and_unsaturated() -> None:
 
     a = synth.dense_lstm_model(3, 28, 32, 10)
     b = synth.dense_lstm_model(3, 28, 32, 10)
-    assert all(np.array_equal(x.wx.a, y.wx.a) and np.array_equal(x.wh.a, y.wh.a) for x, y in zip(a.layers, b.layers))
+    assert all(np.array_equal(x.wx.a, y.wx.a) and np.array_equal(x.wh.a, y.wh.a)
+               for x, y in zip(a.layers, b.layers, strict=True))
     assert a.calibration == b.calibration
     assert a.layers[0].wx.b.shape == (1, 1) and a.layers[0].wh.b.shape == (1, 1)
     assert 0.5 < a.calibration.gate_absmax[0] < 8  # gates move, mostly away from the flat ends
@@ -185,4 +188,4 @@ def test_synth_models_are_deterministic_calibrated_and_unsaturated() -> None:
     k = synth.kp_lstm_model(3, 28, 128, 10)
     assert synth.min_mac_factors(512, 128) == (32, 8, 16, 16) and k.layers[0].wh.a.shape == (32, 8)
     assert k.dense_params >= 16 * (k.params - k.head.weight.size - k.head.bias.size - k.layers[0].bias.size)
-    assert golden.kernel_limits(quantize.quantize_model(k).layers[0]) == []
+    assert limits.kernel_limits(quantize.quantize_model(k).layers[0]) == []

@@ -1,5 +1,5 @@
-"""`make reproduce` in miniature: the same code path (kpgen.studies.reproduce.reproduce) on two benchmarks with one seed,
-one epoch and small subsets, one QEMU count; checks the pipeline and the shape of docs/results.md, never the
+"""`make reproduce` in miniature: the same code path (kpgen.studies.reproduce.reproduce) on two benchmarks with one
+seed, one epoch and small subsets, one QEMU count; checks the pipeline and the shape of docs/results.md, never the
 accuracies. Also the sizing of the real configuration (no training): the matched-size rules hold."""
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from kpgen.studies import reproduce as rp
-from kpgen.train.nn.matrix import spec_params
+from kpgen.train.compress import param_counts
 from kpgen.train.loop import model_from_checkpoint
+from kpgen.train.nn.matrix import spec_params
 
 EXPECTED_KEYS = ("dense", "kp", "hkp", "prune@kp", "lowrank@kp", "small@kp", "prune@hkp", "lowrank@hkp", "small@hkp")
 TABLE_COLUMNS = 10
@@ -49,7 +50,7 @@ def table_rows(md: str) -> list[list[str]]:
 
 @pytest.mark.qemu
 def test_reproduce_writes_the_table_and_the_plot(tiny_run):
-    res, out, work = tiny_run
+    res, out, _ = tiny_run
     md = (out / "results.md").read_text()
     png = (out / "results.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
@@ -76,7 +77,7 @@ def test_reproduce_writes_the_table_and_the_plot(tiny_run):
 
 @pytest.mark.qemu
 def test_reproduce_records_are_sane_and_match_the_checkpoints(tiny_run):
-    res, out, work = tiny_run
+    res, _, work = tiny_run
     records = json.loads((work / "records.json").read_text())
     assert {(r["bench"], r["key"]) for r in records} == {(b, k) for b in ("mnist", "digits") for k in EXPECTED_KEYS}
     sizings = res["sizings"]
@@ -94,7 +95,7 @@ def test_reproduce_records_are_sane_and_match_the_checkpoints(tiny_run):
         ck = torch.load(work / "checkpoints" / r["bench"] / f"{r['key'].replace('@', '-at-')}-s0.pt", weights_only=True)
         model = model_from_checkpoint(ck)
         assert model.hidden_size == v.hidden
-        total, mats = rp.count_params(model, pruned=r["method"] == "prune")
+        total, mats = param_counts(model)
         assert (total, mats) == (r["params"], r["matrix_params"])
         shapes = rp.matrix_shapes(sz.bench.cell, sz.input_size, v.hidden)
         if r["method"] in ("kp", "hkp", "lowrank"):
@@ -119,7 +120,7 @@ def test_the_real_configuration_meets_the_sizing_rules():
     for b in rp.BENCHMARKS:
         sz = rp.sizing_for(b, rp.Config())
         assert [v.key for v in sz.variants] == list(EXPECTED_KEYS)
-        (_, dense_m, kp_m, ratio), = rp.layer_compressions(sz)
+        (_, dense_m, _, ratio), = rp.layer_compressions(sz)
         assert ratio >= rp.KP_LAYER_MIN, b.name
         kp, hkp = sz.variant("kp"), sz.variant("hkp")
         assert hkp.target_params >= kp.target_params

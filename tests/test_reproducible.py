@@ -10,11 +10,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from checkpoints import save, tiny_checkpoint, vectors
 from click.testing import CliRunner
 
-from checkpoints import save, tiny_checkpoint, vectors
-from kpgen.target import toolchain
 from kpgen.cli import main
+from kpgen.target import toolchain
 
 needs_tools = pytest.mark.skipif(any(shutil.which(t) is None for t in toolchain.BUILD_TOOLS),
                                  reason="needs arm-none-eabi-gcc and make")  # fmt: skip
@@ -34,7 +34,7 @@ def two_emits(tmp_path_factory) -> tuple[Path, Path]:
     shutil.copyfile(ckpt, other)
     vec = vectors(base / "v.npz", samples=3, steps=4)
     outs = (base / "a" / "fw", base / "elsewhere" / "deeper" / "b" / "fw")
-    for c, out in zip((ckpt, other), outs):
+    for c, out in zip((ckpt, other), outs, strict=True):
         res = CliRunner().invoke(main, ["emit", str(c), "--board", "m4", "-o", str(out), "--vectors", str(vec)])
         assert res.exit_code == 0, res.output
     return outs

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import ctypes
+import re
 import shutil
 import subprocess
 
 import numpy as np
 import pytest
-
 from factories import random_int8, random_kp, random_layer, random_model, t_shift_for
-from kpgen.reference import golden
-from kpgen.ir import LSTMLayerQ, Requant
 from runtime_ctypes import CFLAGS, RUNTIME_DIR, Kron, LSTMParams, Runtime
+
+from kpgen.cells import lstm as lstm_cell
+from kpgen.cells.lstm import LSTMLayerQ
+from kpgen.ir import Requant
+from kpgen.quant import limits
+from kpgen.reference import golden
 
 SIG = golden.make_table("sigmoid")
 TANH = golden.make_table("tanh")
@@ -63,6 +67,19 @@ def test_rsr_sat_helpers(rt: Runtime) -> None:
     assert np.array_equal(rt.sat32(wide), golden.sat(wide, 32))
     s16, s8 = rt.ssat(v)  # SSAT on the DSP path
     assert np.array_equal(s16, golden.sat(v, 16)) and np.array_equal(s8, golden.sat(v, 8))
+
+
+def test_rounding_shifts_out_of_range_are_defined(rt: Runtime) -> None:
+    """kp_rsr32 and kp_requantize have a defined, exact result for every shift: s <= 0 means no rounding, a shift
+    past the word gives (v + 2^(s-1)) >> s = 0, as in exact arithmetic."""
+    v = np.array([I32_MIN, I32_MIN + 1, -(1 << 30), -2, -1, 0, 1, 2, 1 << 30, I32_MAX], np.int32)
+    for s in (-40, -1, 0, 31, 32, 33, 63, 64, 1000):
+        want = [int(e) if s <= 0 else (int(e) + (1 << (s - 1))) >> s for e in v]
+        assert rt.rsr32(v, s).tolist() == want, s
+    for mult in (1, 3, (1 << 31) - 1, -(1 << 31)):  # I32_MIN * I32_MIN = 2^62 rounds to 1 at shift 63
+        for shift in (-5, 0, 1, 62, 63, 64, 200):
+            exact = [int(e) * mult if shift <= 0 else (int(e) * mult + (1 << (shift - 1))) >> shift for e in v]
+            assert rt.requantize(v, mult, shift).tolist() == [max(I32_MIN, min(I32_MAX, e)) for e in exact], shift
 
 
 def test_requantize(rt: Runtime) -> None:
@@ -202,7 +219,7 @@ def test_lstm_steps(rt: Runtime, seed: int, mode: str) -> None:
     h, c = np.zeros(hsz, np.int8), np.zeros(hsz, np.int16)
     for t in range(8):
         x = random_int8(rng, (isz,), MODES[t % 4], lo=-128)
-        h, c = golden.kp_lstm_step_s8(layer, x, h, c, SIG, TANH)
+        h, c = lstm_cell.kp_lstm_step_s8(layer, x, h, c, SIG, TANH)
         hc, cc = cl.step(x)
         assert np.array_equal(hc, h) and np.array_equal(cc, c), (t, layer.wx.a.shape, layer.wx.b.shape)
 
@@ -215,15 +232,17 @@ def test_lstm_dense_and_both_gate_paths(rt: Runtime, seed: int) -> None:
     isz, hsz = (28, 16) if seed < 2 else (5, 6)
     fx = (4 * hsz, isz, 1, 1) if seed % 2 == 0 else (hsz, 1, 4, isz)
     fh = (4 * hsz, hsz, 1, 1)
-    layer = random_layer(rng, isz, hsz, fx, fh, mode="extreme" if seed == 3 else "random", cell_frac=(10, 12, 14, 3)[seed])
+    layer = random_layer(rng, isz, hsz, fx, fh, mode="extreme" if seed == 3 else "random",
+                         cell_frac=(10, 12, 14, 3)[seed])
     if seed == 0:
-        layer = LSTMLayerQ(**{**layer.__dict__, "rq_x": Requant(layer.rq_x.mult, 32), "rq_h": Requant(layer.rq_h.mult, 32)})
-        assert not golden.kernel_limits(layer)
+        layer = LSTMLayerQ(**{**layer.__dict__, "rq_x": Requant(layer.rq_x.mult, 32),
+                              "rq_h": Requant(layer.rq_h.mult, 32)})
+        assert not limits.kernel_limits(layer)
     cl = rt.lstm(layer, SIG, TANH)
     h, c = np.zeros(hsz, np.int8), np.zeros(hsz, np.int16)
     for t in range(10):
         x = random_int8(rng, (isz,), MODES[t % 4], lo=-128)
-        h, c = golden.kp_lstm_step_s8(layer, x, h, c, SIG, TANH)
+        h, c = lstm_cell.kp_lstm_step_s8(layer, x, h, c, SIG, TANH)
         hc, cc = cl.step(x)
         assert np.array_equal(hc, h) and np.array_equal(cc, c), t
 
@@ -238,7 +257,7 @@ def test_lstm_dimension_one_factors(rt: Runtime) -> None:
         h, c = np.zeros(hsz, np.int8), np.zeros(hsz, np.int16)
         for _ in range(5):
             x = random_int8(rng, (isz,), "random", lo=-128)
-            h, c = golden.kp_lstm_step_s8(layer, x, h, c, SIG, TANH)
+            h, c = lstm_cell.kp_lstm_step_s8(layer, x, h, c, SIG, TANH)
             hc, cc = cl.step(x)
             assert np.array_equal(hc, h) and np.array_equal(cc, c)
 
@@ -286,3 +305,31 @@ def test_arm_build_warning_free(tmp_path, cpu: str, path: str, opt: str) -> None
     text = "\n".join(asm)
     assert ("smlad" in text) == (path != "portable")
     assert ("vmlava" in text or "vmladava" in text) == (path == "mve")  # VMLADAVA, also spelt VMLAVA
+
+
+@pytest.mark.parametrize("cpu,defs", [("cortex-m4", ["-DKP_NO_ASM"]), ("cortex-m55", ["-DKP_NO_ASM"]),
+                                      ("cortex-m4", ["-DKP_NO_KRON_EXT"])])  # fmt: skip
+def test_arm_build_variants(tmp_path, cpu: str, defs: list[str]) -> None:
+    """The fallbacks build warning-free: without inline assembly (KP_NO_ASM: the intrinsics alone, still SMLAD or
+    VMLADAVA, and no asm statement left), and for two-factor models (KP_NO_KRON_EXT: the chain and top-row
+    stages compile to nothing)."""
+    gcc = shutil.which("arm-none-eabi-gcc")
+    assert gcc is not None, "arm-none-eabi-gcc is needed (the firmware tests need it too)"
+    flags = [f for f in CFLAGS if f not in ("-shared", "-fPIC")]
+    abi = ["-mfloat-abi=hard"] if cpu == "cortex-m55" else []
+    texts = {}
+    for src in sorted(RUNTIME_DIR.glob("*.c")):
+        out = tmp_path / (src.stem + ".s")
+        res = subprocess.run([gcc, *flags, *defs, f"-mcpu={cpu}", "-mthumb", *abi, "-S", str(src), "-o", str(out)],
+                             capture_output=True, text=True)  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        texts[src.name] = out.read_text()
+    text = "\n".join(texts.values())
+    if "-DKP_NO_ASM" in defs:
+        assert "smlad" in text
+        assert ("vmladava" in text or "vmlava" in text) == (cpu == "cortex-m55")
+        # kp_common.h's and kp_matvec_internal.h's asm templates put a space after the mnemonic, GCC a tab
+        assert not re.search(r"^\s*(ldrd|strd|sxtb16|smlad|smmlar|dls|vldrb\.s16|vmlava\.s16) ", text, re.M)
+    else:
+        assert "kp_kron_deep_s8:" not in texts["kp_kron_deep_s8.c"] and "kp_hkp_top_s8:" not in texts["kp_hkp_top_s8.c"]
+        assert "kp_matvec_s8:" in texts["kp_matvec_s8.c"]

@@ -17,28 +17,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from example_counts import count, finding
 from factories import random_factors
-from kpgen import KpgenError
-from kpgen.reference import golden
-from kpgen.quant import quantize
-from kpgen.target.boards import list_boards, load_board
-from kpgen.codegen.emit import RUNTIME, render_sources
-from kpgen.ir import (
-    Calibration,
-    DenseF,
-    DenseQ,
-    KPMatrixF,
-    KPMatrixQ,
-    LSTMLayerF,
-    LSTMLayerQ,
-    ModelF,
-    ModelQ,
-    Requant,
-)
-from kpgen.reference.vectors import expected_for
 from runtime_ctypes import HOST_ACLE_H
+
+from kpgen import KpgenError
+from kpgen.cells.lstm import LSTMLayerF, LSTMLayerQ
+from kpgen.codegen.emit import RUNTIME, render_sources
+from kpgen.ir import Calibration, DenseF, DenseQ, KPMatrixF, KPMatrixQ, ModelF, ModelQ, Requant
+from kpgen.quant import limits, quantize
+from kpgen.reference import golden
+from kpgen.reference.vectors import expected_for
+from kpgen.target.boards import list_boards, load_board
 
 CC = shutil.which("gcc") or shutil.which("cc")
 SAN = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
@@ -78,7 +68,7 @@ def _int8(rng: np.random.Generator, shape: tuple[int, ...], mode: str) -> np.nda
 
 
 def extreme_layer(rng: np.random.Generator, isz: int, hsz: int) -> LSTMLayerQ:
-    """A layer at the edge of what the C kernels allow (golden.kernel_limits): smallest shifts the accumulator
+    """A layer at the edge of what the C kernels allow (limits.kernel_limits): smallest shifts the accumulator
     bound permits, biases up to what the int32 gate sum leaves, weights and inputs at -128/127."""
     mats, rqs, worst = [], [], 0
     for cols in (isz, hsz):
@@ -86,9 +76,9 @@ def extreme_layer(rng: np.random.Generator, isz: int, hsz: int) -> LSTMLayerQ:
         mode = str(rng.choice(["random", "extreme", "max", "min"]))
         a, b = _int8(rng, (m1, n1), mode), _int8(rng, (m2, n2), mode)
         m = KPMatrixQ(a=a, b=b, t_shift=quantize.t_shift_for(b), a_scale=1.0, b_scale=1.0)
-        bound = golden.kp_acc_bound(a, b, m.t_shift)
-        low = max(1, golden.GATE_SHIFT_MAX - (30 - bound.bit_length()))
-        shift = int(rng.choice([low, rng.integers(low, golden.GATE_SHIFT_MAX + 1)]))
+        bound = limits.kp_acc_bound(a, b, m.t_shift)
+        low = max(1, limits.GATE_SHIFT_MAX - (30 - bound.bit_length()))
+        shift = int(rng.choice([low, rng.integers(low, limits.GATE_SHIFT_MAX + 1)]))
         mult = int(rng.choice([1, I32_MAX, rng.integers(1, 2**31)]))
         mats.append(m)
         rqs.append(Requant(mult, shift))
@@ -97,7 +87,7 @@ def extreme_layer(rng: np.random.Generator, isz: int, hsz: int) -> LSTMLayerQ:
     bias = rng.choice(np.array([-room, room, 0, 20000, -20000], np.int64), size=4 * hsz)
     layer = LSTMLayerQ(input_size=isz, hidden_size=hsz, wx=mats[0], wh=mats[1], rq_x=rqs[0], rq_h=rqs[1],
                        bias=bias.astype(np.int32), cell_frac=int(rng.integers(0, 16)), input_scale=1.0)  # fmt: skip
-    assert golden.kernel_limits(layer) == [], golden.kernel_limits(layer)
+    assert limits.kernel_limits(layer) == [], limits.kernel_limits(layer)
     return layer
 
 
@@ -150,7 +140,7 @@ def cases(rng: np.random.Generator) -> list[tuple[ModelQ, np.ndarray]]:
     """MODELS_PER_BUILD (model, int8 inputs [samples, steps, features]) pairs, half extreme, half quantized."""
     out = []
     while len(out) < MODELS_PER_BUILD:
-        extreme = len(out) % 2 == 0 and hasattr(golden, "kernel_limits")
+        extreme = len(out) % 2 == 0
         m = extreme_model(rng) if extreme else quantized_model(rng)
         if m is None:
             continue

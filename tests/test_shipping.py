@@ -19,13 +19,12 @@ import torch
 from click.testing import CliRunner
 
 from kpgen import KpgenError
-from kpgen.codegen import fit
-from kpgen.target import qemu
-from kpgen.target import toolchain
-from kpgen.target import flash as flashing
-from kpgen.target.boards import BOARDS_DIR, list_boards, load_board
 from kpgen.cli import main
+from kpgen.codegen import fit
 from kpgen.pipeline import emit_project, read_manifest
+from kpgen.target import flash as flashing
+from kpgen.target import qemu, toolchain
+from kpgen.target.boards import BOARDS_DIR, list_boards, load_board
 from kpgen.target.verify import verify_output
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mnist-kplstm.pt"
@@ -34,7 +33,8 @@ ALL_BOARDS = [b.name for b in list_boards()]
 REAL_BOARDS = [b.name for b in list_boards() if not b.emulated]
 NEEDS_CMAKE = pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake is not installed")
 
-APP_C = r"""/* A user's firmware calling the library: streaming steps, then the scores; checked against the reference. */
+APP_C = r"""/* A user's firmware calling the library: streaming steps, then the scores; checked against the
+ * reference. */
 #include <stdio.h>
 
 #include "model.h"
@@ -180,7 +180,8 @@ def test_library_project_has_no_firmware_parts(projects: dict[str, Path]) -> Non
         assert present in names
     assert any(n.startswith("runtime/") and n.endswith(".c") for n in names)
     header = (lib / "model.h").read_text()
-    for api in ("void model_reset(void);", "void model_step(const int8_t *x);", "int32_t model_scores(int32_t *scores);",
+    for api in ("void model_reset(void);", "int32_t model_step(const int8_t *x);",
+                "int32_t model_scores(int32_t *scores);",
                 "int32_t model_run(const int8_t *seq, int32_t steps, int32_t *scores);"):
         assert api in header
     res = CliRunner().invoke(main, ["run", str(lib)])
@@ -246,8 +247,8 @@ def test_library_in_an_existing_firmware_via_add_subdirectory(work: Path, projec
 @pytest.fixture(scope="module")
 def example_q():
     """The shipped example, quantized (for the fit estimates)."""
-    from kpgen.quant import quantize
     from kpgen.frontend.load import load_checkpoint
+    from kpgen.quant import quantize
 
     return quantize.quantize_model(load_checkpoint(EXAMPLE))
 
@@ -264,9 +265,9 @@ def test_every_board_profile_builds(name: str, board_projects: dict[str, Path], 
     b = load_board(name)
     d = board_projects[name]
     sh(["make", "-j2"], d, clean_env(work))
-    assert (d / "size.txt").read_text().rstrip().endswith("heap {} reserved)".format(b.heap_size))
+    assert (d / "size.txt").read_text().rstrip().endswith(f"heap {b.heap_size} reserved)")
     heads = sh(["arm-none-eabi-objdump", "-h", str(d / "fw.elf")], d).stdout
-    vec = [ln.split() for ln in heads.splitlines() if ".isr_vector" in ln][0]
+    vec = next(ln.split() for ln in heads.splitlines() if ".isr_vector" in ln)
     assert int(vec[3], 16) == b.flash_origin + b.boot2_size, heads
     sizes = toolchain.elf_sizes(d / "fw.elf")
     assert sizes["text"] + sizes["data"] <= b.flash_size and sizes["data"] + sizes["bss"] <= b.ram_size
@@ -473,7 +474,8 @@ def _fake_pyocd(events: list, log: list) -> dict[str, types.ModuleType]:
     mods["pyocd.core.helpers"].ConnectHelper = ConnectHelper
     mods["pyocd.core.target"].Target = Target
     mods["pyocd.debug.semihost"].__dict__.update(
-        ConsoleIOHandler=ConsoleIOHandler, InternalSemihostIOHandler=InternalSemihostIOHandler, SemihostAgent=SemihostAgent
+        ConsoleIOHandler=ConsoleIOHandler, InternalSemihostIOHandler=InternalSemihostIOHandler,
+        SemihostAgent=SemihostAgent,
     )
     mods["pyocd.flash.file_programmer"].FileProgrammer = FileProgrammer
     return mods

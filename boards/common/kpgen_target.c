@@ -1,9 +1,177 @@
 /*
- * kpgen_target.c - semihosting calls and profile markers shared by every board.
+ * kpgen_target.c - the console (semihosting calls, or the UART with KPGEN_CONSOLE_UART) and the profile
+ * markers shared by every board.
  */
 #include "kpgen_target.h"
 
 #include <stdint.h>
+
+#ifdef KPGEN_CONSOLE_UART
+
+#include <errno.h>
+#include <sys/stat.h>
+
+#include "kpgen_console.h"
+#include "kpgen_uart.h"
+
+#define KPGEN_HOST_ARGS_MAGIC 0x4B504741u /* "KPGA" little-endian bytes 'A' 'G' 'P' 'K' */
+#define KPGEN_HOST_ARGS_MAX 120u
+#define AIRCR (*(volatile uint32_t *)0xE000ED0Cu)
+#define AIRCR_SYSRESETREQ 0x05FA0004u
+
+/*
+ * What the host wants this run to do, placed in RAM before reset: magic, length, text (no NUL needed).
+ * In .noinit, which the start-up code neither copies nor zeroes; on a real board it holds whatever the RAM
+ * held, which the magic and the length check reject (and it is cleared after one read).
+ */
+struct kpgen_host_args {
+    uint32_t magic;
+    uint32_t len;
+    char text[KPGEN_HOST_ARGS_MAX];
+};
+__attribute__((section(".noinit"), used)) volatile struct kpgen_host_args kpgen_host_args;
+
+/* Read-modify-write steps from the board's [uart] setup: clocks and pin multiplexing. */
+struct kpgen_setup_step {
+    uint32_t addr, clear, set, wait;
+};
+
+void kpgen_console_init(void)
+{
+#if KPGEN_UART_SETUP_COUNT > 0
+    static const struct kpgen_setup_step steps[KPGEN_UART_SETUP_COUNT] = KPGEN_UART_SETUP_TABLE;
+    uint32_t i;
+    for (i = 0; i < (uint32_t)KPGEN_UART_SETUP_COUNT; i++) {
+        volatile uint32_t *reg = (volatile uint32_t *)(uintptr_t)steps[i].addr;
+        if ((steps[i].clear | steps[i].set) != 0u) { /* a step with neither only waits (read-only status) */
+            *reg = (*reg & ~steps[i].clear) | steps[i].set;
+        }
+        while ((*reg & steps[i].wait) != steps[i].wait) {
+        }
+    }
+#endif
+    kpgen_uart_init();
+}
+
+int kpgen_cmdline(char *buf, int len)
+{
+    uint32_t n = kpgen_host_args.len, i;
+    int ok = kpgen_host_args.magic == KPGEN_HOST_ARGS_MAGIC && n <= KPGEN_HOST_ARGS_MAX;
+    kpgen_host_args.magic = 0u;
+    if (buf == 0 || len <= 0) {
+        return -1;
+    }
+    buf[0] = '\0';
+    if (!ok || n >= (uint32_t)len) {
+        return -1;
+    }
+    for (i = 0; i < n; i++) {
+        buf[i] = kpgen_host_args.text[i];
+    }
+    buf[n] = '\0';
+    return (int)n;
+}
+
+void kpgen_puts_raw(const char *s)
+{
+    while (*s != '\0') {
+        kpgen_uart_putc((uint8_t)*s++);
+    }
+}
+
+void kpgen_exit_raw(int status)
+{
+    static const char prefix[] = "KPGEN-EXIT status=";
+    char digits[12];
+    uint32_t v = status < 0 ? 0u - (uint32_t)status : (uint32_t)status;
+    int k = 0;
+    kpgen_puts_raw(prefix);
+    if (status < 0) {
+        kpgen_uart_putc((uint8_t)'-');
+    }
+    do {
+        digits[k++] = (char)('0' + (char)(v % 10u));
+        v /= 10u;
+    } while (v != 0u);
+    while (k > 0) {
+        kpgen_uart_putc((uint8_t)digits[--k]);
+    }
+    kpgen_uart_putc((uint8_t)'\n');
+    kpgen_uart_flush();
+    __asm__ volatile("dsb" ::: "memory");
+    AIRCR = AIRCR_SYSRESETREQ;
+    __asm__ volatile("dsb" ::: "memory");
+    for (;;) {
+    }
+}
+
+/* newlib's system calls (nosys.specs): stdout and stderr are the UART, there are no files. */
+int _write(int fd, const char *buf, int n);
+int _read(int fd, char *buf, int n);
+int _close(int fd);
+int _fstat(int fd, struct stat *st);
+int _isatty(int fd);
+int _lseek(int fd, int offset, int whence);
+void _exit(int status) __attribute__((noreturn));
+
+int _write(int fd, const char *buf, int n)
+{
+    if (fd != 1 && fd != 2) {
+        errno = EBADF;
+        return -1;
+    }
+    kpgen_uart_write((const uint8_t *)buf, n > 0 ? (uint32_t)n : 0u);
+    return n;
+}
+
+int _read(int fd, char *buf, int n)
+{
+    (void)fd;
+    (void)buf;
+    (void)n;
+    errno = EBADF;
+    return -1;
+}
+
+int _close(int fd)
+{
+    (void)fd;
+    return -1;
+}
+
+int _fstat(int fd, struct stat *st)
+{
+    (void)fd;
+    st->st_mode = S_IFCHR; /* a terminal: stdout is line-buffered, as with semihosting */
+    return 0;
+}
+
+int _isatty(int fd)
+{
+    return fd >= 0 && fd <= 2;
+}
+
+int _lseek(int fd, int offset, int whence)
+{
+    (void)fd;
+    (void)offset;
+    (void)whence;
+    return 0;
+}
+
+void _exit(int status)
+{
+    kpgen_exit_raw(status);
+}
+
+#else /* semihosting */
+
+extern void initialise_monitor_handles(void); /* newlib rdimon: opens stdin/stdout/stderr on the host */
+
+void kpgen_console_init(void)
+{
+    initialise_monitor_handles();
+}
 
 /* Semihosting operation numbers (Arm semihosting specification v2). */
 #define SYS_OPEN 0x01u
@@ -76,6 +244,8 @@ void kpgen_exit_raw(int status)
         (void)semihost(SYS_EXIT_EXTENDED, block);
     }
 }
+
+#endif /* KPGEN_CONSOLE_UART */
 
 /*
  * noipa: never inlined, cloned or merged by identical-code folding (the two bodies are equal), and the

@@ -6,8 +6,9 @@
  * script (top of RAM); .data is copied from flash and .bss zeroed before main() runs.
  *
  * Any fault or unexpected exception prints "KPGEN-FAULT pc=0x%08x" (the PC stacked by the exception
- * entry, i.e. the faulting instruction for synchronous faults) straight to the host stdout (semihosting)
- * and stops the emulator with exit status 3.
+ * entry, i.e. the faulting instruction for synchronous faults) straight to the host stdout
+ * and stops the emulator with exit status 3. Both go through the board's console (kpgen_target.h): semihosting,
+ * or the UART, which ends the run with "KPGEN-EXIT status=3" and a reset request.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -23,7 +24,6 @@ extern uint32_t __bss_start__[];
 extern uint32_t __bss_end__[];
 
 extern int main(void);
-extern void initialise_monitor_handles(void); /* newlib rdimon: opens stdin/stdout/stderr on the host */
 
 void Reset_Handler(void) __attribute__((noreturn));
 void Default_Handler(void);
@@ -85,7 +85,7 @@ void Reset_Handler(void)
     *(volatile uint32_t *)0xE000ED88u |= (0xFu << 20);
     __asm__ volatile("dsb\n\tisb" ::: "memory");
 #endif
-    initialise_monitor_handles();
+    kpgen_console_init();
     exit(main());
 }
 
@@ -127,7 +127,7 @@ void kpgen_fault_report(const uint32_t *frame)
     }
     line[sizeof prefix - 1u + 8u] = '\n';
     line[sizeof prefix + 8u] = '\0';
-    /* Raw semihosting only: stdio and the heap may be what broke. */
+    /* Raw console output only: stdio and the heap may be what broke. */
     kpgen_puts_raw(line);
     kpgen_exit_raw(3);
 }

@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
 import shutil
+import signal
+import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from kpgen import KpgenError, __version__
-from kpgen.reference import golden
+from kpgen import KpgenError, __version__, cells
+from kpgen._data import data_dir
 from kpgen.codegen import layout
-from kpgen.target.boards import REPO_ROOT, Board, render_makefile, template_env
-from kpgen.ir import GATES, SCALAR_NAMES, VECTOR_NAMES, ModelQ, cell_of, matrices, out_size, sublayers
+from kpgen.ir import LayerQ, ModelQ, matrices, out_size, sublayers
+from kpgen.quant import limits
+from kpgen.reference import golden
 from kpgen.reference.vectors import Expected
+from kpgen.target.boards import Board, check_console, console_sources, render_makefile, template_env
 
-TEMPLATES = REPO_ROOT / "templates"
-RUNTIME = REPO_ROOT / "runtime_c"
-BOARD_COMMON = REPO_ROOT / "boards" / "common"
+RUNTIME = data_dir("runtime_c")
+BOARD_COMMON = data_dir("boards") / "common"
 MANIFEST = "kpgen.json"
 
 
@@ -47,20 +53,21 @@ def max_steps(model: ModelQ, steps: int = 0) -> int:
 def arena_fields(model: ModelQ, steps: int = 0) -> list[ArenaField]:
     """Every byte of state and scratch, widest type first so the struct has no inner padding.
 
-    acc_x, acc_h: the two mat-vec results (G*H int32, G = 4 LSTM, 3 GRU, 1 FastRNN/FastGRNN); tv: kp_matvec_s8's
+    acc_x, acc_h: the two mat-vec results (G*H int32, G the cell's gates: kpgen.cells); tv: kp_matvec_s8's
     scratch for the largest matrix (kpgen.codegen.layout.matrix_scratch_words); gates: the LSTM gate values (4H int16
-    in 2H words); c: LSTM cell states; h: hidden states (one per layer, shared by a bidirectional layer's
-    two directions, which run one after the other). A model with a bidirectional layer also keeps every
-    layer's output sequence (out: max_steps x H or 2H int8) and the head's input (feat).
+    in 2H words: Cell.gate_scratch); c: cell states (LSTM); h: hidden states (one per layer, shared by a
+    bidirectional layer's two directions, which run one after the other). A model with a bidirectional layer also
+    keeps every layer's output sequence (out: max_steps x H or 2H int8) and the head's input (feat).
     """
     subs = [s for l in model.layers for s in sublayers(l)]
-    acc = max(GATES[cell_of(s)] * s.hidden_size for s in subs)
+    acc = max(cells.of(s).gates * s.hidden_size for s in subs)
     scratch = max(layout.matrix_scratch_words(m) for l in model.layers for m in matrices(l))
     fields = [ArenaField("acc_x", "int32_t", acc), ArenaField("acc_h", "int32_t", acc)]
     fields.append(ArenaField("tv", "int32_t", scratch))
-    gates = max((2 * s.hidden_size for s in subs if cell_of(s) == "lstm"), default=1)
+    gates = max((cells.of(s).gate_scratch * s.hidden_size for s in subs if cells.of(s).gate_scratch), default=1)
     fields.append(ArenaField("gates", "int32_t", gates))
-    fields += [ArenaField(f"c{i}", "int16_t", l.hidden_size) for i, l in enumerate(model.layers) if cell_of(l) == "lstm"]
+    fields += [ArenaField(f"c{i}", "int16_t", l.hidden_size)
+               for i, l in enumerate(model.layers) if cells.of(l).cell_state]
     fields += [ArenaField(f"h{i}", "int8_t", l.hidden_size) for i, l in enumerate(model.layers)]
     if not golden.is_streaming(model):
         t = max_steps(model, steps)
@@ -83,17 +90,6 @@ def c_array(values: np.ndarray, per_line: int = 16, indent: str = "    ") -> str
     return ",\n".join(indent + line for line in lines)
 
 
-CELL_C = {  # cell -> (params type, step function)
-    "lstm": ("kp_lstm_params_s8", "kp_lstm_step_s8"),
-    "gru": ("kp_gru_params_s8", "kp_gru_step_s8"),
-    "fastrnn": ("kp_fastrnn_params_s8", "kp_fastrnn_step_s8"),
-    "fastgrnn": ("kp_fastgrnn_params_s8", "kp_fastgrnn_step_s8"),
-}
-CELL_TITLE = {"lstm": "LSTM, gates (i, f, g, o)", "gru": "GRU, gates (r, z, n)", "fastrnn": "FastRNN",
-              "fastgrnn": "FastGRNN"}
-PARAM_SCALARS = (*SCALAR_NAMES, "state_exp", "cell_frac")  # the int32 scalars of a cell's params struct
-
-
 def _matrix_context(m) -> dict:
     ctx = dict(layout.matrix_context(m))
     rows, cols = m.shape
@@ -108,20 +104,21 @@ def _matrix_context(m) -> dict:
     return ctx
 
 
-def _sublayer_context(layer, lid: str, direction: str) -> dict:
+def _sublayer_context(layer: LayerQ, lid: str, direction: str) -> dict:
     """One direction of one layer: matrices (packed by kpgen.codegen.layout, rendered by templates/kp_matrix.j2),
-    requantizers, bias vectors and the cell's scalars."""
-    problems = golden.kernel_limits(layer)
+    requantizers, bias vectors and the cell's params initialiser fields (kpgen.cells: Cell.c_fields)."""
+    problems = limits.kernel_limits(layer)
     if problems:
-        raise KpgenError(f"layer {lid}: {problems[0]}; the int32 kernels cannot run it: re-quantize the model with kpgen")
-    cell = cell_of(layer)
-    ctype, step = CELL_C[cell]
+        raise KpgenError(f"layer {lid}: {problems[0]}; "
+                         "the int32 kernels cannot run it: re-quantize the model with kpgen")
+    cell = cells.of(layer)
     return {
         "id": lid,
-        "cell": cell,
-        "title": CELL_TITLE[cell] + (f", {direction}" if direction else ""),
-        "ctype": ctype,
-        "step": step,
+        "cell": cell.name,
+        "cell_state": cell.cell_state,
+        "title": cell.c_title + (f", {direction}" if direction else ""),
+        "ctype": cell.c_params,
+        "step": cell.c_step,
         "input_size": layer.input_size,
         "hidden_size": layer.hidden_size,
         "wx": _matrix_context(layer.wx),
@@ -131,8 +128,8 @@ def _sublayer_context(layer, lid: str, direction: str) -> dict:
         "mult_h": layer.rq_h.mult,
         "shift_h": layer.rq_h.shift,
         "vectors": [{"name": n, "count": int(getattr(layer, n).size), "values": c_array(getattr(layer, n), per_line=8)}
-                    for n in VECTOR_NAMES if hasattr(layer, n)],
-        "scalars": {n: int(getattr(layer, n)) for n in PARAM_SCALARS if hasattr(layer, n)},
+                    for n in cell.vectors],
+        "fields": cell.c_fields(layer),
     }
 
 
@@ -145,7 +142,8 @@ def _layer_context(layer, index: int) -> dict:
                  _sublayer_context(subs[1], f"l{index}b", "backward (reads the sequence reversed)")]
     return {
         "index": index,
-        "cell": cell_of(layer),
+        "cell": cells.of(layer).name,
+        "cell_state": cells.of(layer).cell_state,
         "bidirectional": len(subs) == 2,
         "input_size": layer.input_size,
         "hidden_size": layer.hidden_size,
@@ -159,24 +157,29 @@ def _hex_lines(words: np.ndarray, per_line: int = 6) -> str:
     return ",\n".join("        " + ", ".join(ws[i : i + per_line]) for i in range(0, len(ws), per_line))
 
 
-TARGETS = ("firmware", "lib")
+TARGETS = ("firmware", "lib", "validate")
 
-_BOOT2_PLACEHOLDER = """/* boot2_placeholder.c: {size} zero bytes where the boot ROM looks for its second-stage boot loader (boot2).
- * Generated by kpgen {version}. With these the chip does NOT boot from flash: build with the Pico SDK's boot2
- * instead (make BOOT2=.../bs2_default_padded_checksummed.S, or cmake -DKPGEN_BOOT2=...). kpgen ships no boot2.
+_BOOT2_PLACEHOLDER = """/* boot2_placeholder.c: {size} zero bytes where the boot ROM looks for its second-stage
+ * boot loader (boot2). Generated by kpgen {version}. With these the chip does NOT boot from flash: build with the
+ * Pico SDK's boot2 instead (make BOOT2=.../bs2_default_padded_checksummed.S, or cmake -DKPGEN_BOOT2=...). kpgen
+ * ships no boot2.
  */
 __attribute__((section(".boot2"), used)) const unsigned char kpgen_boot2_placeholder[{size}] = {{0}};
 """
 
 
 def render_sources(
-    model: ModelQ, board: Board, expected: Expected, name: str, source: str, target: str = "firmware"
+    model: ModelQ, board: Board, expected: Expected, name: str, source: str, target: str = "firmware",
+    console: str | None = None,
 ) -> dict[str, str]:
     """File name -> text of every generated file (not the copied runtime).
 
     target "firmware": the test firmware (main, embedded vectors, start-up, linker script) built by make or CMake;
     "lib": only the model, for a static library (make or CMake) that an existing firmware links.
+    console: "uart" or "semihosting" for the firmware's output (None: the board's default, kpgen.target.boards).
     """
+    console = check_console(board, console)
+    common, console_defines, console_files = console_sources(board, console)
     if target not in TARGETS:
         raise KpgenError(f"unknown target {target!r}; use one of: {', '.join(TARGETS)}")
     if not name.isidentifier() or not name.isascii():
@@ -203,7 +206,8 @@ def render_sources(
         "streaming": golden.is_streaming(model),
         "kron_ext": kron_ext,
         "max_steps": steps,
-        "cells": sorted({cell_of(l) for l in model.layers}),
+        "cells": sorted({cells.of(l).name for l in model.layers}),
+        "sigmoid": any(cells.of(l).needs_sigmoid for l in model.layers),
         "sigmoid_table": c_array(model.sigmoid_table),
         "tanh_table": c_array(model.tanh_table),
         "table_size": golden.TABLE_SIZE,
@@ -220,23 +224,38 @@ def render_sources(
     }
     runtime_sources = sorted(p.name for p in RUNTIME.glob("*.c"))
     lib_sources = [f"{name}.c"] + [f"runtime/{f}" for f in runtime_sources]
-    fw_sources = ["main.c", "vectors.c", "board/startup.c", "board/kpgen_target.c"]
+    if target == "validate" and console != "uart":
+        has = "one" if board.uart else "none: add a [uart] table to its board.toml"
+        raise KpgenError(f"--target validate talks to the host over the board's UART; emit it with --console uart "
+                         f"(board {board.name} has {has})")
+    app_sources = ["main.c", "vectors.c"] if target == "firmware" else ["main.c"]
+    fw_sources = app_sources + [f"board/{f}" for f in common]
     files = {
         f"{name}.h": env.get_template("model.h.j2").render(ctx),
         f"{name}.c": env.get_template("model.c.j2").render(ctx),
     }
-    build = {"board": board, "name": name, "version": __version__, "target": target,
-             "defines": list(board.defines) + model_defines}
-    if target == "firmware":
-        sources = [f"{name}.c", "main.c", "vectors.c"]
+    defines = list(board.defines) + model_defines
+    build = {"board": board, "name": name, "version": __version__, "target": target, "defines": defines,
+             "console": console}
+    if target in ("firmware", "validate"):
+        sources = [f"{name}.c"] + app_sources
         sources += [f"runtime/{f}" for f in runtime_sources]
-        sources += ["board/startup.c", "board/kpgen_target.c"]
+        sources += [f"board/{f}" for f in common]
+        files.update({f"board/{f}": text for f, text in console_files.items()})
+        if target == "firmware":
+            files.update({
+                "main.c": env.get_template("main.c.j2").render(ctx, console=console),
+                "vectors.h": env.get_template("vectors.h.j2").render(ctx),
+                "vectors.c": env.get_template("vectors.c.j2").render(ctx),
+            })
+        else:  # sample 0 stays on board for the "profile" run: one inference's instruction count
+            files["main.c"] = env.get_template("validate_main.c.j2").render(
+                ctx, profile_input=c_array(expected.inputs[0], per_line=model.input_size),
+                profile_steps=int(expected.inputs.shape[1]))
         files.update({
-            "main.c": env.get_template("main.c.j2").render(ctx),
-            "vectors.h": env.get_template("vectors.h.j2").render(ctx),
-            "vectors.c": env.get_template("vectors.c.j2").render(ctx),
             "link.ld": env.get_template("link.ld.j2").render(board=board),
-            "Makefile": render_makefile(board, sources, [".", "runtime", "board"], build["defines"]),
+            "Makefile": render_makefile(board, sources, [".", "runtime", "board"], defines + console_defines,
+                                        console),
         })
         if board.boot2_size:
             files["board/boot2_placeholder.c"] = _BOOT2_PLACEHOLDER.format(size=board.boot2_size, version=__version__)
@@ -250,18 +269,96 @@ def render_sources(
     return files
 
 
+def _step(point: str) -> None:
+    """A named point of write_tree ("written", "swapping"); does nothing. Tests interrupt the write here."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived while write_tree was writing: raised so the cleanup runs (the CLI: 'interrupted')."""
+
+
+_CAUGHT = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None)
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directory entries in one step (Linux renameat2 RENAME_EXCHANGE); False where that is unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), ctypes.c_uint(_RENAME_EXCHANGE))
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
+        return False  # a kernel or file system without the call: rename aside instead
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _make_parents(parent: Path) -> list[Path]:
+    """mkdir -p parent; returns the directories it created, outermost first, so a failure can remove them."""
+    missing = []
+    p = parent
+    while not p.exists() and not p.is_symlink() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    created = []
+    for d in reversed(missing):
+        d.mkdir()
+        created.append(d)
+    return created
+
+
+def _swap_in(tmp: Path, out_dir: Path) -> Path | None:
+    """Put tmp's tree at out_dir. Returns where the previous tree now is (to delete), or None if there was none."""
+    if not (out_dir.exists() or out_dir.is_symlink()):
+        tmp.rename(out_dir)
+        return None
+    if out_dir.is_dir() and not out_dir.is_symlink() and _exchange(tmp, out_dir):
+        return tmp  # one step: out_dir is the new tree, tmp the old one
+    old = tmp.with_name(tmp.name + ".old")  # unique, as tmp's name is
+    out_dir.rename(old)
+    _step("swapping")
+    try:
+        tmp.rename(out_dir)
+    except BaseException:
+        old.rename(out_dir)  # put the previous tree back where it was
+        raise
+    return old
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def write_tree(out_dir: Path, files: dict[str, str], manifest: dict, force: bool, with_board: bool = True) -> None:
-    """Write everything into a temporary sibling directory, then rename it into place.
+    """Write everything into a temporary sibling directory, then swap it into place: the user sees the previous
+    tree or the new one, never neither, and no debris, even when SIGTERM or SIGHUP arrives mid-write.
 
     with_board: copy boards/common/ into board/ (firmware); a library has no start-up code.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
         raise KpgenError(f"output directory {out_dir} exists; remove it or pass --force to replace it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    old: Path | None = None
+    in_main = threading.current_thread() is threading.main_thread()
+
+    def interrupted(signum: int, frame: object) -> None:
+        raise Interrupted(signum)
+
+    saved = {s: signal.signal(s, interrupted) for s in _CAUGHT} if in_main else {}
+    created: list[Path] = []
+    tmp: Path | None = None
     try:
+        created = _make_parents(out_dir.parent)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
         for rel, text in files.items():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             (tmp / rel).write_text(text)
@@ -276,25 +373,32 @@ def write_tree(out_dir: Path, files: dict[str, str], manifest: dict, force: bool
                     shutil.copyfile(src, tmp / "board" / src.name)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
         os.chmod(tmp, 0o755)
-        if out_dir.exists() or out_dir.is_symlink():  # --force: move the previous tree aside, then swap
-            old = tmp.with_name(tmp.name + ".old")  # unique: tmp's name is
-            out_dir.rename(old)
-        tmp.rename(out_dir)
+        _step("written")
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _CAUGHT) if in_main and _CAUGHT else None
+        try:  # the swap and the removal of the previous tree run to the end; a signal waits until after
+            old = _swap_in(tmp, out_dir)
+            tmp = None
+            if old is not None:
+                _remove(old)
+        finally:
+            if blocked is not None:
+                for s, h in saved.items():  # a pending signal then acts as it would have without kpgen
+                    signal.signal(s, h)
+                saved = {}
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     except BaseException as e:
-        kept = ""
-        if old is not None and not out_dir.exists():
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        for d in reversed(created):
             try:
-                old.rename(out_dir)  # put the previous tree back where it was
+                d.rmdir()
             except OSError:
-                kept = f" (the previous {out_dir.name} is in {old})"
-        shutil.rmtree(tmp, ignore_errors=True)
+                break
         if isinstance(e, OSError):
-            raise KpgenError(
-                f"cannot write {out_dir}: {e.strerror or e}; check the disk and permissions{kept}"
-            ) from None
+            where = f" ({e.filename})" if getattr(e, "filename", None) and str(e.filename) != str(out_dir) else ""
+            raise KpgenError(f"cannot write {out_dir}: {e.strerror or e}{where}; check the disk and permissions "
+                             "(and that every directory in the path is a directory)") from None
         raise
-    if old is not None:
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)

@@ -5,7 +5,7 @@ kernels then load whole 32-bit words, four int8 weights each, in the order the C
 (SXTB16/SMLAD) and the Helium ones (VLDRB/VMLADAV) consume them. Nothing here changes a single bit of
 arithmetic. Words hold their bytes little-endian: byte k of a word is bits 8k..8k+7.
 
-Two layouts (`pack_kron` picks them, and runtime_c/kp_matvec_s8.c follows the same rule):
+Two layouts (`pack_kron` picks them, and the C stages in runtime_c/kp_matvec_internal.h follow the same rule):
   blocks  4-row blocks (`pack_blocks`), for every B and for A when m2 == 1 (every dense matrix included): the
           kernel runs down the rows, four accumulators sharing each load of the vector (a row of X, or T);
   rows    row by row (`pack_rows`), for A when m2 > 1: the kernel widens one row of A once and takes its dot
@@ -60,15 +60,6 @@ def pack_rows(w: np.ndarray) -> np.ndarray:
     return _words(full)
 
 
-def unpack_rows(words: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """The inverse of pack_rows (for tests)."""
-    raw = np.frombuffer(np.asarray(words, dtype="<i4").tobytes(), dtype=np.int8)
-    cp = cols_padded(cols)
-    if cp == 2:
-        return raw.reshape(-1, 2, 2).transpose(0, 2, 1).reshape(-1, 2)[:rows, :cols].copy()
-    return raw.reshape(rows, cp)[:, :cols].copy()
-
-
 def a_in_blocks(m2: int) -> bool:
     """Whether a Kronecker product's A is packed in blocks (m2 == 1, dense included) or in rows."""
     return m2 == 1
@@ -109,28 +100,6 @@ def pack_blocks(w: np.ndarray) -> np.ndarray:
     return _words(out)
 
 
-def unpack_blocks(words: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """The inverse of pack_blocks (for tests)."""
-    rp, cp = rows_padded(rows), cols_padded(cols)
-    raw = np.frombuffer(np.asarray(words, dtype="<i4").tobytes(), dtype=np.int8)
-    if cp > 2 and cp % CHUNK_COLS == 4:
-        raw = raw[:-4]
-    if raw.size != rp * cp:
-        raise ValueError(f"unpack_blocks: {raw.size} bytes for a {rp} x {cp} padded matrix")
-    nb = rp // BLOCK_ROWS
-    if cp == 2:
-        blocks = raw.reshape(nb, 2, 2, 2).transpose(0, 1, 3, 2).reshape(nb, BLOCK_ROWS, 2)
-    else:
-        per_block = raw.reshape(nb, BLOCK_ROWS * cp)
-        chunks, off = [], 0
-        for c0 in range(0, cp, CHUNK_COLS):
-            width = min(CHUNK_COLS, cp - c0)
-            chunks.append(per_block[:, off : off + BLOCK_ROWS * width].reshape(nb, BLOCK_ROWS, width))
-            off += BLOCK_ROWS * width
-        blocks = np.concatenate(chunks, axis=2)
-    return blocks.reshape(rp, cp)[:rows, :cols].copy()
-
-
 def kron_scratch_words(m1: int, n1: int, m2: int, n2: int) -> int:
     """int32 words of scratch kp_matvec_s8 needs for W = A (m1 x n1) (x) B (m2 x n2).
 
@@ -149,7 +118,7 @@ def kron_scratch_words(m1: int, n1: int, m2: int, n2: int) -> int:
 # by the matrix of factors l+1.. (its inner; the last level holds the last two factors as A and B), and HKP
 # top rows are one more, dense, kp_kron_s8 (B = [[1]]) that the outermost level points to.
 
-FACTOR_NAMES = "abcdefgh"  # array suffixes of the factors of one matrix (at most golden.MAX_FACTORS)
+FACTOR_NAMES = "abcdefgh"  # array suffixes of the factors of one matrix (at most kpgen.quant.limits.MAX_FACTORS)
 ONE_WORDS = (1, 0)  # pack_blocks([[1]]): the B of a dense kp_kron_s8 (only byte 0 is read)
 
 
@@ -173,7 +142,7 @@ def matrix_levels(m) -> list[dict]:
 
 
 def matrix_scratch_words(m) -> int:
-    """int32 words of scratch kp_matvec_s8 needs for a whole KPMatrixQ (runtime_c/kp_matvec_s8.c).
+    """int32 words of scratch kp_matvec_s8 needs for a whole KPMatrixQ (kp_matvec_s8_get_buffer_size in C).
 
     Two factors: kron_scratch_words. More: the T^T of every level but the last (m2 rows of cols_padded(n1)
     int16), one int32 result of the largest such m2, then the larger of the last level's kron scratch and one
@@ -234,7 +203,8 @@ def matrix_context(m) -> dict:
         "kp_cols": int(cols),
         "shape": tuple(int(v) for v in m.shape),
         "factors": len(factors),
-        "factor_text": " (x) ".join(f"{FACTOR_NAMES[j].upper()} ({f.shape[0]} x {f.shape[1]})" for j, f in enumerate(factors)),
+        "factor_text": " (x) ".join(f"{FACTOR_NAMES[j].upper()} ({f.shape[0]} x {f.shape[1]})"
+                                    for j, f in enumerate(factors)),
         "is_dense": len(factors) == 2 and m.b.shape == (1, 1),
         "weights": int(m.nbytes),
         "dense_weights": int(m.shape[0] * m.shape[1]),

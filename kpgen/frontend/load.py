@@ -11,26 +11,18 @@ import os
 import pickle
 import re
 import reprlib
+import struct
 import warnings
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypeGuard
 
 import numpy as np
 
-from kpgen import KpgenError
-from kpgen.ir import (
-    GATES,
-    BiLayerF,
-    Calibration,
-    DenseF,
-    FastGRNNLayerF,
-    FastRNNLayerF,
-    GRULayerF,
-    KPMatrixF,
-    LSTMLayerF,
-    ModelF,
-)
+from kpgen import KpgenError, cells
+from kpgen.cells.lstm import LSTMLayerF
+from kpgen.ir import BiLayerF, Calibration, DenseF, KPMatrixF, LayerF, ModelF
 
 FORMAT = "kpgen-checkpoint"
 SUPPORTED_VERSIONS = (1,)
@@ -38,13 +30,6 @@ DOC = "docs/checkpoint.md"
 TOP_KEYS = ("format", "version", "arch", "state_dict", "calibration")
 ARCH_INT_KEYS = ("input_size", "hidden_size", "num_layers", "num_classes")
 METHODS = ("kp", "hkp", "prune", "small", "dense", "lowrank", "mixed")
-# per cell: its other tensors (name -> rows as a multiple of H; 0 for a scalar)
-CELL_TENSORS = {
-    "lstm": {"bias": 4},
-    "gru": {"bias": 3, "bias_hn": 1},
-    "fastrnn": {"bias": 1, "alpha": 0, "beta": 0},
-    "fastgrnn": {"bias_z": 1, "bias_h": 1, "zeta": 0, "nu": 0},
-}
 # What torch.load raises on empty, truncated, corrupt or non-torch files (after UnpicklingError and
 # PermissionError are handled): typically RuntimeError, EOFError, KeyError, ValueError, IndexError, OSError or
 # zipfile.BadZipFile. A damaged pickle can make torch's own rebuild code fail in any way (tests/test_fuzz.py found
@@ -81,6 +66,218 @@ def _unpickling_problem(err: Exception) -> tuple[str, str]:
     )
 
 
+# Bounds on what a checkpoint may declare, checked before torch allocates or builds anything. The largest board
+# has 4 MiB of flash, so a model kpgen can emit holds at most a few million int8 parameters: these leave room.
+MAX_NESTING = 100  # containers inside containers in the pickle (a kpgen checkpoint needs fewer than 10)
+MAX_PICKLE_BYTES = 8 << 20  # data.pkl (the structure, not the tensor data; a kpgen checkpoint's is a few KB)
+MAX_CHECKPOINT_BYTES = 1 << 29  # all tensor data and zip members together, as declared (512 MiB)
+MAX_TENSOR_ELEMENTS = 1 << 25  # all tensors' elements together, as their shapes declare them
+MAX_DENSE_PARAMS = 1 << 27  # the uncompressed matrices an arch describes (what a dense model would allocate)
+# Callables a torch.save pickle calls (REDUCE); a call of anything else, e.g. os.system, is a pickle that runs code.
+_SAFE_CALL_MODULES = ("torch", "collections", "_codecs", "numpy", "copyreg")
+_SAFE_BUILTINS = ("builtins.set", "builtins.frozenset", "builtins.bytearray", "builtins.slice", "builtins.complex",
+                  "__builtin__.set", "__builtin__.frozenset")
+_ITEM_SIZE_BOUND = 16  # bytes per element of any torch storage type (complex128 is the widest)
+
+
+def _sized(chk: _Checker, what: str, size: int, limit: int) -> None:
+    chk.require(size <= limit, f"{what} declares {size:,} bytes, more than kpgen reads ({limit:,})",
+                "this is not a checkpoint of a model that fits a microcontroller: check the file")
+
+
+class _Bounded:
+    """A read-only stream that never reads past `size` bytes from where it starts: a string opcode claiming
+    gigabytes makes pickletools read only what is there (and fail), not allocate what is claimed."""
+
+    def __init__(self, f, size: int):
+        self.f, self.left = f, size
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n is None or n < 0 else min(n, self.left)
+        data = self.f.read(n)
+        self.left -= len(data)
+        return data
+
+    def readline(self) -> bytes:
+        data = self.f.readline(self.left)
+        self.left -= len(data)
+        return data
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+
+def _scan_pickle(chk: _Checker, stream, storages: dict[object, int]) -> None:
+    """Walk one pickle's opcodes without running it: refuse nesting deeper than MAX_NESTING, calls of anything
+    but torch's rebuild functions, and record each storage's declared size (key -> bytes) in `storages`.
+
+    The stack is simulated as (depth, value) pairs: value is the int, str, global name or small tuple an op pushed.
+    A stream pickletools cannot parse is left to torch.load, which reports it as damaged.
+    """
+    import pickletools
+
+    mark = object()
+    stack: list = []
+    memo: dict = {}
+    try:
+        for op, arg, _ in pickletools.genops(stream):
+            name = op.name
+            if name == "MARK":
+                stack.append(mark)
+                continue
+            if name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                if stack:
+                    memo[arg] = stack[-1]
+                continue
+            if name == "MEMOIZE":
+                if stack:
+                    memo[len(memo)] = stack[-1]
+                continue
+            if name in ("GET", "BINGET", "LONG_BINGET"):
+                stack.append(memo.get(arg, (0, None)))
+                continue
+            if name == "DUP":
+                stack.append(stack[-1] if stack else (0, None))
+                continue
+            popped: list = []
+            before = list(op.stack_before)
+            while before:
+                want = before.pop()
+                if want is pickletools.stackslice:
+                    continue
+                if want is pickletools.markobject:
+                    while stack and stack[-1] is not mark:
+                        popped.insert(0, stack.pop())
+                    if stack:
+                        stack.pop()
+                    continue
+                if stack and stack[-1] is not mark:
+                    popped.insert(0, stack.pop())
+            items = [p for p in popped if p is not mark]
+            depth = 1 + max((d for d, _ in items), default=-1) if items else 0
+            chk.require(depth <= MAX_NESTING, f"nests containers more than {MAX_NESTING} deep",
+                        f"a kpgen checkpoint is a flat dict of tensors and numbers: save it as in {DOC}")
+            value: object = None
+            if name in ("GLOBAL", "INST") and isinstance(arg, str):
+                value = ".".join(arg.split(" ", 1))
+            elif name == "STACK_GLOBAL" and len(items) == 2 and all(isinstance(v, str) for _, v in items):
+                value = f"{items[0][1]}.{items[1][1]}"
+            elif name in ("REDUCE", "OBJ", "INST") and (items or name == "INST"):
+                func = value if name == "INST" else items[0][1]
+                _check_call(chk, func)
+            elif isinstance(arg, (int, str)) and not isinstance(arg, bool) and not op.stack_before:
+                value = arg
+            elif name in ("TUPLE", "TUPLE1", "TUPLE2", "TUPLE3") and len(items) <= 8:
+                value = tuple(v for _, v in items)
+            elif name in ("PERSID", "BINPERSID"):
+                _storage_size(chk, items[-1][1] if items else None, storages)
+            for want in op.stack_after:
+                stack.append(mark if want is pickletools.markobject else (depth, value))
+    except (ValueError, EOFError, IndexError, OverflowError, struct.error):
+        return  # not a pickle pickletools can read: torch.load will say the file is damaged
+
+
+def _check_call(chk: _Checker, func: object) -> None:
+    """A REDUCE-like op calls func when unpickled: only torch's own rebuild helpers and plain containers may."""
+    if not isinstance(func, str):
+        return  # a computed callable: torch's weights_only unpickler refuses what it does not know
+    if func.split(".", 1)[0] in _SAFE_CALL_MODULES or func in _SAFE_BUILTINS:
+        return
+    chk.fail(f"is a pickle that would run code when loaded (it calls {_show(func)}): refused",
+             f"kpgen loads only data; save the checkpoint dict of tensors with torch.save as in {DOC}")
+
+
+def _storage_size(chk: _Checker, pid: object, storages: dict[object, int]) -> None:
+    """A torch storage reference ('storage', type, key, location, numel[, view]): its declared bytes."""
+    if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage" and _is_int(pid[4]) and pid[4] >= 0):
+        chk.fail("refers to tensor data in a way torch.save does not write", f"save it with torch.save as in {DOC}")
+    storages[pid[2]] = max(storages.get(pid[2], 0), pid[4] * _ITEM_SIZE_BOUND)
+    _sized(chk, "its tensor data", sum(storages.values()), MAX_CHECKPOINT_BYTES)
+
+
+def _guard_file(chk: _Checker, p: Path) -> None:
+    """Before torch.load: bounded zip members and pickle size, no deep nesting, no code, bounded storages."""
+    storages: dict[object, int] = {}
+    if zipfile.is_zipfile(p):
+        try:
+            with zipfile.ZipFile(p) as zf:
+                infos = zf.infolist()
+                _sized(chk, "its zip archive", sum(i.file_size for i in infos), MAX_CHECKPOINT_BYTES)
+                pkls = [i for i in infos if i.filename == "data.pkl" or i.filename.endswith("/data.pkl")]
+                for info in pkls[:1]:
+                    _sized(chk, f"its {info.filename}", info.file_size, MAX_PICKLE_BYTES)
+                    with zf.open(info) as stream:
+                        _scan_pickle(chk, _Bounded(stream, info.file_size), storages)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, OSError,
+                EOFError, ValueError):
+            return  # torch.load reports a damaged archive
+        return
+    size = p.stat().st_size
+    with open(p, "rb") as f:  # a plain pickle, or torch's legacy format (five pickles, then the tensor data)
+        for _ in range(5):
+            start = f.tell()
+            _scan_pickle(chk, _Bounded(f, size - start), storages)
+            if f.tell() == start:
+                break
+
+
+def _plain(chk: _Checker, obj: object, where: str) -> object:
+    """The loaded object with every dict made a plain dict (an OrderedDict's instance attributes, such as a
+    state_dict's _metadata or a planted `get`, are dropped) and tensors refused if they carry Python attributes,
+    which could shadow tensor methods. Depth is bounded by the pickle scan (MAX_NESTING)."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        attrs = object.__getattribute__(obj, "__dict__")
+        chk.require(not attrs, f"{where} is a tensor carrying Python attributes ({_show(sorted(map(str, attrs)))})",
+                    "save plain tensors (e.g. t.detach().clone()), not tensors with attributes set on them")
+        return obj
+    if isinstance(obj, dict):
+        return {k: _plain(chk, v, f"{where}[{_show(k)}]") for k, v in dict.items(obj)}
+    if type(obj) is list or type(obj) is tuple:
+        items = [_plain(chk, v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return items if type(obj) is list else tuple(items)
+    return obj
+
+
+def _declared_elements(t) -> int:
+    """Elements a tensor's shape declares (a stride-0 view declares many and stores one)."""
+    try:
+        return math.prod(int(s) for s in t.shape)
+    except (RuntimeError, TypeError, ValueError):  # nested tensors have no single shape
+        return int(t.numel())
+
+
+def _check_declared(chk: _Checker, raw: object) -> None:
+    """After torch.load (tensors are still views of the file's data): refuse element counts and an arch whose
+    sizes would make kpgen allocate more than any microcontroller model needs, before anything is copied."""
+    import torch
+
+    if not isinstance(raw, dict):
+        return
+    arch = raw.get("arch")
+    declared = [arch.get(k) for k in ARCH_INT_KEYS] if isinstance(arch, dict) else []
+    sizes = [v for v in declared if isinstance(v, int) and not isinstance(v, bool) and v > 0]
+    if isinstance(arch, dict) and len(sizes) == len(ARCH_INT_KEYS):  # else the validators name what is wrong
+        inputs, hid, layers, classes = sizes
+        gates = 4  # the most any cell has (LSTM): a bound, whatever arch.cell says
+        dirs = 2 if arch.get("bidirectional") is True else 1
+        dense = dirs * gates * hid * (inputs + hid) + (layers - 1) * dirs * gates * hid * (dirs * hid + hid)
+        dense += classes * dirs * hid
+        chk.require(dense <= MAX_DENSE_PARAMS,
+                    f"arch declares a model of {dense:,} uncompressed parameters (input_size {inputs}, "
+                    f"hidden_size {hid}, {layers} layer(s)), more than kpgen handles ({MAX_DENSE_PARAMS:,})",
+                    "check arch: no microcontroller holds such a model")
+    tensors = [v for v in raw.values() if isinstance(v, torch.Tensor)]
+    sd = raw.get("state_dict")
+    if isinstance(sd, dict):
+        tensors += [v for v in sd.values() if isinstance(v, torch.Tensor)]
+    total = sum(_declared_elements(t) for t in tensors)
+    chk.require(total <= MAX_TENSOR_ELEMENTS,
+                f"its tensors declare {total:,} elements, more than kpgen handles ({MAX_TENSOR_ELEMENTS:,})",
+                "this is not a model that fits a microcontroller: check the file")
+
+
 def read_raw(path: str | os.PathLike) -> object:
     """torch.load(weights_only=True) with every failure turned into a one-line KpgenError."""
     import torch
@@ -91,9 +288,13 @@ def read_raw(path: str | os.PathLike) -> object:
     chk.require(p.is_file(), "is not a regular file", "give the path of a .pt checkpoint file")
     chk.require(p.stat().st_size > 0, "is empty (0 bytes)", "train or copy the checkpoint again")
     try:
+        _guard_file(chk, p)
+    except PermissionError as e:
+        chk.fail(f"cannot be read ({e.strerror or e})", "check the file's permissions")
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return torch.load(p, map_location="cpu", weights_only=True)
+            raw = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         chk.fail(*_unpickling_problem(e))
     except PermissionError as e:
@@ -103,6 +304,9 @@ def read_raw(path: str | os.PathLike) -> object:
             f"is not a torch checkpoint, or is truncated or corrupt ({_first_line(e)})",
             "re-save it with torch.save or copy it again",
         )
+    raw = _plain(chk, raw, "checkpoint")
+    _check_declared(chk, raw)
+    return raw
 
 
 def _first_line(err: Exception) -> str:
@@ -121,17 +325,17 @@ def _show(v: object) -> str:
     if hasattr(v, "shape") and hasattr(v, "dtype") and getattr(v, "ndim", 0) != 0:
         try:
             return f"a tensor of shape {tuple(v.shape)} ({v.dtype})"
-        except Exception:  # noqa: BLE001 - e.g. nested tensors have no shape
+        except Exception:
             return f"a {type(v).__name__}"
     text = " ".join(_REPR.repr(v).split())
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _is_int(v: object) -> bool:
+def _is_int(v: object) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_number(v: object) -> bool:
+def _is_number(v: object) -> TypeGuard[int | float]:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
@@ -147,11 +351,8 @@ def _scalar(v: object) -> object:
 
 def _check_top(chk: _Checker, raw: object) -> dict:
     """Format, version and top-level keys."""
-    chk.require(
-        isinstance(raw, dict),
-        f"holds a {type(raw).__name__}, not a dict",
-        f"save the checkpoint dict described in {DOC}",
-    )
+    if not isinstance(raw, dict):
+        chk.fail(f"holds a {type(raw).__name__}, not a dict", f"save the checkpoint dict described in {DOC}")
     if "format" not in raw and raw and all(hasattr(v, "shape") for v in raw.values()):
         chk.fail("is a bare state_dict, not a kpgen checkpoint", f"wrap it with arch and calibration as in {DOC}")
     chk.require("format" in raw, "has no 'format' key, so it is not a kpgen checkpoint", f"see {DOC}")
@@ -163,7 +364,8 @@ def _check_top(chk: _Checker, raw: object) -> dict:
     version = raw.get("version")
     chk.require(
         _is_int(version) and version in SUPPORTED_VERSIONS,
-        f"checkpoint version {_show(version)} is not supported (this kpgen reads {', '.join(map(str, SUPPORTED_VERSIONS))})",
+        f"checkpoint version {_show(version)} is not supported "
+        f"(this kpgen reads {', '.join(map(str, SUPPORTED_VERSIONS))})",
         "re-export it with this kpgen version or upgrade kpgen",
     )
     if "calibration" not in raw:
@@ -179,15 +381,23 @@ def _check_top(chk: _Checker, raw: object) -> dict:
     return raw
 
 
+def _int_pairs(value: object) -> list[tuple[int, int]] | None:
+    """value as a list of (m, n) pairs of positive ints, or None if it is not one."""
+    if not isinstance(value, Iterable):
+        return None
+    try:
+        pairs = [(m, n) for m, n in value]
+    except (TypeError, ValueError):
+        return None
+    return pairs if all(_is_int(v) and v > 0 for p in pairs for v in p) else None
+
+
 def _factor_pair(chk: _Checker, value: object, where: str) -> tuple[tuple[int, int], tuple[int, int]]:
     """[[m1, n1], [m2, n2]] with positive ints."""
-    try:
-        (m1, n1), (m2, n2) = value  # type: ignore[misc]
-        ok = all(_is_int(v) and v > 0 for v in (m1, n1, m2, n2))
-    except (TypeError, ValueError):
-        ok = False
-    chk.require(ok, f"{where} is {_show(value)}, not [[m1, n1], [m2, n2]] with positive ints", f"see {DOC}")
-    return (m1, n1), (m2, n2)
+    pairs = _int_pairs(value)
+    if pairs is None or len(pairs) != 2:
+        chk.fail(f"{where} is {_show(value)}, not [[m1, n1], [m2, n2]] with positive ints", f"see {DOC}")
+    return pairs[0], pairs[1]
 
 
 def _is_variant(arch: dict) -> bool:
@@ -197,12 +407,9 @@ def _is_variant(arch: dict) -> bool:
 
 def _dims(chk: _Checker, value: object, where: str) -> list[tuple[int, int]]:
     """A factor list [[m1, n1], [m2, n2], ...] of at least two positive int pairs."""
-    try:
-        pairs = [(m, n) for m, n in value]  # type: ignore[misc, union-attr]
-        ok = len(pairs) >= 2 and all(_is_int(v) and v > 0 for p in pairs for v in p)
-    except (TypeError, ValueError):
-        ok = False
-    chk.require(ok, f"{where} is {_show(value)}, not a list [[m1, n1], [m2, n2], ...] of positive ints", f"see {DOC}")
+    pairs = _int_pairs(value)
+    if pairs is None or len(pairs) < 2:
+        chk.fail(f"{where} is {_show(value)}, not a list [[m1, n1], [m2, n2], ...] of positive ints", f"see {DOC}")
     return pairs
 
 
@@ -212,7 +419,8 @@ def _check_spec(chk: _Checker, spec: object, where: str, rows: int, cols: int) -
         spec = {"kind": "dense"}
     elif isinstance(spec, (list, tuple)):
         spec = {"kind": "kp", "factors": spec}
-    chk.require(isinstance(spec, dict) and "kind" in spec, f"{where} is {_show(spec)}, not a matrix spec", f"see {DOC}")
+    if not (isinstance(spec, dict) and "kind" in spec):
+        chk.fail(f"{where} is {_show(spec)}, not a matrix spec", f"see {DOC}")
     kind = spec["kind"]
     if kind == "lowrank":
         chk.fail(f"{where} is a low-rank matrix, which kpgen cannot emit (it has no low-rank kernel)",
@@ -226,9 +434,10 @@ def _check_spec(chk: _Checker, spec: object, where: str, rows: int, cols: int) -
     pairs = _dims(chk, spec.get("factors"), f"{where}.factors")
     top = 0
     if kind == "hkp":
-        top = spec.get("dense_rows")
-        chk.require(_is_int(top) and 0 <= top < rows, f"{where}.dense_rows is {_show(top)}, not an int in 0..{rows - 1}",
-                    f"see {DOC}")
+        dense_rows = spec.get("dense_rows")
+        if not (_is_int(dense_rows) and 0 <= dense_rows < rows):
+            chk.fail(f"{where}.dense_rows is {_show(dense_rows)}, not an int in 0..{rows - 1}", f"see {DOC}")
+        top = dense_rows
     kr, kc = math.prod(p[0] for p in pairs), math.prod(p[1] for p in pairs)
     shape = " (x) ".join(f"({m}x{n})" for m, n in pairs)
     chk.require(
@@ -245,25 +454,26 @@ def _check_variant_arch(chk: _Checker, arch: dict) -> dict:
     missing = [k for k in ("cell", *ARCH_INT_KEYS, "wx_specs", "wh_specs") if k not in arch]
     chk.require(not missing, f"arch is missing key(s) {', '.join(missing)}", f"add them as documented in {DOC}")
     cell = arch["cell"]
-    chk.require(isinstance(cell, str) and cell in GATES, f"arch.cell {_show(cell)} is not supported",
-                f"use one of {', '.join(GATES)}")
+    chk.require(isinstance(cell, str) and cell in cells.REGISTRY, f"arch.cell {_show(cell)} is not supported",
+                f"use one of {', '.join(cells.NAMES)}")
     method = arch.get("method", "kp")
     chk.require(isinstance(method, str) and method in METHODS, f"arch.method {_show(method)} is not known",
                 f"use one of {', '.join(METHODS)}")
     bidir = arch.get("bidirectional", False)
     chk.require(isinstance(bidir, bool), f"arch.bidirectional is {_show(bidir)}, not true or false", f"see {DOC}")
-    for k in ARCH_INT_KEYS:
-        chk.require(_is_int(arch[k]) and arch[k] > 0, f"arch.{k} is {_show(arch[k])}, not a positive int", f"see {DOC}")
+    for key in ARCH_INT_KEYS:
+        chk.require(_is_int(arch[key]) and arch[key] > 0, f"arch.{key} is {_show(arch[key])}, not a positive int",
+                    f"see {DOC}")
     n_layers, hid = arch["num_layers"], arch["hidden_size"]
     dirs = 2 if bidir else 1
-    specs = {"wx": [], "wh": []}
+    specs: dict[str, list[dict]] = {"wx": [], "wh": []}
     for name in ("wx", "wh"):
         fs = arch[f"{name}_specs"]
         chk.require(isinstance(fs, (list, tuple)) and len(fs) == n_layers,
                     f"arch.{name}_specs must list one matrix spec per layer ({n_layers})", f"see {DOC}")
         for k, spec in enumerate(fs):
             cols = hid if name == "wh" else (arch["input_size"] if k == 0 else dirs * hid)
-            specs[name].append(_check_spec(chk, spec, f"arch.{name}_specs[{k}]", GATES[cell] * hid, cols))
+            specs[name].append(_check_spec(chk, spec, f"arch.{name}_specs[{k}]", cells.get(cell).gates * hid, cols))
     return {"cell": cell, "bidirectional": bidir, "specs": specs}
 
 
@@ -291,7 +501,7 @@ def variant_shapes(arch: dict, v: dict) -> dict[str, tuple[int, ...]]:
         for d in dirs:
             for name in ("wx", "wh"):
                 shapes.update(_matrix_shapes(f"layers.{k}.{d}{name}", v["specs"][name][k]))
-            for t, mult in CELL_TENSORS[v["cell"]].items():
+            for t, mult in cells.get(v["cell"]).tensors.items():
                 shapes[f"layers.{k}.{d}{t}"] = (mult * hid,) if mult else ()
     shapes["head.weight"] = (n_cls, len(dirs) * hid)
     shapes["head.bias"] = (n_cls,)
@@ -310,19 +520,9 @@ def _matrix_ir(w: dict[str, np.ndarray], prefix: str, spec: dict) -> KPMatrixF:
     return KPMatrixF(fs[0], fs[1], tuple(fs[2:]), top)
 
 
-def _sigmoid(v: float) -> float:
-    return 1.0 / (1.0 + math.exp(-v)) if v >= 0 else math.exp(v) / (1.0 + math.exp(v))
-
-
-def _variant_layer(w: dict[str, np.ndarray], p: str, cell: str, wx: KPMatrixF, wh: KPMatrixF, i: int, h: int):
-    if cell == "lstm":
-        return LSTMLayerF(i, h, wx, wh, w[f"{p}bias"])
-    if cell == "gru":
-        return GRULayerF(i, h, wx, wh, w[f"{p}bias"], w[f"{p}bias_hn"])
-    if cell == "fastrnn":
-        return FastRNNLayerF(i, h, wx, wh, w[f"{p}bias"], _sigmoid(float(w[f"{p}alpha"])), _sigmoid(float(w[f"{p}beta"])))
-    return FastGRNNLayerF(i, h, wx, wh, w[f"{p}bias_z"], w[f"{p}bias_h"],
-                          _sigmoid(float(w[f"{p}zeta"])), _sigmoid(float(w[f"{p}nu"])))
+def _variant_layer(w: dict[str, np.ndarray], p: str, cell: str, wx: KPMatrixF, wh: KPMatrixF, i: int, h: int) -> LayerF:
+    """One direction of one layer as float IR, from the cell's tensors under prefix p (Cell.from_tensors)."""
+    return cells.get(cell).from_tensors(w, p, i, h, wx, wh)
 
 
 def _variant_layers(arch: dict, v: dict, w: dict[str, np.ndarray]) -> tuple:
@@ -350,10 +550,11 @@ def _check_arch(chk: _Checker, arch: dict) -> dict:
         f"arch.cell {_show(arch['cell'])} is not supported",
         "use cell 'lstm' (other cells are saved in the arch.method form of docs/checkpoint.md, as kpgen train does)",
     )
-    for k in ARCH_INT_KEYS:
-        chk.require(_is_int(arch[k]) and arch[k] > 0, f"arch.{k} is {_show(arch[k])}, not a positive int", f"see {DOC}")
+    for key in ARCH_INT_KEYS:
+        chk.require(_is_int(arch[key]) and arch[key] > 0, f"arch.{key} is {_show(arch[key])}, not a positive int",
+                    f"see {DOC}")
     n_layers, hid = arch["num_layers"], arch["hidden_size"]
-    out = {"wx": [], "wh": []}
+    out: dict[str, list] = {"wx": [], "wh": []}
     for name in ("wx", "wh"):
         fs = arch[f"{name}_factors"]
         chk.require(
@@ -418,7 +619,10 @@ def _check_tensors(chk: _Checker, sd: dict, shapes: dict[str, tuple[int, ...]]) 
             "make arch match the trained model",
         )
         chk.require(t.is_floating_point(), f"{where} has dtype {t.dtype}, not floating point", "save float weights")
-        a = t.detach().to(torch.float64).numpy().copy()
+        try:
+            a = t.detach().to(torch.float64).numpy().copy()
+        except (RuntimeError, NotImplementedError, TypeError):  # e.g. float4_e2m1fn_x2 has no conversion
+            chk.fail(f"{where} has dtype {t.dtype}, which kpgen cannot read", "save float32 weights")
         chk.require(bool(np.isfinite(a).all()), f"{where} contains NaN or inf", "retrain the model or fix the weights")
         arrays[key] = a
     return arrays
@@ -431,33 +635,50 @@ def _check_calibration(chk: _Checker, cal: dict, n_layers: int, cell: str = "lst
     if cell != "lstm" and "cell_absmax" not in cal and "state_absmax" in cal:
         cal = {**cal, "cell_absmax": cal["state_absmax"]}
 
-    def positive(v: object) -> bool:
-        return _is_number(v) and math.isfinite(v) and v > 0
+    def positive(v: object) -> TypeGuard[int | float]:
+        try:
+            return _is_number(v) and math.isfinite(float(v)) and v > 0
+        except OverflowError:  # an int such as 2**1100 has no float
+            return False
 
     for key in ("input_absmax", "cell_absmax"):
         chk.require(key in cal, f"calibration is missing {key}", fix)
     x_max = _scalar(cal["input_absmax"])
-    chk.require(positive(x_max), f"calibration.input_absmax is {_show(x_max)}, not a positive number", fix)
-    per_layer = {}
+    if not positive(x_max):
+        chk.fail(f"calibration.input_absmax is {_show(x_max)}, not a positive number", fix)
+    per_layer: dict[str, tuple[float, ...]] = {}
     for key in ("cell_absmax", "gate_absmax"):
         v = cal.get(key)
         if key == "gate_absmax" and (v is None or (isinstance(v, (list, tuple)) and not v)):
             per_layer[key] = ()
             continue
-        vals = [_scalar(x) for x in v] if isinstance(v, (list, tuple)) else None
+        vals = [_scalar(x) for x in v] if isinstance(v, (list, tuple)) else []
+        nums = [x for x in vals if positive(x)]
         chk.require(
-            vals is not None and len(vals) == n_layers and all(positive(x) for x in vals),
+            isinstance(v, (list, tuple)) and len(nums) == len(vals) == n_layers,
             f"calibration.{key} is {_show(v)}, not {n_layers} positive number(s), one per layer",
             fix,
         )
-        per_layer[key] = tuple(float(x) for x in vals)
+        per_layer[key] = tuple(float(x) for x in nums)
     return Calibration(float(x_max), per_layer["cell_absmax"], per_layer["gate_absmax"])
+
+
+MAX_SEQ_LEN = 1 << 20
+
+
+def _check_meta(chk: _Checker, meta: dict) -> None:
+    """The meta fields the emitter reads: seq_len sizes a bidirectional model's arena."""
+    seq_len = meta.get("seq_len")
+    chk.require(seq_len is None or (_is_int(seq_len) and 0 < seq_len <= MAX_SEQ_LEN),
+                f"meta.seq_len is {_show(seq_len)}, not a sequence length from 1 to {MAX_SEQ_LEN:,}",
+                "set it to the length of the training sequences, or leave it out")
 
 
 def checkpoint_to_ir(raw: object, name: str = "<checkpoint>") -> ModelF:
     """Validate a checkpoint dict (as torch.load returns it) and convert it to the float IR."""
     chk = _Checker(name)
     ck = _check_top(chk, raw)
+    _check_meta(chk, ck.get("meta", {}))
     arch = ck["arch"]
     if _is_variant(arch):
         v = _check_variant_arch(chk, arch)

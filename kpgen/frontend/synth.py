@@ -1,4 +1,4 @@
-"""Random float RNN classifiers (float IR) for tests and benchmarks: dense, Kronecker and hybrid, calibrated.
+"""Random float LSTM classifiers (float IR) for tests and benchmarks: dense and Kronecker, calibrated.
 
 Deterministic from a seed. Weights have the scale of a trained LSTM: every matrix entry ~ N(0, 1/fan_in)
 (for a Kronecker product, each factor carries half of it: A, B ~ N(0, fan_in**-1/2)), biases small with the
@@ -10,21 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from kpgen import cells
+from kpgen.cells.lstm import LSTMLayerF
+from kpgen.ir import Calibration, DenseF, KPMatrixF, ModelF
 from kpgen.reference import golden
-from kpgen.ir import (
-    GATES,
-    BiLayerF,
-    Calibration,
-    DenseF,
-    FastGRNNLayerF,
-    FastRNNLayerF,
-    GRULayerF,
-    KPMatrixF,
-    LSTMLayerF,
-    ModelF,
-    cell_of,
-    out_size,
-)
 from kpgen.reference.floatmodel import run_layer
 
 Factors = tuple[int, int, int, int]  # (m1, n1, m2, n2): W (m1*m2 x n1*n2) = A (m1 x n1) (x) B (m2 x n2)
@@ -135,51 +124,6 @@ def kp_lstm_model(
     return random_model_f(hidden_size, input_size, num_classes, wx_factors, wh_factors, seed)
 
 
-
-
-def _split(m: int, n: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Split an m x n factor into two (m = ma * mb, n = na * nb), each side as even as the divisors allow."""
-    def half(v: int) -> int:
-        return max((d for d in range(1, v + 1) if v % d == 0 and d * d <= v), default=1)
-    ma, na = half(m), half(n)
-    return (ma, na), (m // ma, n // na)
-
-
-def random_kind_matrix(rng: np.random.Generator, rows: int, cols: int, kind: str, top_rows: int = 0) -> KPMatrixF:
-    """A random rows x cols matrix of one kind: 'dense', 'kp' (2 factors), 'kp3' (3 factors), 'hkp' (top_rows
-    dense rows over a 2-factor Kronecker part). Entries of the product ~ N(0, 1/cols)."""
-    if kind == "dense":
-        return random_matrix(rng, (rows, cols, 1, 1))
-    kp_rows = rows - (top_rows if kind == "hkp" else 0)
-    m1, n1, m2, n2 = default_factors(kp_rows, cols)
-    if kind == "kp3":
-        (ma, na), (mb, nb) = _split(m2, n2)
-        shapes = [(m1, n1), (ma, na), (mb, nb)]
-    else:
-        shapes = [(m1, n1), (m2, n2)]
-    s = cols ** (-0.5 / len(shapes))
-    fs = [rng.normal(0.0, s, sh) for sh in shapes]
-    top = rng.normal(0.0, cols**-0.5, (top_rows, cols)) if kind == "hkp" else None
-    return KPMatrixF(fs[0], fs[1], tuple(fs[2:]), top)
-
-
-def _random_cell(rng, cell: str, inputs: int, hidden: int, kind: str, top_rows: int):
-    rows = GATES[cell] * hidden
-    wx = random_kind_matrix(rng, rows, inputs, kind, top_rows)
-    wh = random_kind_matrix(rng, rows, hidden, kind, top_rows)
-    if cell == "lstm":
-        bias = rng.uniform(-0.1, 0.1, rows)
-        bias[hidden : 2 * hidden] += 1.0
-        return LSTMLayerF(inputs, hidden, wx, wh, bias)
-    if cell == "gru":
-        return GRULayerF(inputs, hidden, wx, wh, rng.uniform(-0.2, 0.2, rows), rng.uniform(-0.2, 0.2, hidden))
-    if cell == "fastrnn":
-        return FastRNNLayerF(inputs, hidden, wx, wh, rng.uniform(-0.2, 0.2, hidden), float(rng.uniform(0.05, 0.5)),
-                             float(rng.uniform(0.5, 0.95)))
-    return FastGRNNLayerF(inputs, hidden, wx, wh, rng.uniform(0.5, 1.5, hidden), rng.uniform(-0.2, 0.2, hidden),
-                          float(rng.uniform(0.5, 0.9)), float(rng.uniform(0.01, 0.1)))
-
-
 def calibrate(model: ModelF, x: np.ndarray) -> Calibration:
     """The ranges the quantizer needs, measured by running the float model (kpgen.reference.floatmodel) on inputs
     x [B, T, I]: max |x|, and per layer max |c| (LSTM; max |h| for the other cells) over both directions, and
@@ -187,41 +131,9 @@ def calibrate(model: ModelF, x: np.ndarray) -> Calibration:
     seq = np.asarray(x, dtype=np.float64)
     state, gates = [], []
     for layer in model.layers:
-        out, cells, pre = run_layer(layer, seq)
-        st = cells if cell_of(layer) == "lstm" else out
+        out, cell_states, pre = run_layer(layer, seq)
+        st = cell_states if cells.of(layer).cell_state else out
         state.append(float(np.max(np.abs(st))))
         gates.append(float(np.max(np.abs(pre))))
         seq = out
     return Calibration(float(np.max(np.abs(x))), tuple(state), tuple(gates))
-
-def random_rnn_model(
-    cell: str,
-    inputs: int,
-    hidden: int,
-    classes: int,
-    *,
-    kind: str = "kp",
-    top_rows: int = 0,
-    layers: int = 1,
-    bidirectional: bool = False,
-    seed: int = 0,
-    seq_len: int = 8,
-) -> ModelF:
-    """A calibrated random classifier of any cell ('lstm', 'gru', 'fastrnn', 'fastgrnn'), matrix kind (see
-    random_kind_matrix), depth and direction."""
-    rng = np.random.default_rng(seed)
-    built = []
-    size = inputs
-    for _ in range(layers):
-        if bidirectional:
-            layer = BiLayerF(_random_cell(rng, cell, size, hidden, kind, top_rows),
-                             _random_cell(rng, cell, size, hidden, kind, top_rows))
-        else:
-            layer = _random_cell(rng, cell, size, hidden, kind, top_rows)
-        built.append(layer)
-        size = out_size(layer)
-    head = DenseF(weight=rng.normal(0.0, size**-0.5, (classes, size)), bias=rng.uniform(-0.1, 0.1, classes))
-    meta = {"source": f"kpgen.frontend.synth {cell} {kind} seed {seed}", "seq_len": seq_len}
-    model = ModelF(inputs, classes, tuple(built), head, Calibration(1.0, (1.0,) * layers), meta)
-    cal = calibrate(model, random_inputs(seed + 1, 64, seq_len, inputs))
-    return ModelF(inputs, classes, model.layers, head, cal, meta)

@@ -3,28 +3,28 @@
 from __future__ import annotations
 
 import math
+from typing import TypeVar
 
 import numpy as np
 
-from kpgen import KpgenError
-from kpgen.reference import golden
+from kpgen import KpgenError, ir
 from kpgen.ir import (
     DenseF,
     DenseQ,
     KPMatrixF,
     KPMatrixQ,
-    LSTMLayerF,
-    LSTMLayerQ,
+    LayerF,
     ModelF,
     ModelQ,
     Requant,
 )
-from kpgen import ir
+from kpgen.quant import limits
+from kpgen.reference import golden
 
 GATE_FRAC = 12  # gate pre-activations are Q3.12
 H_SCALE = 1.0 / 128.0  # hidden state of LSTM and GRU layers is Q0.7 (FastRNN, FastGRNN: ir.state_scale)
-MAX_N1 = 511  # A T sums n1 products of |int8| <= 128 and |int16| <= 32768: n1 <= 511 keeps it in int32
-MAX_N2 = golden.MAX_N2  # X B^T sums n2 products of |x| <= 128 and |B| <= 127, plus T's rounding term, in int32
+MAX_N1 = limits.MAX_N1  # A T sums n1 products of |int8| <= 128 and |int16| <= 32768: n1 <= 511 keeps it in int32
+MAX_N2 = limits.MAX_N2  # X B^T sums n2 products of |x| <= 128 and |B| <= 127, plus T's rounding term, in int32
 
 
 def symmetric_int8(w: np.ndarray) -> tuple[np.ndarray, float]:
@@ -91,7 +91,7 @@ def factor_shifts(factors: list[np.ndarray] | tuple[np.ndarray, ...], t_bits: in
 
 
 def top_shift_for(top_absmax: float, kp_unit: float) -> int:
-    """HKP: the smallest integer s with top_absmax / (kp_unit * 2**s) <= 127, at least golden.TOP_SHIFT_MIN
+    """HKP: the smallest integer s with top_absmax / (kp_unit * 2**s) <= 127, at least limits.TOP_SHIFT_MIN
     (a coarser scale than needed, which only costs precision); 0 for all-zero top rows."""
     if top_absmax == 0:
         return 0
@@ -100,7 +100,7 @@ def top_shift_for(top_absmax: float, kp_unit: float) -> int:
         s += 1
     while top_absmax / (kp_unit * 2.0 ** (s - 1)) <= 127:
         s -= 1
-    return max(s, golden.TOP_SHIFT_MIN)
+    return max(s, limits.TOP_SHIFT_MIN)
 
 
 def _quantize_top(q: KPMatrixQ, top: np.ndarray | None, what: str) -> KPMatrixQ:
@@ -116,9 +116,9 @@ def _quantize_top(q: KPMatrixQ, top: np.ndarray | None, what: str) -> KPMatrixQ:
         raise KpgenError(f"{what}: the HKP top rows hold a non-finite weight; retrain the model")
     unit = q.unit
     s = top_shift_for(absmax, unit)
-    if s > golden.TOP_SHIFT_MAX:
+    if s > limits.TOP_SHIFT_MAX:
         raise KpgenError(f"{what}: the HKP top rows ({absmax:.3g}) are 2**{s} steps of the Kronecker part's unit "
-                         f"{unit:.3g}, more than 2**{golden.TOP_SHIFT_MAX}; check for exploding top-row weights")
+                         f"{unit:.3g}, more than 2**{limits.TOP_SHIFT_MAX}; check for exploding top-row weights")
     scale = unit * 2.0**s
     top_q = np.clip(np.round(top / scale), -127, 127).astype(np.int8)
     return KPMatrixQ(**{**q.__dict__, "top": top_q, "top_shift": s, "top_scale": scale})
@@ -130,8 +130,8 @@ def quantize_kp(m: KPMatrixF, what: str, t_bits: int = 16) -> KPMatrixQ:
     quantized and B becomes [[1]] with scale 1 and t_shift 0, so T = x exactly and the accumulator is W x (the
     C runtime then runs its dense kernel)."""
     factors = m.factors
-    if len(factors) > golden.MAX_FACTORS:
-        raise KpgenError(f"{what}: {len(factors)} Kronecker factors, more than the {golden.MAX_FACTORS} the C runtime "
+    if len(factors) > limits.MAX_FACTORS:
+        raise KpgenError(f"{what}: {len(factors)} Kronecker factors, more than the {limits.MAX_FACTORS} the C runtime "
                          "chains; choose fewer factors")
     for j, f in enumerate(factors):
         name, last = FACTOR_NAMES[j], j == len(factors) - 1
@@ -154,7 +154,7 @@ def quantize_kp(m: KPMatrixF, what: str, t_bits: int = 16) -> KPMatrixQ:
         q = KPMatrixQ(a=qs[0][0], b=qs[1][0], t_shift=shifts[0], a_scale=qs[0][1], b_scale=qs[1][1],
                       rest=tuple(f for f, _ in qs[2:]), rest_shifts=shifts[1:], rest_scales=tuple(s for _, s in qs[2:]))
     q = _quantize_top(q, m.top, what)
-    problems = golden.matrix_limits(q) if t_bits == 16 else []
+    problems = limits.matrix_limits(q) if t_bits == 16 else []
     if problems:
         raise KpgenError(f"{what}: {problems[0]}; the int32 kernels cannot run it (check for exploding weights)")
     return q
@@ -168,12 +168,12 @@ def requant_gate(m: float, acc_bound: int, what: str) -> Requant:
     """
     if not (m > 0 and math.isfinite(m)):
         raise KpgenError(f"{what}: scale {m!r} is not a positive finite number; retrain or recalibrate the model")
-    shift = golden.GATE_SHIFT_MAX
+    shift = limits.GATE_SHIFT_MAX
     mult = round(m * 2.0**shift)
     while mult >= 2**31 and shift > 1:
         shift -= 1
         mult = round(m * 2.0**shift)
-    if mult >= 2**31 or (acc_bound << (golden.GATE_SHIFT_MAX - shift)) >= 2**31:
+    if mult >= 2**31 or (acc_bound << (limits.GATE_SHIFT_MAX - shift)) >= 2**31:
         raise KpgenError(
             f"{what}: one accumulator step is worth {m:.3g} gate units and the accumulator can reach {acc_bound}; "
             "the product leaves int32 (check for exploding weights or input ranges)"
@@ -197,114 +197,95 @@ def cell_frac_for(cell_absmax: float) -> int:
 
 
 def state_exp_for(state_absmax: float, idx: int | str) -> int:
-    """FastRNN / FastGRNN state exponent e (h is Q(e).(7-e)): 0 up to |h| = 1, else ceil(log2(state_absmax)), so
-    the calibrated range fits; refused above golden.MAX_STATE_EXP (7: |h| up to 128)."""
+    """FastRNN / FastGRNN / ReLU RNN state exponent e (h is Q(e).(7-e)): 0 up to |h| = 1, else
+    ceil(log2(state_absmax)), so the calibrated range fits; refused above limits.MAX_STATE_EXP (7: |h| up to 128)."""
     if not (state_absmax >= 0 and math.isfinite(state_absmax)):
         raise KpgenError(f"layer {idx}: calibration state_absmax {state_absmax!r} is not a finite number; "
                          "recalibrate the model")  # fmt: skip
     e = 0 if state_absmax <= 1.0 else math.ceil(math.log2(state_absmax))
-    if e > golden.MAX_STATE_EXP:
+    if e > limits.MAX_STATE_EXP:
         raise KpgenError(f"layer {idx}: calibrated state |h| up to {state_absmax:.3g} needs 2**{e}, more than the "
-                         f"2**{golden.MAX_STATE_EXP} an int8 state can hold; retrain with a smaller alpha + beta "
-                         "(FastRNN) or nu (FastGRNN)")  # fmt: skip
+                         f"2**{limits.MAX_STATE_EXP} an int8 state can hold; retrain with a smaller alpha + beta "
+                         "(FastRNN), nu (FastGRNN) or smaller recurrent weights (ReLU RNN)")  # fmt: skip
     return e
 
 
-def _matrices_and_requants(layer, input_scale: float, idx: int | str, t_bits: int, h_scale: float = H_SCALE) -> dict:
-    """wx, wh (int8 factors) and their gate requantizers rq_x, rq_h to Q3.12: one accumulator unit of Wx x is
-    worth wx.unit * input_scale, of Wh h wh.unit * h_scale (1/128: h is Q0.7; FastRNN/FastGRNN 2**(e-7))."""
+def matrices_and_requants(layer: LayerF, input_scale: float, idx: int | str, t_bits: int, h_scale: float = H_SCALE,
+                          gate_frac: int = GATE_FRAC) -> dict:
+    """wx, wh (int8 factors) and their gate requantizers rq_x, rq_h to the gate unit 2**-gate_frac (Q3.12 unless
+    a cell says otherwise): one accumulator unit of Wx x is worth wx.unit * input_scale, of Wh h wh.unit *
+    h_scale (1/128: h is Q0.7; FastRNN/FastGRNN 2**(e-7)). The fields every integer layer starts with."""
     wx = quantize_kp(layer.wx, f"layer {idx} Wx", t_bits)
     wh = quantize_kp(layer.wh, f"layer {idx} Wh", t_bits)
-    gate = float(2**GATE_FRAC)
-    rq_x = requant_gate(wx.unit * input_scale * gate, golden.matrix_acc_bound(wx, t_bits), f"layer {idx} Wx")
-    rq_h = requant_gate(wh.unit * h_scale * gate, golden.matrix_acc_bound(wh, t_bits), f"layer {idx} Wh")
+    gate = float(2**gate_frac)
+    rq_x = requant_gate(wx.unit * input_scale * gate, limits.matrix_acc_bound(wx, t_bits), f"layer {idx} Wx")
+    rq_h = requant_gate(wh.unit * h_scale * gate, limits.matrix_acc_bound(wh, t_bits), f"layer {idx} Wh")
     return {"input_size": layer.input_size, "hidden_size": layer.hidden_size, "wx": wx, "wh": wh,
             "rq_x": rq_x, "rq_h": rq_h}  # fmt: skip
 
 
-def _bias_q312(b: np.ndarray, name: str, idx: int | str) -> np.ndarray:
-    """round(b * 4096) as int32 (Q3.12); refuses a value outside int32."""
-    bias = np.round(np.asarray(b, dtype=np.float64) * float(2**GATE_FRAC))
+def bias_q312(b: np.ndarray, name: str, idx: int | str, frac: int = GATE_FRAC) -> np.ndarray:
+    """round(b * 2**frac) as int32 (Q3.12 for frac 12); refuses a value outside int32."""
+    bias = np.round(np.asarray(b, dtype=np.float64) * float(2**frac))
     if not np.all(np.isfinite(bias)) or np.max(np.abs(bias), initial=0) >= 2**31:
-        raise KpgenError(f"layer {idx}: a {name} does not fit int32 in Q3.12; retrain with bounded biases")
+        raise KpgenError(f"layer {idx}: a {name} does not fit int32 in Q{15 - frac}.{frac}; "
+                         "retrain with bounded biases")
     return bias.astype(np.int32)
 
 
-def _scalar_q015(v: float, name: str, idx: int | str) -> int:
+def scalar_q015(v: float, name: str, idx: int | str) -> int:
     """A FastRNN / FastGRNN scalar in [0, 1] (already through its sigmoid) as Q0.15: round(v * 32768), at most 32767."""
     if not (math.isfinite(v) and 0.0 <= v <= 1.0):
-        raise KpgenError(f"layer {idx}: {name} = {v!r} is outside 0..1; give it after its sigmoid (re-export the model)")
+        raise KpgenError(f"layer {idx}: {name} = {v!r} is outside 0..1; "
+                         "give it after its sigmoid (re-export the model)")
     return min(int(round(v * 32768.0)), 32767)
 
 
-def _checked(q, idx: int | str, t_bits: int):
-    """q, if it passes golden.kernel_limits (checked for t_bits 16 only: other widths are golden experiments)."""
-    problems = golden.kernel_limits(q) if t_bits == 16 else []
+_Q = TypeVar("_Q", bound=ir.LayerQ)
+
+
+def checked(q: _Q, idx: int | str, t_bits: int) -> _Q:
+    """q, if it passes limits.kernel_limits (checked for t_bits 16 only: other widths are golden experiments)."""
+    problems = limits.kernel_limits(q) if t_bits == 16 else []
     if problems:
-        raise KpgenError(f"layer {idx}: {problems[0]}; the int32 kernels cannot run it (check for exploding weights or biases)")
+        raise KpgenError(f"layer {idx}: {problems[0]}; "
+                         "the int32 kernels cannot run it (check for exploding weights or biases)")
     return q
 
 
-def quantize_lstm(layer: LSTMLayerF, input_scale: float, cell_absmax: float, idx: int | str, t_bits: int = 16) -> LSTMLayerQ:
-    common = _matrices_and_requants(layer, input_scale, idx, t_bits)
-    bias = _bias_q312(layer.bias, "bias", idx)
-    q = LSTMLayerQ(**common, bias=bias, cell_frac=cell_frac_for(cell_absmax), input_scale=input_scale)
-    return _checked(q, idx, t_bits)
+def quantize_layer(layer: ir.AnyLayerF, input_scale: float, cell_absmax: float, idx: int | str, t_bits: int = 16,
+                   state_exp: int | None = None) -> ir.AnyLayerQ:
+    """Any float layer -> its integer layer, by its cell's quantizer (kpgen.cells); a BiLayerF's two directions
+    get the same input scale. cell_absmax: max |c| for LSTM layers, max |h| (state_absmax) for cells whose h has
+    a calibrated exponent (FastRNN, FastGRNN, ReLU RNN: state_exp_for; unused by the others, whose h is Q0.7).
+    A BiLayerF's directions share one state_exp, that of the larger of their two ranges (the calibration's one
+    number per layer is the max over both directions), as the next layer reads [fwd h, bwd h] with one scale.
+    state_exp: given instead of derived (experiments)."""
+    from kpgen import cells
 
-
-def quantize_gru(layer: ir.GRULayerF, input_scale: float, idx: int | str, t_bits: int = 16) -> ir.GRULayerQ:
-    """int8 matrices, Q3.12 biases (bias 3H, bias_hn H); h is Q0.7 like the LSTM's."""
-    common = _matrices_and_requants(layer, input_scale, idx, t_bits)
-    q = ir.GRULayerQ(**common, bias=_bias_q312(layer.bias, "bias", idx),
-                     bias_hn=_bias_q312(layer.bias_hn, "bias_hn entry", idx), input_scale=input_scale)  # fmt: skip
-    return _checked(q, idx, t_bits)
-
-
-def quantize_fastrnn(layer: ir.FastRNNLayerF, input_scale: float, idx: int | str, t_bits: int = 16,
-                     state_exp: int = 0) -> ir.FastRNNLayerQ:
-    """int8 matrices, Q3.12 bias, alpha and beta in Q0.15; h is Q(state_exp).(7-state_exp) (state_exp_for)."""
-    common = _matrices_and_requants(layer, input_scale, idx, t_bits, 2.0 ** (state_exp - 7))
-    q = ir.FastRNNLayerQ(**common, bias=_bias_q312(layer.bias, "bias", idx),
-                         alpha=_scalar_q015(layer.alpha, "alpha", idx), beta=_scalar_q015(layer.beta, "beta", idx),
-                         input_scale=input_scale, state_exp=state_exp)  # fmt: skip
-    return _checked(q, idx, t_bits)
-
-
-def quantize_fastgrnn(layer: ir.FastGRNNLayerF, input_scale: float, idx: int | str, t_bits: int = 16,
-                      state_exp: int = 0) -> ir.FastGRNNLayerQ:
-    """int8 matrices, Q3.12 biases bias_z and bias_h, zeta and nu in Q0.15; h as quantize_fastrnn's."""
-    common = _matrices_and_requants(layer, input_scale, idx, t_bits, 2.0 ** (state_exp - 7))
-    q = ir.FastGRNNLayerQ(**common, bias_z=_bias_q312(layer.bias_z, "bias_z entry", idx),
-                          bias_h=_bias_q312(layer.bias_h, "bias_h entry", idx), zeta=_scalar_q015(layer.zeta, "zeta", idx),
-                          nu=_scalar_q015(layer.nu, "nu", idx), input_scale=input_scale,
-                          state_exp=state_exp)  # fmt: skip
-    return _checked(q, idx, t_bits)
-
-
-def quantize_layer(layer: object, input_scale: float, cell_absmax: float, idx: int, t_bits: int = 16,
-                   state_exp: int | None = None) -> object:
-    """Any float layer -> its integer layer; a BiLayerF's two directions get the same input scale. cell_absmax:
-    max |c| for LSTM layers, max |h| (state_absmax) for FastRNN / FastGRNN ones, which sets their state_exp
-    (state_exp_for; unused by GRU layers, whose h is Q0.7). A BiLayerF's directions share one state_exp, that of
-    the larger of their two ranges (the calibration's one number per layer is the max over both directions), as
-    the next layer reads [fwd h, bwd h] with one scale. state_exp: given instead of derived (experiments)."""
     if isinstance(layer, ir.BiLayerF):
-        if state_exp is None and isinstance(layer.fwd, (ir.FastRNNLayerF, ir.FastGRNNLayerF)):
+        if state_exp is None and cells.of(layer).state_exp:
             state_exp = state_exp_for(cell_absmax, idx)
-        def half(sub: object, name: str) -> object:
-            return quantize_layer(sub, input_scale, cell_absmax, f"{idx} ({name})", t_bits, state_exp)
+
+        def half(sub: LayerF, name: str) -> ir.LayerQ:
+            return _quantize_one(sub, input_scale, cell_absmax, f"{idx} ({name})", t_bits, state_exp)
 
         return ir.BiLayerQ(fwd=half(layer.fwd, "forward"), bwd=half(layer.bwd, "backward"))
-    if isinstance(layer, LSTMLayerF):
-        return quantize_lstm(layer, input_scale, cell_absmax, idx, t_bits)
-    if isinstance(layer, ir.GRULayerF):
-        return quantize_gru(layer, input_scale, idx, t_bits)
-    if isinstance(layer, (ir.FastRNNLayerF, ir.FastGRNNLayerF)):
-        e = state_exp_for(cell_absmax, idx) if state_exp is None else state_exp
-        fn = quantize_fastrnn if isinstance(layer, ir.FastRNNLayerF) else quantize_fastgrnn
-        return fn(layer, input_scale, idx, t_bits, e)
-    raise KpgenError(f"layer {idx}: {type(layer).__name__} is not a layer kpgen can quantize; "
-                     "use an LSTM, GRU, FastRNN or FastGRNN layer")  # fmt: skip
+    return _quantize_one(layer, input_scale, cell_absmax, idx, t_bits, state_exp)
+
+
+def _quantize_one(layer: LayerF, input_scale: float, cell_absmax: float, idx: int | str, t_bits: int,
+                  state_exp: int | None) -> ir.LayerQ:
+    """One direction's float layer -> its integer layer (quantize_layer)."""
+    from kpgen import cells
+
+    cell = cells.find(layer)
+    if cell is None or not isinstance(layer, cell.float_type):
+        raise KpgenError(f"layer {idx}: {type(layer).__name__} is not a layer kpgen can quantize; "
+                         f"use a layer of one of the cells {', '.join(cells.NAMES)}")  # fmt: skip
+    if cell.state_exp and state_exp is None:
+        state_exp = state_exp_for(cell_absmax, idx)
+    return cell.quantize(layer, input_scale, cell_absmax, idx, t_bits, state_exp or 0)
 
 
 def quantize_dense(head: DenseF, state_scale: float = H_SCALE) -> DenseQ:
@@ -337,7 +318,7 @@ def quantize_model(model: ModelF, t_bits: int = 16) -> ModelQ:
     input_scale = cal.input_absmax / 127.0
     layers = []
     scale = input_scale
-    for i, (layer, cmax) in enumerate(zip(model.layers, cal.cell_absmax)):
+    for i, (layer, cmax) in enumerate(zip(model.layers, cal.cell_absmax, strict=True)):
         layers.append(quantize_layer(layer, scale, cmax, i, t_bits))
         scale = ir.state_scale(layers[-1])  # the next layer reads this layer's h
     return ModelQ(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from kpgen.ir import KPMatrixF, ModelF, cell_of, sublayers
+from kpgen import cells
+from kpgen.ir import AnyLayerF, KPMatrixF, LayerF, ModelF, sublayers
 
 
 def kp_apply(m: KPMatrixF, x: np.ndarray) -> np.ndarray:
@@ -13,68 +14,54 @@ def kp_apply(m: KPMatrixF, x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     lead = x.shape[:-1]
     fs = m.factors
-    t = x.reshape(*lead, *(f.shape[1] for f in fs))
-    for j, f in enumerate(fs):  # contract mode j of the (n1, ..., nk) tensor with factor j
-        t = np.moveaxis(np.tensordot(t, f, axes=([len(lead) + j], [1])), -1, len(lead) + j)
-    y = t.reshape(*lead, -1)
+    if len(fs) == 2:  # (A kron B) x = A X B^T with X the n1 x n2 view of x: two batched matmuls, no copies
+        a, b = fs
+        y = (a @ x.reshape(-1, a.shape[1], b.shape[1]) @ b.T).reshape(*lead, -1)
+    else:
+        t = x.reshape(*lead, *(f.shape[1] for f in fs))
+        for j, f in enumerate(fs):  # contract mode j of the (n1, ..., nk) tensor with factor j
+            t = np.moveaxis(np.tensordot(t, f, axes=([len(lead) + j], [1])), -1, len(lead) + j)
+        y = t.reshape(*lead, -1)
     if m.top is not None:
         y = np.concatenate([x @ m.top.T, y], axis=-1)
     return y
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * z))
-
-
-def run_cell(layer, seq: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One unidirectional layer over seq [B, T, I] from zero state: (outputs h [B, T, H], LSTM cells c [B, T, H]
-    (zeros for other cells), pre-activations of every nonlinearity [B, T, *])."""
-    cell = cell_of(layer)
+def run_cell(layer: LayerF, seq: np.ndarray, keep_pre: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One unidirectional layer over seq [B, T, I] from zero state: (outputs h [B, T, H], cell states c [B, T, H]
+    (zeros for cells without one), pre-activations of every nonlinearity [B, T, *], or [B, T, 0] without
+    keep_pre: only calibration reads them); the step is the cell's float step from the registry (kpgen.cells)."""
+    step = cells.of(layer).float_step
     bsz, steps = seq.shape[0], seq.shape[1]
     hs = layer.hidden_size
     h = np.zeros((bsz, hs))
     c = np.zeros((bsz, hs))
-    outs, cells, pres = np.empty((bsz, steps, hs)), np.zeros((bsz, steps, hs)), []
+    outs, cell_states, pres = np.empty((bsz, steps, hs)), np.zeros((bsz, steps, hs)), []
     zx = kp_apply(layer.wx, seq)
     for t in range(steps):
-        zh = kp_apply(layer.wh, h)
-        if cell == "lstm":
-            z = zx[:, t] + zh + layer.bias
-            i, f, g, o = (z[:, k * hs : (k + 1) * hs] for k in range(4))
-            c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(g)
-            h = _sigmoid(o) * np.tanh(c)
-            cells[:, t] = c
-        elif cell == "gru":
-            gx = zx[:, t] + layer.bias
-            r = _sigmoid(gx[:, :hs] + zh[:, :hs])
-            zg = _sigmoid(gx[:, hs : 2 * hs] + zh[:, hs : 2 * hs])
-            z = np.concatenate([gx[:, : 2 * hs] + zh[:, : 2 * hs], gx[:, 2 * hs :] + r * (zh[:, 2 * hs :] + layer.bias_hn)], 1)
-            h = (1.0 - zg) * np.tanh(z[:, 2 * hs :]) + zg * h
-        elif cell == "fastrnn":
-            z = zx[:, t] + zh + layer.bias
-            h = layer.alpha * np.tanh(z) + layer.beta * h
-        else:
-            pre = zx[:, t] + zh
-            zg = _sigmoid(pre + layer.bias_z)
-            z = np.concatenate([pre + layer.bias_z, pre + layer.bias_h], 1)
-            h = (layer.zeta * (1.0 - zg) + layer.nu) * np.tanh(pre + layer.bias_h) + zg * h
+        h, c, z = step(layer, zx[:, t], kp_apply(layer.wh, h), h, c)
+        cell_states[:, t] = c
         outs[:, t] = h
-        pres.append(z)
-    return outs, cells, np.stack(pres, axis=1)
+        if keep_pre:
+            pres.append(z)
+    return outs, cell_states, np.stack(pres, axis=1) if keep_pre else np.zeros((bsz, steps, 0))
 
 
-def run_layer(layer, seq: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def run_layer(layer: AnyLayerF, seq: np.ndarray, keep_pre: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A layer (unidirectional or bidirectional) over seq: outputs [B, T, H or 2H] in forward time order,
-    cells and pre-activations likewise."""
-    parts = []
+    cells and pre-activations likewise (see run_cell for keep_pre)."""
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for k, sub in enumerate(sublayers(layer)):
         if k == 0:
-            parts.append(run_cell(sub, seq))
+            parts.append(run_cell(sub, seq, keep_pre))
         else:
-            parts.append(tuple(a[:, ::-1] for a in run_cell(sub, seq[:, ::-1])))
+            outs, cells, pres = run_cell(sub, seq[:, ::-1], keep_pre)
+            parts.append((outs[:, ::-1], cells[:, ::-1], pres[:, ::-1]))
     if len(parts) == 1:
         return parts[0]
-    return tuple(np.concatenate([a, b], axis=-1) for a, b in zip(*parts))
+    fwd, bwd = parts
+    return (np.concatenate([fwd[0], bwd[0]], axis=-1), np.concatenate([fwd[1], bwd[1]], axis=-1),
+            np.concatenate([fwd[2], bwd[2]], axis=-1))
 
 
 def features(model: ModelF, out: np.ndarray) -> np.ndarray:
@@ -91,7 +78,7 @@ def float_forward(model: ModelF, x: np.ndarray) -> np.ndarray:
     """Logits [B, C] for inputs x [B, T, I] (float64)."""
     seq = np.asarray(x, dtype=np.float64)
     for layer in model.layers:
-        seq = run_layer(layer, seq)[0]
+        seq = run_layer(layer, seq, keep_pre=False)[0]
     return features(model, seq) @ model.head.weight.T + model.head.bias
 
 

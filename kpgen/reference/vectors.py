@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from kpgen import KpgenError
-from kpgen.reference import golden
 from kpgen.ir import ModelQ
+from kpgen.reference import golden
 
 FNV_OFFSET = 2166136261
 FNV_PRIME = 16777619
@@ -38,7 +38,7 @@ def state_digests(trace: golden.GoldenTrace) -> np.ndarray:
     d = np.full(n, FNV_OFFSET, dtype=np.uint64)
     out = np.empty((n, steps), dtype=np.uint32)
     for t in range(steps):
-        for h, c in zip(trace.hidden, trace.cell):
+        for h, c in zip(trace.hidden, trace.cell, strict=True):
             hb = h[:, t].astype(np.int64) & 0xFF
             cu = c[:, t].astype(np.int64) & 0xFFFF
             cb = np.stack([cu & 0xFF, cu >> 8], axis=2).reshape(n, -1)
@@ -48,12 +48,32 @@ def state_digests(trace: golden.GoldenTrace) -> np.ndarray:
     return out
 
 
-def expected_for(model: ModelQ, xq: np.ndarray, labels: np.ndarray | None = None) -> Expected:
+def first_samples(trace: golden.GoldenTrace, n: int) -> golden.GoldenTrace:
+    """The trace of the first n samples: the golden model treats every sample on its own, so slicing the
+    trace of a batch equals running the first n samples again."""
+    return golden.GoldenTrace(
+        logits=trace.logits[:n], hidden=tuple(h[:n] for h in trace.hidden), cell=tuple(c[:n] for c in trace.cell)
+    )
+
+
+def expected_from_trace(trace: golden.GoldenTrace, xq: np.ndarray, labels: np.ndarray | None = None) -> Expected:
+    """What the firmware must reproduce for inputs xq, from the golden trace of exactly those inputs."""
+    if len(trace.logits) != len(xq):
+        raise ValueError(f"expected_from_trace: a trace of {len(trace.logits)} samples for {len(xq)} inputs")
+    lab = np.full(len(xq), -1, dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
+    return Expected(inputs=xq, scores=trace.logits.astype(np.int32), digests=state_digests(trace), labels=lab)
+
+
+def check_shape(model: ModelQ, xq: np.ndarray) -> None:
+    """Test vectors must be [samples, steps, the model's input size]."""
     if xq.ndim != 3 or xq.shape[2] != model.input_size:
         raise KpgenError(
             f"test vectors have shape {xq.shape}, expected [samples, steps, {model.input_size}]; "
             "give sequences with the model's input size"
         )
-    trace = golden.run_model(model, xq)
-    lab = np.full(len(xq), -1, dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
-    return Expected(inputs=xq, scores=trace.logits.astype(np.int32), digests=state_digests(trace), labels=lab)
+
+
+def expected_for(model: ModelQ, xq: np.ndarray, labels: np.ndarray | None = None) -> Expected:
+    """Run the golden model over xq and return what the firmware must reproduce."""
+    check_shape(model, xq)
+    return expected_from_trace(golden.run_model(model, xq), xq, labels)

@@ -14,11 +14,9 @@ Run: `make bench` or `python -m kpgen.studies.bench [--quick] [--jobs N] [--out 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,17 +24,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import click
 import numpy as np
 
 from kpgen import KpgenError, __version__, pipeline
-from kpgen.reference import golden
-from kpgen.quant import quantize
+from kpgen.codegen.emit import RUNTIME, render_sources, write_tree
 from kpgen.frontend import synth
-from kpgen.target import toolchain
-from kpgen.target.boards import REPO_ROOT, Board, load_board
-from kpgen.codegen.emit import RUNTIME, arena_bytes, render_sources, write_tree
 from kpgen.ir import ModelF
+from kpgen.quant import quantize
+from kpgen.reference import golden
 from kpgen.reference.vectors import expected_for
+from kpgen.tables import markdown_table
+from kpgen.target import elf as elfread
+from kpgen.target import proc, toolchain
+from kpgen.target.boards import Board, load_board
 
 SHAPES = ((128, 28), (32, 12), (64, 6), (128, 128))  # (hidden, input)
 KINDS = ("dense", "kp")
@@ -55,6 +56,7 @@ MIN_COMPRESSION = 16.0
 # Functions of the matrix part of a step (the mat-vec stages of the runtime): their instructions per MAC.
 MATRIX_FUNCTION = re.compile(r"^kp_(matvec|kron|dense|gemv|mat)")
 
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the studies run from a checkout and write into its docs/
 DOCS = REPO_ROOT / "docs"
 
 
@@ -131,7 +133,7 @@ class Result:
     weight_bytes: int  # model weights, biases and activation tables in flash
     flash_bytes: int  # the whole firmware image (with the C library and test vectors)
     arena_bytes: int
-    stack_bytes: int  # deepest call chain of one inference (-fstack-usage frames)
+    stack_bytes: int  # deepest call chain from the model's API (toolchain.check_stack: -fstack-usage frames)
     error: str = ""
 
     def per_step(self, key: str) -> float:
@@ -146,49 +148,9 @@ def _board_for(cfg: Config) -> Board:
     return b
 
 
-def _manifest(model: ModelF, qmodel, board: Board, expected, name: str) -> dict:
-    return {
-        "kpgen_version": __version__,
-        "board": board.name,
-        "target": "firmware",
-        "name": name,
-        "checkpoint": "kpgen.studies.bench random model",
-        "model": pipeline.model_summary(model, qmodel),
-        "arena_bytes": arena_bytes(qmodel),
-        "accuracy": {"test_set": "random inputs", "test_samples": int(len(expected.inputs)), "float": None,
-                     "int8_golden": None},
-        "vectors": {
-            "samples": int(len(expected.inputs)),
-            "steps": int(expected.inputs.shape[1]),
-            "labels": [int(v) for v in expected.labels],
-            "scores": expected.scores.astype(int).tolist(),
-            "final_digests": [f"{int(d):08x}" for d in expected.digests[:, -1]],
-        },
-    }  # fmt: skip
-
-
 def _code_bytes(elf: Path, name: str) -> int:
     """Flash bytes of the model's and the runtime's functions (kp_*, <name>_*), without the C library."""
     return sum(size for _, size, sym in toolchain.symbols(elf) if sym.startswith(("kp_", f"{name}_")))
-
-
-def _stack_depth(profile, stack: dict[str, int], root_caller: str = "main") -> int:
-    """Deepest chain of -fstack-usage frames among the calls the trace saw, from the functions main called."""
-    calls: dict[str, set[str]] = {}
-    edges = getattr(profile, "edges", None) or {}
-    for (pc, nxt), _ in edges.items():
-        insn = profile.insns.get(pc)
-        if insn is None or insn.mnemonic.split(".")[0] not in ("bl", "blx"):
-            continue
-        src, dst = profile.functions.get(pc), profile.functions.get(nxt)
-        if src and dst and dst != src:
-            calls.setdefault(src, set()).add(dst)
-
-    def depth(f: str, seen: frozenset) -> int:
-        return stack.get(f, 0) + max((depth(g, seen | {g}) for g in calls.get(f, ()) if g not in seen), default=0)
-
-    roots = calls.get(root_caller, set()) - {"kpgen_profile_begin", "kpgen_profile_end"}
-    return max((depth(r, frozenset({root_caller, r})) for r in roots), default=0)
 
 
 def run_config(cfg: Config, work: Path, seed: int = 0) -> Result:
@@ -212,7 +174,12 @@ def run_config(cfg: Config, work: Path, seed: int = 0) -> Result:
             expected = expected_for(qmodel, xq[:, :steps])
             out = work / f"{cfg.slug}-T{steps}"
             files = render_sources(qmodel, board, expected, "model", "kpgen.studies.bench")
-            write_tree(out, files, _manifest(model, qmodel, board, expected, "model"), force=True)
+            manifest = pipeline.project_manifest(
+                model, qmodel, board, expected, name="model", source="kpgen.studies.bench random model",
+                accuracy={"test_set": "random inputs", "test_samples": int(len(expected.inputs)), "float": None,
+                          "int8_golden": None},
+            )  # fmt: skip
+            write_tree(out, files, manifest, force=True)
             rep = pipeline.run_project(out, timeout=600.0)
             res.bit_exact &= bool(rep.passed)
             if not rep.passed or rep.instructions is None:
@@ -231,7 +198,8 @@ def run_config(cfg: Config, work: Path, seed: int = 0) -> Result:
                 res.weight_bytes = rep.weight_bytes_flash
                 res.flash_bytes = rep.sizes["text"] + rep.sizes["data"]
                 res.arena_bytes = rep.manifest["arena_bytes"]
-                res.stack_bytes = _stack_depth(rep.profile, rep.stack)
+                sc = rep.stack_check
+                res.stack_bytes = sc.bytes if isinstance(sc, toolchain.StackCheck) else 0
     except KpgenError as e:
         res.bit_exact = False
         res.error = str(e)
@@ -250,13 +218,10 @@ def runtime_text_bytes(board_name: str = "m4", opt: str = "-Os") -> dict[str, in
             obj = Path(tmp) / (src.stem + ".o")
             cmd = [toolchain.CC, *board.arch_flags, opt, "-std=c99", "-ffunction-sections", "-fdata-sections",
                    *[f"-D{d}" for d in board.defines], f"-I{RUNTIME}", "-c", str(src), "-o", str(obj)]  # fmt: skip
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise KpgenError(f"cannot compile {src.name} for {board_name}: {proc.stderr.strip()[:300]}")
-            sizes = subprocess.run([toolchain.SIZE, "-A", str(obj)], capture_output=True, text=True).stdout
-            out[src.name] = sum(
-                int(parts[1]) for parts in (ln.split() for ln in sizes.splitlines()) if parts and parts[0].startswith(".text")
-            )
+            done = proc.run(cmd, timeout=proc.TOOL_TIMEOUT)
+            if done.returncode != 0:
+                raise KpgenError(f"cannot compile {src.name} for {board_name}: {(done.err or done.out).strip()[:300]}")
+            out[src.name] = sum(n for sec, n in elfread.section_sizes(obj).items() if sec.startswith(".text"))
     return out
 
 
@@ -306,8 +271,11 @@ def targets(results: list[Result], runtime: dict[str, int]) -> list[tuple[str, s
     return rows
 
 
-CELL_RUNTIME = {"lstm": "kp_lstm_step_s8.c", "gru": "kp_gru_step_s8.c", "fastrnn": "kp_fastrnn_step_s8.c"}
-SHARED_RUNTIME = ("kp_matvec_s8.c", "kp_activation_s16.c", "kp_fc_s8.c")
+CELL_RUNTIME = {"lstm": "kp_lstm_step_s8.c", "gru": "kp_gru_step_s8.c", "fastrnn": "kp_fastrnn_step_s8.c",
+                "fastgrnn": "kp_fastgrnn_step_s8.c"}  # fmt: skip
+MATVEC_RUNTIME = ("kp_matvec_s8.c", "kp_dense_x_s16.c", "kp_kron_xbt_s8.c", "kp_kron_at_s8.c", "kp_kron_deep_s8.c",
+                  "kp_hkp_top_s8.c")  # fmt: skip
+SHARED_RUNTIME = (*MATVEC_RUNTIME, "kp_activation_s16.c", "kp_fc_s8.c")
 
 
 def linked_runtime(runtime: dict[str, int], cell: str) -> int:
@@ -319,7 +287,7 @@ def linked_runtime(runtime: dict[str, int], cell: str) -> int:
 def _table(results: list[Result]) -> list[str]:
     head = ("shape (H, I)", "matrices", "core", "instr/step", "matrix instr/MAC", "est. cycles/step",
             "code B", "weights B", "flash B", "arena B", "stack B", "bit-exact")  # fmt: skip
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows: list[tuple[object, ...]] = []
     for (hidden, inputs) in SHAPES:
         for kind in KINDS:
             for label, _, _ in TARGETS:
@@ -330,22 +298,26 @@ def _table(results: list[Result]) -> list[str]:
                 what = "dense" if kind == "dense" else (
                     f"KP {r.compression:.0f}x: Wx {_fs(r.factors[0])}, Wh {_fs(r.factors[1])}")
                 if not r.steps or len(r.steps) < len(STEPS):
-                    lines.append(f"| {hidden}, {inputs} | {what} | {label} | failed: {r.error} |" + " |" * 8)
+                    rows.append((f"{hidden}, {inputs}", what, label, f"failed: {r.error}") + ("",) * 8)
                     continue
                 ipm = r.per_step("matrix") / r.macs if r.per_step("matrix") else float("nan")
-                lines.append(
-                    f"| {hidden}, {inputs} | {what} | {label} | {_fmt(r.per_step('instructions'))} | {_fmt(ipm, 2)} | "
-                    f"{_fmt(r.per_step('cycles'))} | {r.code_bytes:,} | {r.weight_bytes:,} | {r.flash_bytes:,} | "
-                    f"{r.arena_bytes:,} | {r.stack_bytes:,} | {'yes' if r.bit_exact else 'NO'} ({2 * r.samples}) |"
-                )
-    return lines
+                rows.append((
+                    f"{hidden}, {inputs}", what, label, _fmt(r.per_step("instructions")), _fmt(ipm, 2),
+                    _fmt(r.per_step("cycles")), f"{r.code_bytes:,}", f"{r.weight_bytes:,}", f"{r.flash_bytes:,}",
+                    f"{r.arena_bytes:,}", f"{r.stack_bytes:,}", f"{'yes' if r.bit_exact else 'NO'} ({2 * r.samples})",
+                ))  # fmt: skip
+    return markdown_table(head, rows)
 
 
 def _stage_table(results: list[Result], hidden: int = 128, inputs: int = 28) -> list[str]:
     """Instructions per step by function (the runtime's stages) for one shape, dense and KP, per core."""
     cols = [(kind, label) for kind in KINDS for label, _, _ in TARGETS if label != "m0"]
-    found = {(k, t): _find(results, hidden, inputs, k, t) for k, t in cols}
-    cols = [c for c in cols if found[c] is not None and len(found[c].steps) == len(STEPS)]
+    found: dict[tuple[str, str], Result] = {}
+    for k, t in cols:
+        r = _find(results, hidden, inputs, k, t)
+        if r is not None and len(r.steps) == len(STEPS):
+            found[(k, t)] = r
+    cols = [c for c in cols if c in found]
     if not cols:
         return []
 
@@ -356,34 +328,33 @@ def _stage_table(results: list[Result], hidden: int = 128, inputs: int = 28) -> 
     funcs = sorted({f for c in cols for f in found[c].steps[STEPS[-1]]["per_function"]},
                    key=lambda f: -max(per_step(found[c], f) for c in cols))  # fmt: skip
     funcs = [f for f in funcs if any(per_step(found[c], f) for c in cols)]
-    lines = ["| function (stage) | " + " | ".join(f"{k} {t}" for k, t in cols) + " |", "|---|" + "---|" * len(cols)]
-    for f in funcs:
-        mark = " (matrix)" if MATRIX_FUNCTION.match(f) else ""
-        lines.append(f"| `{f}`{mark} | " + " | ".join(_fmt(per_step(found[c], f)) for c in cols) + " |")
-    lines.append("| **total** | " + " | ".join(_fmt(found[c].per_step("instructions")) for c in cols) + " |")
-    return lines
+    rows = [[f"`{f}`" + (" (matrix)" if MATRIX_FUNCTION.match(f) else "")] + [_fmt(per_step(found[c], f)) for c in cols]
+            for f in funcs]  # fmt: skip
+    rows.append(["**total**"] + [_fmt(found[c].per_step("instructions")) for c in cols])
+    return markdown_table(["function (stage)"] + [f"{k} {t}" for k, t in cols], rows)
 
 
 def _fs(f: tuple[int, int, int, int]) -> str:
     return f"{f[0]}x{f[1]} (x) {f[2]}x{f[3]}"
 
 
-def write_markdown(results: list[Result], runtime: dict[str, int], path: Path, seconds: float, plot: str | None) -> None:
+def write_markdown(results: list[Result], runtime: dict[str, int], path: Path, seconds: float,
+                   plot: str | None) -> None:
     rows = targets(results, runtime)
     lines = [
         "# Benchmarks: dense and Kronecker int8 LSTM steps",
         "",
-        f"Written by `make bench` (`python -m kpgen.studies.bench`, kpgen {__version__}) in {seconds:.0f} s; every number",
+        f"Written by `make bench` (`python -m kpgen.studies.bench`, kpgen {__version__}) in {seconds:.0f} s; "
+        "every number",
         "below comes from that one run, side by side. Instruction counts are exact (QEMU instruction traces);",
         "cycles are **estimates** from the per-core cost model in [cycle-model.md](cycle-model.md).",
         "",
         "## Targets",
         "",
-        "| target | measured | limit | met |",
-        "|---|---|---|---|",
-    ]
-    for name, measured, limit, met in rows:
-        lines.append(f"| {name} | {measured} | {limit} | {'n/a' if met is None else 'yes' if met else 'NO'} |")
+        *markdown_table(("target", "measured", "limit", "met"),
+                        [(name, measured, limit, "n/a" if met is None else "yes" if met else "NO")
+                         for name, measured, limit, met in rows]),
+    ]  # fmt: skip
     lines += [
         "",
         "## One LSTM time step",
@@ -395,7 +366,8 @@ def write_markdown(results: list[Result], runtime: dict[str, int], path: Path, s
         "n1 n2 m2 + m1 n1 m2 per matrix). *code*: the model's and runtime's functions in the firmware (kp_*,",
         "model_*) at -O2; *weights*: weights, biases and activation tables; *flash*: the whole test firmware",
         "(with newlib's printf and the test vectors). *arena*: the model's state and scratch; *stack*: the deepest",
-        "call chain of one inference seen in the trace, summed -fstack-usage frames. *bit-exact*: every embedded",
+        "call chain from the model's API (kpgen.target.toolchain.check_stack), summed -fstack-usage frames. "
+        "*bit-exact*: every embedded",
         "test sequence of both firmwares (2 sequences each) equals the integer reference, scores and every state.",
         "`m55 no-MVE` is the M55 build with `-DKP_NO_MVE`: the DSP path on the same core.",
         "",
@@ -426,7 +398,8 @@ def write_markdown(results: list[Result], runtime: dict[str, int], path: Path, s
         "- Models: random float LSTMs (kpgen.frontend.synth.random_model_f): matrix entries of trained-LSTM scale",
         "  (N(0, 1/fan_in); each Kronecker factor carries half of it), forget-gate bias 1, calibrated by running",
         "  the float model on random inputs;",
-        "  quantized by kpgen.quant.quantize and emitted by kpgen.codegen.emit exactly as `kpgen emit` does. Dense matrices are",
+        "  quantized by kpgen.quant.quantize and emitted by kpgen.codegen.emit exactly as `kpgen emit` does. "
+        "Dense matrices are",
         "  KP matrices whose B factor is 1 x 1.",
         "- KP factors: for each matrix, the factor shapes with the fewest multiply-accumulates among those at",
         f"  least {MIN_COMPRESSION:.0f}x smaller than the dense matrix (kpgen.studies.bench.kp_factors).",
@@ -452,14 +425,15 @@ def write_plot(results: list[Result], path: Path) -> bool:
     labels = [t[0] for t in TARGETS]
     xs = np.arange(len(labels))
     axes = np.atleast_1d(axes).ravel()
-    for ax, (hidden, inputs) in zip(axes, SHAPES):
+    for ax, (hidden, inputs) in zip(axes, SHAPES, strict=False):
         for j, (kind, color) in enumerate((("dense", "#888888"), ("kp", "#1f77b4"))):
             vals = []
             for label in labels:
                 r = _find(results, hidden, inputs, kind, label)
                 vals.append(r.per_step("instructions") if r else 0.0)
-            bars = ax.bar(xs + (j - 0.5) * 0.38, vals, 0.38, color=color, label="dense" if kind == "dense" else "KP >= 16x")
-            for b, v in zip(bars, vals):
+            bars = ax.bar(xs + (j - 0.5) * 0.38, vals, 0.38, color=color,
+                          label="dense" if kind == "dense" else "KP >= 16x")
+            for b, v in zip(bars, vals, strict=True):
                 if v:
                     ax.text(b.get_x() + b.get_width() / 2, v, f"{v / 1000:.0f}k" if v >= 1000 else f"{v:.0f}",
                             ha="center", va="bottom", fontsize=7)  # fmt: skip
@@ -481,26 +455,42 @@ def write_plot(results: list[Result], path: Path) -> bool:
 # --------------------------------------------------------------------------------------------- main
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m kpgen.studies.bench", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=DOCS, help="where benchmarks.md and benchmarks.png go")
-    ap.add_argument("--jobs", type=int, default=max(1, min(2, os.cpu_count() or 1)), help="configurations in parallel")
-    ap.add_argument("--quick", action="store_true", help="only H=128, I=28 on the M4 and the M55 (a smoke test)")
-    ap.add_argument("--keep", type=Path, default=None, help="keep the firmware directories here")
-    args = ap.parse_args(argv)
+@click.command(name="bench", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DOCS,
+              help="Where benchmarks.md and benchmarks.png go (default docs/).")
+@click.option("--jobs", type=click.IntRange(min=1), default=max(1, min(2, os.cpu_count() or 1)), show_default=True,
+              help="Configurations built and run in parallel.")
+@click.option("--quick", is_flag=True, help="Only H=128, I=28 on the M4 and the M55 (a smoke test).")
+@click.option("--keep", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Keep the firmware directories here.")
+def main(out: Path, jobs: int, quick: bool, keep: Path | None) -> None:
+    """Dense and KP int8 LSTM steps on several cores, side by side in one run: writes docs/benchmarks.md.
+
+    Exit status 0 when every configuration ran bit-exact, 1 otherwise, 2 on a usage or setup error.
+    """
+    try:
+        code = run(out, jobs, quick, keep)
+    except KpgenError as e:
+        click.echo(f"kpgen bench: error: {e}", err=True)
+        sys.exit(2)
+    sys.exit(code)
+
+
+def run(out: Path, jobs: int = 2, quick: bool = False, keep: Path | None = None) -> int:
+    """The whole benchmark: build, run and profile every configuration, write the report; 0 if all bit-exact."""
     toolchain.check_tools()
-    shapes = SHAPES[:1] if args.quick else SHAPES
-    target_labels = ["m4", "m55", "m55 no-MVE"] if args.quick else [t[0] for t in TARGETS]
+    shapes = SHAPES[:1] if quick else SHAPES
+    target_labels = ["m4", "m55", "m55 no-MVE"] if quick else [t[0] for t in TARGETS]
     configs = [Config(h, i, k, t) for (h, i) in shapes for k in KINDS for t in target_labels]
     # biggest first, so the slowest runs overlap the many small ones
     configs.sort(key=lambda c: -(4 * c.hidden * (c.inputs + c.hidden) * (1 if c.kind == "dense" else 0.05)
                                   * (3 if c.board == "m0" else 1)))  # fmt: skip
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="kpgen-bench-") as tmp:
-        work = args.keep or Path(tmp)
+        work = keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         results: list[Result] = []
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
             for r in pool.map(lambda c: run_config(c, work), configs):
                 c = r.config
                 status = "bit-exact" if r.bit_exact and r.steps else f"FAILED: {r.error}"
@@ -509,18 +499,18 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(r)
     runtime = runtime_text_bytes("m4", "-Os")
     seconds = time.monotonic() - start
-    args.out.mkdir(parents=True, exist_ok=True)
-    plot = "benchmarks.png" if write_plot(results, args.out / "benchmarks.png") else None
-    write_markdown(results, runtime, args.out / "benchmarks.md", seconds, plot)
+    out.mkdir(parents=True, exist_ok=True)
+    plot = "benchmarks.png" if write_plot(results, out / "benchmarks.png") else None
+    write_markdown(results, runtime, out / "benchmarks.md", seconds, plot)
     print()
     print("\n".join(_table(results)))
     print()
     print("targets:")
     for name, measured, limit, met in targets(results, runtime):
         print(f"  {'n/a ' if met is None else 'MET ' if met else 'NOT '} {name}: {measured} (limit {limit})")
-    print(f"\nwrote {args.out / 'benchmarks.md'}" + (f" and {args.out / plot}" if plot else "") + f" in {seconds:.0f} s")
+    print(f"\nwrote {out / 'benchmarks.md'}" + (f" and {out / plot}" if plot else "") + f" in {seconds:.0f} s")
     return 0 if all(r.bit_exact and r.steps for r in results) else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -18,7 +18,6 @@ retraining (for example after the emitter gains a cell type).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import functools
@@ -37,12 +36,14 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import click
 import numpy as np
 
-from kpgen import KpgenError, __version__
-from kpgen.target.boards import REPO_ROOT
-from kpgen.ir import CELL_NAMES, GATES
+from kpgen import KpgenError, __version__, cells
+from kpgen.cells import GATES
+from kpgen.tables import markdown_table
 
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the studies run from a checkout and write into its docs/
 DOCS = REPO_ROOT / "docs"
 WORK = REPO_ROOT / "build" / "reproduce"
 
@@ -140,8 +141,8 @@ class Variant:
     method: str
     level: str  # "dense", "kp" or "hkp": whose size it is matched to
     hidden: int
-    wx: object
-    wh: object
+    wx: str | dict  # a matrix spec (kpgen.train.nn.matrix)
+    wh: str | dict
     prune_ratio: float = 1.0  # dense matrix parameters / kept nonzeros (pruning)
     target_params: int = 0  # the parameter count it was matched to (0: none)
 
@@ -214,45 +215,20 @@ def spec_params(spec: object, rows: int, cols: int) -> int:
 
 
 def dense_model_params(cell: str, input_size: int, hidden: int, classes: int, bidirectional: bool) -> tuple[int, int]:
-    """(whole network, recurrent matrices) parameters of the dense network; counted on the torch module."""
-    from kpgen.train.nn import KPRNNClassifier
+    """(whole network, recurrent matrices) parameters of the one-layer dense network (compress.dense_param_counts)."""
+    from kpgen.train.compress import dense_param_counts
 
-    m = KPRNNClassifier(cell, input_size, hidden, classes, "dense", "dense", bidirectional=bidirectional)
-    return sum(p.numel() for p in m.parameters()), sum(mm.weight_params for _, mm in m.matrices())
-
-
-def lowrank_ranks(shapes: dict[str, tuple[int, int]], target: int, directions: int) -> dict[str, int]:
-    """Ranks whose U, V total as near to `target` parameters as possible, never above it unless rank 1
-    everywhere already is: each matrix first gets its share (the same ratio for all), the highest ranks
-    give way while the total is over, then ranks grow (largest matrix first) while they still fit."""
-    dense = sum(r * c for r, c in shapes.values())
-    ratio = dense / target
-    ranks = {k: max(1, math.floor(r * c / ratio) // (r + c)) for k, (r, c) in shapes.items()}
-    cost = lambda: directions * sum(ranks[k] * sum(shapes[k]) for k in shapes)  # noqa: E731
-    while cost() > target and max(ranks.values()) > 1:
-        k = max(ranks, key=lambda k: (ranks[k], sum(shapes[k])))
-        ranks[k] -= 1
-    grown = True
-    while grown:
-        grown = False
-        for k in sorted(shapes, key=lambda k: -shapes[k][0] * shapes[k][1]):
-            limit = min(shapes[k])
-            if ranks[k] < limit and cost() + directions * sum(shapes[k]) <= target:
-                ranks[k] += 1
-                grown = True
-    return ranks
+    return dense_param_counts(cell, input_size, hidden, classes, 1, bidirectional)
 
 
 def small_hidden(cell: str, input_size: int, classes: int, bidirectional: bool, target: int, hidden: int) -> int:
     """The largest hidden size <= hidden whose whole dense network has at most `target` parameters (>= 1)."""
-    lo, hi = 1, hidden
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if dense_model_params(cell, input_size, mid, classes, bidirectional)[0] <= target:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
+    from kpgen.train.compress import largest_hidden
+
+    def fits(h: int) -> bool:
+        return dense_model_params(cell, input_size, h, classes, bidirectional)[0] <= target
+
+    return largest_hidden(hidden, fits)
 
 
 @dataclass(frozen=True)
@@ -270,10 +246,19 @@ class Sizing:
     def variant(self, key: str) -> Variant | None:
         return next((v for v in self.variants if v.key == key), None)
 
+    @property
+    def kp(self) -> Variant:
+        """The KP variant, which size_benchmark always plans."""
+        v = self.variant("kp")
+        assert v is not None
+        return v
+
 
 def size_benchmark(bench: Benchmark, input_size: int, classes: int, steps: int, levels: Sequence[str] = LEVELS,
                    kp_min_ratio: float = KP_LAYER_MIN, hkp_min_ratio: float = HKP_MODEL_MIN) -> Sizing:
     """Plan KP and HKP, then match pruning, low rank and small to their sizes. No training."""
+    from kpgen.train.compress import lowrank_ranks
+
     dirs = 2 if bench.bidirectional else 1
     shapes = matrix_shapes(bench.cell, input_size, bench.hidden)
     total, mats = dense_model_params(bench.cell, input_size, bench.hidden, classes, bench.bidirectional)
@@ -302,8 +287,9 @@ def size_benchmark(bench: Benchmark, input_size: int, classes: int, steps: int, 
         specs = kp if level == "kp" else hkp
         target_m = matrices_of(specs)
         target_total = overhead + target_m
-        out.append(Variant("prune", level, h, "dense", "dense", prune_ratio=mats / target_m, target_params=target_total))
-        ranks = lowrank_ranks(shapes, target_m, dirs)
+        out.append(Variant("prune", level, h, "dense", "dense", prune_ratio=mats / target_m,
+                           target_params=target_total))
+        ranks = lowrank_ranks(shapes, target_m, dirs)  # kpgen.train.compress, as `kpgen compress --method lowrank`
         out.append(Variant("lowrank", level, h, {"kind": "lowrank", "rank": ranks["wx"]},
                            {"kind": "lowrank", "rank": ranks["wh"]}, target_params=target_total))
         hs = small_hidden(bench.cell, input_size, classes, bench.bidirectional, target_total, h)
@@ -311,7 +297,7 @@ def size_benchmark(bench: Benchmark, input_size: int, classes: int, steps: int, 
     return Sizing(bench, input_size, classes, steps, total, mats, tuple(out))
 
 
-def describe_spec(spec: object) -> str:
+def describe_spec(spec: str | dict) -> str:
     """'16x2 (x) 32x14', '32 dense rows + 15x2 (x) 32x14', 'rank 3', 'dense'."""
     if isinstance(spec, str):
         return spec
@@ -347,24 +333,9 @@ def sizing_for(bench: Benchmark, cfg: Config) -> Sizing:
 def derive(src, v: Variant, seed: int):
     """The variant's network initialised from the dense one (all but `small`), as kpgen.train.compress does:
     nearest KP, dense top rows, truncated SVD, or the dense weights (pruning)."""
-    import torch
+    from kpgen.train.compress import with_matrices
 
-    from kpgen.train.compress import init_from_dense
-    from kpgen.train.nn import KPRNNClassifier
-
-    torch.manual_seed(seed)
-    model = KPRNNClassifier(src.cell, src.input_size, src.hidden_size, src.num_classes, v.wx, v.wh,
-                            bidirectional=src.bidirectional)
-    return init_from_dense(model, src)
-
-
-def count_params(model, pruned: bool) -> tuple[int, int]:
-    """(whole network, recurrent matrices) parameters; a pruned network's matrices count their nonzeros."""
-    mats = 0
-    for _, m in model.matrices():
-        mats += int((m.weight != 0).sum()) if pruned else m.weight_params
-    total = sum(p.numel() for p in model.parameters()) - sum(m.weight_params for _, m in model.matrices()) + mats
-    return int(total), int(mats)
+    return with_matrices(src, v.wx, v.wh, seed)
 
 
 def int8_bytes_estimate(model) -> int:
@@ -390,8 +361,8 @@ def train_variant(bench: Benchmark, v: Variant, seed: int, dense_model=None, log
 
     from kpgen.frontend import datasets
     from kpgen.train.compress import MagnitudePruner
-    from kpgen.train.nn import KPRNNClassifier
     from kpgen.train.loop import accuracy, fit
+    from kpgen.train.nn import KPRNNClassifier
 
     t0 = time.perf_counter()
     split, x_tr, y_tr, x_te, y_te = load_data(bench.dataset, seed, bench.max_train, bench.max_test)
@@ -421,10 +392,11 @@ def fingerprint(bench: Benchmark, v: Variant, seed: int) -> str:
 
 
 def checkpoint_for(bench: Benchmark, v: Variant, seed: int, model, seconds: float, init_acc: float | None) -> dict:
+    from kpgen.train.compress import param_counts
     from kpgen.train.loop import accuracy, calibrate, make_checkpoint
 
     split, x_tr, _, x_te, y_te = load_data(bench.dataset, seed, bench.max_train, bench.max_test)
-    params, mats = count_params(model, v.method == "prune")
+    params, mats = param_counts(model)
     meta = {
         "dataset": bench.dataset,
         "seq_len": split.seq_len,
@@ -444,23 +416,14 @@ def checkpoint_for(bench: Benchmark, v: Variant, seed: int, model, seconds: floa
 
 def as_dense_checkpoint(ckpt: dict) -> dict:
     """A low-rank checkpoint with every U V multiplied out into a dense matrix (for the int8 path only)."""
-    import torch
-
-    from kpgen.train.nn import KPRNNClassifier
+    from kpgen.train.compress import init_from_dense
     from kpgen.train.loop import make_checkpoint, model_from_checkpoint
+    from kpgen.train.nn import KPRNNClassifier
 
     src = model_from_checkpoint(ckpt)
     dense = KPRNNClassifier(src.cell, src.input_size, src.hidden_size, src.num_classes, "dense", "dense",
                             bidirectional=src.bidirectional)
-    with torch.no_grad():
-        src_params = dict(src.named_parameters())
-        names = {n for n, _ in dense.matrices()}
-        for name, p in dense.named_parameters():
-            if not any(name.startswith(n + ".") for n in names):
-                p.copy_(src_params[name])
-        mats = dict(src.matrices())
-        for name, m in dense.matrices():
-            m.weight.copy_(mats[name].dense())
+    init_from_dense(dense, src)
     meta = dict(ckpt["meta"], lowrank_as_dense=True)
     return make_checkpoint(dense, ckpt["calibration"], meta, method="dense")
 
@@ -479,9 +442,9 @@ def short_error(e: BaseException) -> str:
 
 def int8_accuracy(ckpt: dict, x_te, y_te) -> tuple[float, int]:
     """(accuracy of kpgen's integer reference on the test split, int8 weight bytes as the quantizer lays them out)."""
-    from kpgen.reference import golden
     from kpgen.frontend import load
     from kpgen.quant import quantize
+    from kpgen.reference import golden
 
     model_f = load.checkpoint_to_ir(ckpt, f"{ckpt['meta'].get('method', 'model')}.pt")
     qmodel = quantize.quantize_model(model_f)
@@ -587,7 +550,7 @@ def run_job(job: Job) -> list[dict]:
                 rec["int8_note"] = "U V quantized as one dense int8 matrix (kpgen has no low-rank kernel)"
             else:
                 rec["int8_bytes"] = nbytes
-        except Exception as e:  # noqa: BLE001 - recorded in the table, never dropped
+        except Exception as e:
             what = "U V multiplied out into a dense matrix, " if v.method == "lowrank" else ""
             rec["int8_note"] = f"{what}not quantized: " + short_error(e)
         rec["int8_seconds"] = time.perf_counter() - t0
@@ -598,7 +561,7 @@ def run_job(job: Job) -> list[dict]:
             else:
                 try:
                     rec["instructions"], _ = count_instructions(path, job.cfg.board, job.cfg.qemu_samples)
-                except Exception as e:  # noqa: BLE001 - recorded in the table, never dropped
+                except Exception as e:
                     rec["qemu_note"] = "not emitted: " + short_error(e)
             rec["qemu_seconds"] = time.perf_counter() - t0
         acc8 = "n/a" if rec["int8_acc"] is None else f"{rec['int8_acc']:.4f}"
@@ -711,7 +674,7 @@ class Target:
 
 def layer_compressions(sz: Sizing) -> list[tuple[str, int, int, float]]:
     """Per recurrent layer (one here; both directions together): (what, dense matrix params, KP params, ratio)."""
-    kp = sz.variant("kp")
+    kp = sz.kp
     shapes = matrix_shapes(sz.bench.cell, sz.input_size, sz.bench.hidden)
     dirs = 2 if sz.bench.bidirectional else 1
     dense = dirs * sum(r * c for r, c in shapes.values())
@@ -724,7 +687,7 @@ def evaluate_targets(rows: dict[str, list[Row]], sizings: dict[str, Sizing]) -> 
     # 1. every KP layer >= 15x
     parts, ok = [], True
     for name, sz in sizings.items():
-        for what, d, k, r in layer_compressions(sz):
+        for _what, _dense, _kp, r in layer_compressions(sz):
             parts.append(f"{name} {r:.1f}x")
             ok &= r >= KP_LAYER_MIN
     out.append(Target(f"KP compresses each RNN layer >= {KP_LAYER_MIN:.0f}x (matrix parameters)", ok, ", ".join(parts)))
@@ -747,6 +710,8 @@ def evaluate_targets(rows: dict[str, list[Row]], sizings: dict[str, Sizing]) -> 
         if kp is None or pr is None or lr is None:
             continue
         a, p, low = kp.mean("float_acc"), pr.mean("float_acc"), lr.mean("float_acc")
+        if a is None or p is None or low is None:  # no run of one of them finished
+            continue
         win = a >= p and a >= low
         wins += win
         parts.append(f"{name} KP {pct(a)} / pruning {pct(p)} / low-rank {pct(low)}")
@@ -763,8 +728,11 @@ def evaluate_targets(rows: dict[str, list[Row]], sizings: dict[str, Sizing]) -> 
         d, kp, hkp = (find(rows[name], k) for k in ("dense", "kp", "hkp"))
         if d is None or kp is None or hkp is None:
             continue
-        loss = d.mean("float_acc") - kp.mean("float_acc")
-        gain = hkp.mean("float_acc") - kp.mean("float_acc")
+        d_acc, kp_acc, hkp_acc = d.mean("float_acc"), kp.mean("float_acc"), hkp.mean("float_acc")
+        if d_acc is None or kp_acc is None or hkp_acc is None:  # no run of one of them finished
+            continue
+        loss = d_acc - kp_acc
+        gain = hkp_acc - kp_acc
         ratio = sz.dense_params / hkp.params
         rec_ok = gain >= 0.5 * loss if loss > 0 else True
         ok &= rec_ok and ratio >= HKP_MODEL_MIN
@@ -848,10 +816,6 @@ def git_describe() -> str:
         return "unknown"
 
 
-def _fmt_int(v: int | None) -> str:
-    return "n/a" if v is None else f"{v:,}"
-
-
 class Notes:
     """Footnotes for table cells: the same text gets the same number."""
 
@@ -865,11 +829,10 @@ class Notes:
 
 
 def main_table(rows: dict[str, list[Row]], sizings: dict[str, Sizing], notes: Notes) -> list[str]:
-    lines = [
-        "| benchmark | method | hidden | params | int8 bytes | × params | × bytes | float acc % | int8 acc % | "
-        "M4 instructions / inference |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    """The results: one row per benchmark and method, means over the seeds; cells that need a reason cite a note."""
+    head = ("benchmark", "method", "hidden", "params", "int8 bytes", "× params", "× bytes", "float acc %", "int8 acc %",
+            "M4 instructions / inference")  # fmt: skip
+    body: list[tuple[object, ...]] = []
     for name, sz in sizings.items():
         for r in rows[name]:
             v = r.variant
@@ -900,9 +863,8 @@ def main_table(rows: dict[str, list[Row]], sizings: dict[str, Sizing], notes: No
             same = r.first.get("same_as")
             if same:
                 label += " " + notes.ref(same_note(v, same))
-            lines.append(f"| {title} | {label} | {v.hidden} | {r.params:,} | {b_cell} | {p_ratio} | {b_ratio} | "
-                         f"{f_acc} | {i_acc} | {ins} |")
-    return lines
+            body.append((title, label, v.hidden, f"{r.params:,}", b_cell, p_ratio, b_ratio, f_acc, i_acc, ins))
+    return markdown_table(head, body, align="llrrrrrrrr")
 
 
 def same_note(v: Variant, same: str) -> str:
@@ -921,16 +883,16 @@ def estimate_note(r: Row) -> str:
 
 
 def config_table(sizings: dict[str, Sizing], rows: dict[str, list[Row]]) -> list[str]:
-    lines = [
-        "| benchmark | data (train / test, steps x features, classes) | network | epochs dense, small / fine-tune | "
-        "batch, lr | KP factors Wx; Wh | HKP Wx; Wh | pruning keeps | low-rank Wx; Wh | small hidden (KP; HKP size) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, sz in sizings.items():
+    """Per benchmark: its data, network, schedule and every variant's matrix shapes."""
+    head = ("benchmark", "data (train / test, steps x features, classes)", "network", "epochs dense, small / fine-tune",
+            "batch, lr", "KP factors Wx; Wh", "HKP Wx; Wh", "pruning keeps", "low-rank Wx; Wh",
+            "small hidden (KP; HKP size)")  # fmt: skip
+    body: list[tuple[object, ...]] = []
+    for sz in sizings.values():
         b = sz.bench
-        split, x_tr, _, x_te, _ = load_data(b.dataset, 0, b.max_train, b.max_test)
-        net = f"{'bidirectional ' if b.bidirectional else ''}{CELL_NAMES[b.cell]} {b.hidden}"
-        kp, hkp = sz.variant("kp"), sz.variant("hkp")
+        _, x_tr, _, x_te, _ = load_data(b.dataset, 0, b.max_train, b.max_test)
+        net = f"{'bidirectional ' if b.bidirectional else ''}{cells.get(b.cell).title} {b.hidden}"
+        kp, hkp = sz.kp, sz.variant("hkp")
         pr = [sz.variant(f"prune@{lv}") for lv in LEVELS]
         lr = [sz.variant(f"lowrank@{lv}") for lv in LEVELS]
         sm = [sz.variant(f"small@{lv}") for lv in LEVELS]
@@ -938,20 +900,19 @@ def config_table(sizings: dict[str, Sizing], rows: dict[str, list[Row]]) -> list
         low = "; ".join(f"{describe_spec(v.wx)}, {describe_spec(v.wh)}" for v in lr if v)
         small = "; ".join(str(v.hidden) for v in sm if v)
         hk = f"{describe_spec(hkp.wx)}; {describe_spec(hkp.wh)}" if hkp else "-"
-        lines.append(
-            f"| {b.title} | {len(x_tr)} / {len(x_te)}, {sz.steps} x {sz.input_size}, {sz.classes} | {net} | "
-            f"{b.epochs} / {b.finetune_epochs} | {b.batch_size}, {b.lr:g} | {describe_spec(kp.wx)}; "
-            f"{describe_spec(kp.wh)} | {hk} | {prune} | {low} | {small} |"
-        )
-    return lines
+        body.append((
+            b.title, f"{len(x_tr)} / {len(x_te)}, {sz.steps} x {sz.input_size}, {sz.classes}", net,
+            f"{b.epochs} / {b.finetune_epochs}", f"{b.batch_size}, {b.lr:g}",
+            f"{describe_spec(kp.wx)}; {describe_spec(kp.wh)}", hk, prune, low, small,
+        ))  # fmt: skip
+    return markdown_table(head, body)
 
 
 def typical_table(min_ratio: float) -> list[str]:
-    lines = [
-        "| layer | typical of | Wx | KP factors | params | × | Wh | KP factors | params | × | layer × | "
-        "layer int8 bytes (with int32 bias) vs float32 |",
-        "|---|---|---|---|---:|---:|---|---|---:|---:|---:|---:|",
-    ]
+    """typical_layer_rows as a table: factors and compression per matrix, per layer, and int8 bytes vs float32."""
+    head = ("layer", "typical of", "Wx", "KP factors", "params", "×", "Wh", "KP factors", "params", "×", "layer ×",
+            "layer int8 bytes (with int32 bias) vs float32")  # fmt: skip
+    body: list[list[object]] = []
     for t in typical_layer_rows(min_ratio):
         cells = []
         for k in ("wx", "wh"):
@@ -962,9 +923,9 @@ def typical_table(min_ratio: float) -> list[str]:
         f32 = 4 * (sum(t["dense"].values()) + bias + scalars)
         i8 = sum(t["kp"].values()) + 4 * bias + 2 * scalars
         layer = f"{t['layer']:.1f}" + (f" (< {min_ratio:.0f})" if t["layer"] < min_ratio else "")
-        lines.append(f"| {t['cell']} H={t['hidden']}, I={t['inputs']} | {t['use']} | " + " | ".join(cells)
-                     + f" | {layer} | {f32:,} -> {i8:,} ({f32 / i8:.1f}x) |")
-    return lines
+        body.append([f"{t['cell']} H={t['hidden']}, I={t['inputs']}", t["use"], *cells, layer,
+                     f"{f32:,} -> {i8:,} ({f32 / i8:.1f}x)"])
+    return markdown_table(head, body, align="llllrrllrrrr")
 
 
 def write_markdown(path: Path, cfg: Config, rows: dict[str, list[Row]], sizings: dict[str, Sizing],
@@ -987,10 +948,12 @@ def write_markdown(path: Path, cfg: Config, rows: dict[str, list[Row]], sizings:
         f"process(es) with {cfg.threads} torch thread(s) each; kpgen {__version__} at commit {git_describe()}, "
         f"torch {torch.__version__}, Python {platform.python_version()}.",
         f"- Wall time: {seconds / 60:.1f} minutes for everything below (training, int8 evaluation, QEMU builds and "
-        f"profiles){f'; {reused} of {len(all_recs)} checkpoints were reused from an earlier run (--reuse)' if reused else ''}.",
+        f"profiles)"
+        f"{f'; {reused} of {len(all_recs)} checkpoints were reused from an earlier run (--reuse)' if reused else ''}.",
         f"- Seeds: {', '.join(map(str, cfg.seeds))}. A seed sets the initialisation, the batch order and, for MNIST "
         "and 8x8 digits, the stratified random hold-out split (BasicMotions and JapaneseVowels use their official "
-        "splits, Daphnet a time split: kpgen.frontend.datasets). Accuracies are mean ± sample standard deviation over the "
+        "splits, Daphnet a time split: kpgen.frontend.datasets). Accuracies are mean ± sample standard deviation "
+        "over the "
         "seeds, in percent, on the whole test split.",
         "- Training: the dense network is trained from scratch for each seed. KP, HKP, pruning and low rank are "
         "initialised from that seed's dense network, as `kpgen compress` does (nearest Kronecker product, Van Loan; "
@@ -1000,7 +963,8 @@ def write_markdown(path: Path, cfg: Config, rows: dict[str, list[Row]], sizings:
         "random shifts of up to 2 (MNIST) or 1 (digits) pixels; calibration on the training split.",
         "- Sizes: KP factor shapes are the planner's best unpadded two-factor choice within 1/15 of each matrix's "
         "parameters (kpgen.train.plan; where a thin input matrix has no such factorization, the smallest one). HKP is "
-        "the planner's best hybrid (kpgen.train.plan.hkp_candidates, as `kpgen compress --method hkp`) whose rank bound is "
+        "the planner's best hybrid (kpgen.train.plan.hkp_candidates, as `kpgen compress --method hkp`) "
+        "whose rank bound is "
         "at least KP's (where the planner offers none, as for the square factors of FastRNN's H x H matrix, KP's "
         "own factors with the top rows of A made dense), within the largest "
         f"uniform per-matrix budget that keeps the whole network >= {cfg.hkp_min_ratio:.0f}x smaller than the dense "
@@ -1009,7 +973,8 @@ def write_markdown(path: Path, cfg: Config, rows: dict[str, list[Row]], sizings:
         "params), the small network the largest hidden size whose whole network has at most KP's (HKP's) "
         "parameters. Biases and the classifier head are dense in every network.",
         "- int8: every checkpoint goes through kpgen's loader and quantizer and the integer reference "
-        "(kpgen.reference.golden.run_model) on the whole test split. Instructions: the first seed's checkpoint is emitted for "
+        "(kpgen.reference.golden.run_model) on the whole test split. Instructions: the first seed's checkpoint "
+        "is emitted for "
         f"the Cortex-M4 ({cfg.board}), built, run under QEMU with {cfg.qemu_samples} test sequences checked bit for "
         "bit, and one inference traced (exact count, whole sequence). Instruction counts depend only on the "
         "architecture, so they are counted once per method.",
@@ -1050,8 +1015,7 @@ def timing_table(rows: dict[str, list[Row]]) -> list[str]:
     """Seconds per network of the first seed: training (with calibration), and the int8 and QEMU steps summed."""
     keys = [v for v in ("dense", "kp", "hkp", "prune@kp", "lowrank@kp", "small@kp", "prune@hkp", "lowrank@hkp",
                         "small@hkp")]
-    lines = ["| benchmark | " + " | ".join(keys) + " | int8 (all) | QEMU (all) |",
-             "|---|" + "---:|" * (len(keys) + 2)]
+    body: list[list[object]] = []
     for name, rs in rows.items():
         cells = []
         for k in keys:
@@ -1066,8 +1030,8 @@ def timing_table(rows: dict[str, list[Row]]) -> list[str]:
         firsts = [r.first for r in rs if not r.first.get("same_as")]
         i8 = sum(f.get("int8_seconds") or 0 for f in firsts)
         qs = [f["qemu_seconds"] for f in firsts if f.get("qemu_seconds") is not None]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {i8:.0f} | {f'{sum(qs):.0f}' if qs else '-'} |")
-    return lines
+        body.append([name, *cells, f"{i8:.0f}", f"{sum(qs):.0f}" if qs else "-"])
+    return markdown_table(["benchmark", *keys, "int8 (all)", "QEMU (all)"], body, align="l" + "r" * (len(keys) + 2))
 
 
 PLOT_STYLE = {  # drawn in this order: KP last, on top (HKP is KP where no dense row fits)
@@ -1090,25 +1054,29 @@ def write_plot(path: Path, rows: dict[str, list[Row]], sizings: dict[str, Sizing
     cols = min(3, n)
     nrows = math.ceil(n / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(5.2 * cols, 4.2 * nrows), squeeze=False)
-    for ax, (name, sz) in zip(axes.ravel(), sizings.items()):
+    for ax, (name, sz) in zip(axes.ravel(), sizings.items(), strict=False):
         rs = rows[name]
         dense = find(rs, "dense")
-        if dense is not None and dense.mean("float_acc") is not None:
-            ax.axhline(100 * dense.mean("float_acc"), color="#555555", ls="--", lw=1, label="dense")
-            ax.errorbar([1.0], [100 * dense.mean("float_acc")], yerr=[100 * dense.std("float_acc")], fmt="o",
-                        color="#555555", capsize=3)
+        d_acc, d_std = (dense.mean("float_acc"), dense.std("float_acc")) if dense is not None else (None, None)
+        if d_acc is not None and d_std is not None:
+            ax.axhline(100 * d_acc, color="#555555", ls="--", lw=1, label="dense")
+            ax.errorbar([1.0], [100 * d_acc], yerr=[100 * d_std], fmt="o", color="#555555", capsize=3)
         for method, (color, marker) in PLOT_STYLE.items():
-            pts = sorted((sz.dense_params / r.params, 100 * r.mean("float_acc"), 100 * r.std("float_acc"))
-                         for r in rs if r.variant.method == method and r.mean("float_acc") is not None)
+            pts = []
+            for r in rs:
+                acc, std = r.mean("float_acc"), r.std("float_acc")
+                if r.variant.method == method and acc is not None and std is not None:
+                    pts.append((sz.dense_params / r.params, 100 * acc, 100 * std))
+            pts.sort()
             if not pts:
                 continue
-            xs, ys, es = zip(*pts)
+            xs, ys, es = zip(*pts, strict=True)
             ax.errorbar(xs, ys, yerr=es, color=color, marker=marker, capsize=3, lw=1.5, label=METHOD_LABELS[method],
                         markersize=9 if method == "hkp" else 6)
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: f"{x:g}x"))
         ax.xaxis.set_minor_formatter(ticker.NullFormatter())
-        ax.set_title(f"{sz.bench.title}: {'Bi' if sz.bench.bidirectional else ''}{CELL_NAMES[sz.bench.cell]} "
+        ax.set_title(f"{sz.bench.title}: {'Bi' if sz.bench.bidirectional else ''}{cells.get(sz.bench.cell).title} "
                      f"{sz.bench.hidden}", fontsize=10)
         ax.set_xlabel("compression (dense parameters / parameters)")
         ax.set_ylabel("float test accuracy %")
@@ -1156,47 +1124,78 @@ def reproduce(cfg: Config, out: Path, work: Path, reuse: bool = False, command: 
     return {"rows": rows, "sizings": sizings, "targets": targets, "records": records, "seconds": seconds}
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m kpgen.studies.reproduce", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=DOCS, help="where results.md and results.png go (default docs/)")
-    ap.add_argument("--work", type=Path, default=WORK, help="checkpoints and records (default build/reproduce)")
-    ap.add_argument("--jobs", type=int, default=max(1, min(2, os.cpu_count() or 1)), help="worker processes")
-    ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
-    ap.add_argument("--benchmarks", default=",".join(b.name for b in BENCHMARKS), help="comma-separated subset")
-    ap.add_argument("--no-qemu", action="store_true", help="skip the M4 builds and instruction counts")
-    ap.add_argument("--reuse", action="store_true", help="evaluate kept checkpoints instead of retraining them")
-    ap.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 2 epochs, subsets, no QEMU")
-    args = ap.parse_args(argv)
-    names = [n.strip() for n in args.benchmarks.split(",") if n.strip()]
-    unknown = sorted(set(names) - {b.name for b in BENCHMARKS})
-    if unknown:
-        print(f"kpgen reproduce: unknown benchmark(s) {', '.join(unknown)}; known: "
-              f"{', '.join(b.name for b in BENCHMARKS)}", file=sys.stderr)
-        return 2
+def _seeds(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
     try:
-        seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
+        seeds = tuple(int(s) for s in value.split(",") if s.strip())
     except ValueError:
-        print(f"kpgen reproduce: --seeds {args.seeds!r} is not a comma-separated list of integers", file=sys.stderr)
-        return 2
-    cfg = Config(benchmarks=tuple(b for b in BENCHMARKS if b.name in names), seeds=seeds, qemu=not args.no_qemu,
-                 jobs=args.jobs)
-    if args.quick:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers") from None
+    if not seeds:
+        raise click.BadParameter("give at least one seed")
+    return seeds
+
+
+def _benchmarks(ctx: click.Context, param: click.Parameter, value: str) -> tuple[Benchmark, ...]:
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    unknown = sorted(set(names) - {b.name for b in BENCHMARKS})
+    if unknown or not names:
+        raise click.BadParameter(f"unknown benchmark(s) {', '.join(unknown) or '(none given)'}; known: "
+                                 f"{', '.join(b.name for b in BENCHMARKS)}")
+    return tuple(b for b in BENCHMARKS if b.name in names)
+
+
+def _command_line(ctx: click.Context) -> str:
+    """How this run was asked for, for the header of results.md: `make reproduce`, or the options given."""
+    given = [p for p in ctx.command.params
+             if ctx.get_parameter_source(p.name or "") not in (None, click.core.ParameterSource.DEFAULT)]  # fmt: skip
+    if not given:
+        return "make reproduce"
+    parts = []
+    for p in given:
+        flag = p.opts[0]
+        if getattr(p, "is_flag", False):
+            parts.append(flag)
+        else:
+            raw = ctx.params[p.name or ""]
+            if isinstance(raw, tuple) and raw and isinstance(raw[0], Benchmark):
+                raw = ",".join(b.name for b in raw)
+            elif isinstance(raw, tuple):
+                raw = ",".join(map(str, raw))
+            parts.append(f"{flag} {raw}")
+    return "python -m kpgen.studies.reproduce " + " ".join(parts)
+
+
+@click.command(name="reproduce", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DOCS,
+              help="Where results.md and results.png go (default docs/).")
+@click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=WORK,
+              help="Checkpoints and records (default build/reproduce).")
+@click.option("--jobs", type=click.IntRange(min=1), default=max(1, min(2, os.cpu_count() or 1)), show_default=True,
+              help="Worker processes.")
+@click.option("--seeds", default="0,1,2", show_default=True, callback=_seeds, help="Comma-separated seeds.")
+@click.option("--benchmarks", "benches", default=",".join(b.name for b in BENCHMARKS), show_default=True,
+              callback=_benchmarks, help="Comma-separated subset of the benchmarks.")
+@click.option("--no-qemu", is_flag=True, help="Skip the M4 builds and instruction counts.")
+@click.option("--reuse", is_flag=True, help="Evaluate kept checkpoints instead of retraining them.")
+@click.option("--quick", is_flag=True, help="Smoke run: 1 seed, 2 epochs, subsets, no QEMU.")
+@click.pass_context
+def main(ctx: click.Context, out: Path, work: Path, jobs: int, seeds: tuple[int, ...], benches: tuple[Benchmark, ...],
+         no_qemu: bool, reuse: bool, quick: bool) -> None:
+    """Five benchmarks, dense and compressed at matched size: writes docs/results.md and docs/results.png."""
+    cfg = Config(benchmarks=benches, seeds=seeds, qemu=not no_qemu, jobs=jobs)
+    if quick:
         cfg = quick_config(cfg)
-    command = "make reproduce" if argv is None and len(sys.argv) == 1 else "python -m kpgen.studies.reproduce " + " ".join(
-        sys.argv[1:] if argv is None else argv)
     try:
-        res = reproduce(cfg, args.out, args.work, reuse=args.reuse, command=command)
+        res = reproduce(cfg, out, work, reuse=reuse, command=_command_line(ctx))
     except KpgenError as e:
-        print(f"kpgen reproduce: {e}", file=sys.stderr)
-        return 2
+        click.echo(f"kpgen reproduce: error: {e}", err=True)
+        sys.exit(2)
     print()
     print("targets:")
     for t in res["targets"]:
         status = "n/a " if t.passed is None else "PASS" if t.passed else "FAIL"
         print(f"  {status} {t.name}: {t.detail}")
-    print(f"\nwrote {args.out / 'results.md'} and {args.out / 'results.png'} in {res['seconds'] / 60:.1f} min")
-    return 0
+    print(f"\nwrote {out / 'results.md'} and {out / 'results.png'} in {res['seconds'] / 60:.1f} min")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

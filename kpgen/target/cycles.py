@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from kpgen.target.qemu import Insn, Profile
 
@@ -121,7 +121,9 @@ def base_mnemonic(mnemonic: str) -> str:
 
 def _split_operands(ops: str) -> list[str]:
     """Top-level comma split: 'r2, [r3, #4]' -> ['r2', '[r3, #4]'] (brackets and braces kept whole)."""
-    out, depth, cur = [], 0, []
+    out: list[str] = []
+    cur: list[str] = []
+    depth = 0
     for ch in ops:
         if ch in "[{":
             depth += 1
@@ -290,7 +292,7 @@ CORES: dict[str, CoreModel] = {
          "call": 2, "div": 7},
         refill=2,
         notes=("MULS 1 cycle (fast-multiplier configuration assumed; the small multiplier takes 32)",),
-    ),  # fmt: skip
+    ),
     # Cortex-M0+ Technical Reference Manual r0p1 (ARM DDI 0484C), section 3.3, Table 3-1: the 2-stage
     # pipeline refills in 1 cycle: B taken 2, BL 3, BX/BLX 2, MOV PC 2, POP {..,PC} 3 + N.
     "cortex-m0plus": CoreModel(
@@ -311,7 +313,7 @@ CORES: dict[str, CoreModel] = {
     "cortex-m33": CoreModel(
         "Cortex-M33", dict(_M4), load_pipelining=True,
         notes=("Cortex-M4 table assumed (no public Cortex-M33 cycle table); limited dual issue not modelled",),
-    ),  # fmt: skip
+    ),
     # No per-instruction table is published for the Cortex-M7: issue/pairing rules from LLVM's Cortex-M7
     # scheduling model (llvm/lib/Target/ARM/ARMScheduleM7.td, written by Arm): 2-wide in-order issue, two
     # ALUs, two load pipes, one store, one MAC, one branch unit; LDM/STM/LDRD/STRD and divides single-issue;
@@ -416,9 +418,9 @@ def _pairable_m7(a: Decoded, b: Decoded) -> bool:
 
 def _pair_saving(model: CoreModel, a: Decoded, b: Decoded) -> float:
     """Cycles saved each time b executes right after a (a falls through to b)."""
-    if model.load_pipelining and a.cls == "load" and not a.writes_pc:
-        if b.cls in ("load", "store") and not b.writes_pc and not (a.dests & b.addr_regs):
-            return 1.0
+    if (model.load_pipelining and a.cls == "load" and not a.writes_pc
+            and b.cls in ("load", "store") and not b.writes_pc and not (a.dests & b.addr_regs)):
+        return 1.0
     if model.mve_overlap:
         pa, pb = _MVE_PIPE.get(a.cls), _MVE_PIPE.get(b.cls)
         if pa and pb and pa != pb:

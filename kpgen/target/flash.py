@@ -14,21 +14,17 @@ Real boards are not tested on hardware by kpgen's tests: only their builds and t
 
 from __future__ import annotations
 
-import os
+import contextlib
 import shlex
 import shutil
-import signal
 import socket
-import subprocess
-import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from kpgen import KpgenError
-from kpgen.target import qemu
-from kpgen.target import toolchain
+from kpgen.target import proc, qemu, toolchain
 from kpgen.target.boards import Board, load_board
 
 PROBES = ("openocd", "pyocd", "qemu")
@@ -67,8 +63,8 @@ class FlashPlan:
         lines.append("console: " + _console_note(self))
         if b.boot2_size:
             lines.append(
-                f"boot2: the first {b.boot2_size} bytes of flash must be the chip's second-stage boot loader; build with "
-                f"make BOOT2=<Pico SDK boot2 .S> first. kpgen refuses to flash its zero-filled placeholder."
+                f"boot2: the first {b.boot2_size} bytes of flash must be the chip's second-stage boot loader; "
+                f"build with make BOOT2=<Pico SDK boot2 .S> first. kpgen refuses to flash its zero-filled placeholder."
             )
         return "\n".join(lines)
 
@@ -84,12 +80,20 @@ class FlashResult:
     before_load: tuple[int, int] | None = None  # qemu: the first two flash words before `load` (empty flash: 0, 0)
     after_load: tuple[int, int] | None = None  # qemu: the same after `load`: initial SP and reset vector
     log: str = ""  # gdb's and QEMU's own messages
+    overflowed: bool = False  # the output went past proc.OUTPUT_CAP bytes and the run was stopped
 
 
 def _console_note(p: FlashPlan) -> str:
+    uart = qemu.console_of(p.project / "fw.elf") == "uart"
     if p.probe == "qemu":
-        return "semihosting, served by QEMU: the firmware's output and exit status are read back and shown."
+        return (("the UART, on QEMU's stdio" if uart else "semihosting, served by QEMU")
+                + ": the firmware's output and exit status are read back and shown.")
     clock = p.board.flash.reset_clock_hz
+    if uart and p.board.uart is not None:
+        u = p.board.uart
+        return (f"the board's UART at {u.baud} baud 8N1 ({u.pins or f'base 0x{u.base:08x}'}); no debugger needed once "
+                f"loaded. Read it with a terminal, or check the model with `kpgen validate --port` (a --target "
+                f"validate image). kpgen flash does not read the UART. Not tested on hardware by kpgen.")
     at = f" It runs at the reset clock ({clock / 1e6:g} MHz): kpgen's start-up programs no PLL." if clock else ""
     return (
         f"{p.board.flash.console} through the debug probe: the firmware prints via the debugger, which must stay "
@@ -127,9 +131,11 @@ def plan(project: Path | str, board_name: str | None = None, probe: str | None =
     fp = board.flash
     if probe == "qemu":
         if not board.emulated:
-            raise KpgenError(f"board {board.name} is real hardware that QEMU does not emulate; use --probe openocd or pyocd")
+            raise KpgenError(f"board {board.name} is real hardware that QEMU does not emulate; "
+                             "use --probe openocd or pyocd")
         port = "<free port>"
-        return FlashPlan(project, board, probe, elf, [qemu_gdb_command(elf, board, port), gdb_command(elf, board, port)])
+        return FlashPlan(project, board, probe, elf,
+                         [qemu_gdb_command(elf, board, port), gdb_command(elf, board, port)])
     if probe == "openocd":
         if not fp.openocd_args:
             raise KpgenError(f"board {board.name} has no OpenOCD target (openocd_args in its board.toml [flash] table)"
@@ -181,7 +187,7 @@ def gdb_command(elf: Path, board: Board, port: int | str) -> list[str]:
         peek,
         "load",
         peek,
-        "monitor system_reset",
+        *_reset_script(elf, board),
         "continue",
     ]
     cmd = [GDB, "-q", "-nx", "-batch"]
@@ -190,17 +196,21 @@ def gdb_command(elf: Path, board: Board, port: int | str) -> list[str]:
     return cmd + [str(elf)]
 
 
+def _reset_script(elf: Path, board: Board) -> list[str]:
+    """gdb commands that start the loaded image as a reset would. A UART-console firmware runs under -no-reboot
+    (its end-of-run reset request stops QEMU), where `monitor system_reset` would stop QEMU too: there the stack
+    pointer and reset vector are read from the loaded vector table instead, in Thumb state."""
+    if qemu.console_of(elf, manifest=False) != "uart":  # only an image that is a UART-console ELF
+        return ["monitor system_reset"]
+    vt = board.flash_origin + board.boot2_size
+    return [f"set $sp = *(unsigned int *){vt:#x}", f"set $pc = *(unsigned int *){vt + 4:#x} & ~1",
+            "set $xpsr = 0x01000000"]
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _kill(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _peeks(gdb_out: str, addr: int) -> list[tuple[int, int]]:
@@ -210,10 +220,8 @@ def _peeks(gdb_out: str, addr: int) -> list[tuple[int, int]]:
         head, _, rest = line.partition(":")
         words = rest.split()
         if len(words) == 2 and head.split()[0].lower() == f"{addr:#x}":
-            try:
+            with contextlib.suppress(ValueError):
                 found.append((int(words[0], 16), int(words[1], 16)))
-            except ValueError:
-                pass
     return found
 
 
@@ -221,46 +229,38 @@ def _flash_qemu(p: FlashPlan, timeout: float) -> FlashResult:
     port = _free_port()
     qcmd = qemu_gdb_command(p.image, p.board, port)
     gcmd = gdb_command(p.image, p.board, port)
-    deadline = time.monotonic() + timeout
-    q = subprocess.Popen(qcmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         start_new_session=True)
-    try:
-        g = subprocess.run(gcmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
-                           start_new_session=True)
-        if "exited" not in g.stdout:  # gdb never saw the firmware finish: it could not connect or load
-            try:
-                q.wait(timeout=2.0)
-            except subprocess.TimeoutExpired:
-                _kill(q)
-            _, err = q.communicate()
-            gdb_err = [ln.strip() for ln in g.stderr.splitlines() if ln.strip()]
-            qemu_err = [ln.strip() for ln in err.decode("utf-8", errors="replace").splitlines() if ln.strip()]
-            why = gdb_err[-1] if gdb_err else qemu_err[0] if qemu_err else f"exit status {g.returncode}"
+    # Both children are bounded and killed on every way out of this block (timeout, error, signal).
+    with proc.Child(qcmd, timeout=timeout) as q:
+        with proc.Child(gcmd, timeout=timeout) as g:
+            while g.poll(0.02):
+                q.poll(0.0)  # keep QEMU's output flowing while gdb loads and runs the firmware
+            g.proc.wait()
+            gdone = g.result()
+        gdb_log = gdone.out + gdone.err
+        if "exited" not in gdone.out and not gdone.timed_out:  # gdb could not connect or load
+            q.deadline = min(q.deadline, time.monotonic() + 2.0)
+            qdone = q.finish()
+            gdb_err = [ln.strip() for ln in gdone.err.splitlines() if ln.strip()]
+            qemu_err = [ln.strip() for ln in qdone.err.splitlines() if ln.strip()]
+            why = gdb_err[-1] if gdb_err else qemu_err[0] if qemu_err else f"exit status {gdone.returncode}"
             raise KpgenError(
                 f"{GDB} could not load {p.image} into QEMU ({why})"
                 f"; check that {GDB} and qemu-system-arm work (`kpgen flash --dry-run` prints both commands)"
             )
-        out, err = q.communicate(timeout=max(1.0, deadline - time.monotonic()))
-        timed_out = False
-    except subprocess.TimeoutExpired:
-        _kill(q)
-        out, err = q.communicate()
-        g = None
-        timed_out = True
-    except BaseException:
-        _kill(q)
-        q.communicate()
-        raise
-    gdb_log = "" if g is None else g.stdout + g.stderr
+        if gdone.timed_out:
+            q.stop("timeout")
+            q.timed_out = True
+        qdone = q.finish()
     peeks = _peeks(gdb_log, p.board.flash_origin + p.board.boot2_size)
     return FlashResult(
         plan=p,
-        exit_code=None if timed_out else q.returncode,
-        output=out.decode("utf-8", errors="replace"),
-        timed_out=timed_out,
+        exit_code=qemu.firmware_status(qemu.console_of(p.image), qdone.returncode, qdone.out),
+        output=qdone.out,
+        timed_out=qdone.timed_out,
         before_load=peeks[0] if len(peeks) > 0 else None,
         after_load=peeks[1] if len(peeks) > 1 else None,
-        log=gdb_log + err.decode("utf-8", errors="replace"),
+        log=gdb_log + qdone.err,
+        overflowed=qdone.overflowed,
     )
 
 
@@ -269,25 +269,9 @@ def _flash_qemu(p: FlashPlan, timeout: float) -> FlashResult:
 
 def _flash_openocd(p: FlashPlan, timeout: float, echo: Callable[[str], None]) -> FlashResult:
     """Run openocd, echo and keep its output (the firmware's semihosting output is part of it)."""
-    proc = subprocess.Popen(p.commands[0], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
-    timer = threading.Timer(timeout, _kill, (proc,))
-    timer.start()
-    lines = []
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            echo(line)
-        proc.wait()
-    except BaseException:
-        _kill(proc)
-        proc.wait()
-        raise
-    finally:
-        timer.cancel()
-    timed_out = proc.returncode == -signal.SIGKILL
-    return FlashResult(p, None if timed_out else proc.returncode, "".join(lines), timed_out=timed_out)
+    done = proc.run(p.commands[0], timeout=timeout, merge_stderr=True,
+                    on_output=lambda data: echo(data.decode("utf-8", errors="replace")))
+    return FlashResult(p, done.returncode, done.out, timed_out=done.timed_out, overflowed=done.overflowed)
 
 
 class _Tee:
@@ -359,7 +343,8 @@ def _require_boot2(p: FlashPlan) -> None:
     if n and not any((p.project / "fw.bin").read_bytes()[:n]):
         raise KpgenError(
             f"{p.project}/fw.bin starts with {n} zero bytes where {p.board.name}'s boot ROM expects boot2, its "
-            f"second-stage boot loader; build with make BOOT2=<the Pico SDK's bs2_default_padded_checksummed.S> (README, Deploying)"
+            f"second-stage boot loader; build with make BOOT2=<the Pico SDK's bs2_default_padded_checksummed.S> "
+            f"(README, Deploying)"
         )
 
 

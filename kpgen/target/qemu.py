@@ -1,5 +1,5 @@
-"""The run stage: firmware under qemu-system-arm with semihosting (stdout, command line, exit status),
-and exact instruction counts from QEMU's execution trace.
+"""The run stage: firmware under qemu-system-arm, its console on semihosting or on a UART, and exact
+instruction counts from QEMU's execution trace.
 
 Run command (QEMU 7.2):
     qemu-system-arm -M <machine> <board extra args> -nographic -monitor none -serial null
@@ -8,8 +8,19 @@ Run command (QEMU 7.2):
   firmware writes through semihosting, and QEMU never reads stdin. The exit status is main()'s return
   value (newlib's exit() uses SYS_EXIT_EXTENDED); a fault prints "KPGEN-FAULT pc=0x..." and exits 3.
 
+UART console (a firmware built with KPGEN_CONSOLE_UART: it has the symbol kpgen_host_args, and no BKPT 0xAB):
+    qemu-system-arm -M <machine> <board extra args> -display none -monitor none -no-reboot
+        [-serial null ...] -serial stdio -kernel fw.elf [-device loader,addr=A,data=W,data-len=4 ...]
+  The board's UART (its [uart] qemu_serial index, after that many -serial null) is QEMU's stdio; stdin is
+  /dev/null, so the firmware receives nothing. The firmware ends every run with "KPGEN-EXIT status=N" and a
+  system reset request, which -no-reboot turns into QEMU exiting 0: the status is N from that line (a run
+  that stops without it failed). The arguments that semihosting would pass (for instance "profile") are
+  written by QEMU's generic loader device into the firmware's kpgen_host_args (a .noinit block: magic,
+  length, text) before the core starts, 4 bytes per -device, so the firmware reads them with kpgen_cmdline
+  exactly as under semihosting. The profiled window is the same code either way.
+
 Count command: the same plus
-        -singlestep -d nochain,exec -D <trace file>
+        -singlestep -d nochain,exec -D <FIFO>
   In QEMU 7.2 `-singlestep` makes every translation block (TB) one guest instruction (the 8.1+ spelling
   `-accel tcg,one-insn-per-tb=on` is rejected by 7.2: "Property 'tcg-accel.one-insn-per-tb' not found"),
   and `-d exec` logs one line each time a TB starts executing, also for TBs reached through goto_ptr
@@ -24,36 +35,47 @@ Count command: the same plus
   tests/test_qemu.py with a loop of known length: count(N) == 2N + 5 for every N, identical across runs.
 
   The same pass records every (pc, next pc) transition: with the instruction sizes from
-  `arm-none-eabi-objdump -d` (qemu.disassemble) that gives, per instruction, how often it transferred control
-  (next pc != pc + size: a taken branch, call or return), the input of the cycle estimate (kpgen/target/cycles.py).
+  the ELF's one disassembly (kpgen.target.elf, qemu.disassemble) that gives, per instruction, how often it
+  transferred control (next pc != pc + size: a taken branch, call or return), the input of the cycle estimate
+  (kpgen/target/cycles.py).
 
   Measured (QEMU 7.2.22, x86-64 host, 2-core VM): about 67 bytes per trace line (65 to 75 with the
   symbol name), about 0.8 million instructions traced per second (5,002,967 lines, 335 MB, 6.2 s; QEMU
   line-buffers the log, one write() per line, so a FIFO or tmpfs is no faster), plus about 0.9 us per
-  line for the parse below (with the transitions; 7.1 M lines, 530 MB: 6 s). 10 million traced
-  instructions: about 0.7 GB of temporary file and 20 s or more.
-  Keep profiled runs to a few million instructions.
+  line for the parse below (with the transitions; 7.1 M lines, 530 MB: 6 s). The trace goes through a FIFO
+  and is counted while QEMU runs (TraceCounter), so nothing is stored: the MNIST KP-LSTM's inference
+  (656,596 instructions, about 44 MB of trace) counts in 2.3-2.6 s against 2.8-4.1 s for writing the file
+  and parsing it afterwards, with the same counts, edges and taken branches. A run stops at TRACE_CAP bytes
+  of trace inside the window, at the timeout, or at OUTPUT_CAP bytes of firmware output: all failed runs
+  (ProfileFailed). Keep profiled runs to a few million instructions.
 """
 
 from __future__ import annotations
 
 import bisect
+import json
 import os
 import re
-import signal
-import subprocess
 import tempfile
-import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from kpgen import KpgenError
+from kpgen.target import elf as elfread
+from kpgen.target import proc
 from kpgen.target.boards import Board, load_board
 from kpgen.target.toolchain import QEMU, check_tools, symbols
 
-OBJDUMP = "arm-none-eabi-objdump"
-READELF = "arm-none-eabi-readelf"
+OBJDUMP = elfread.OBJDUMP
+OUTPUT_CAP = proc.OUTPUT_CAP  # bytes of firmware output kept; a firmware printing more is stopped and fails
+TRACE_CAP = 2 << 30  # bytes of `-d exec` trace read (about 32 million instructions) before the run is stopped
+LOCKUP_STATUSES = (134, -6)  # QEMU aborts (SIGABRT) when the emulated core locks up
+
+HOST_ARGS = "kpgen_host_args"  # boards/common/kpgen_target.c: where the loader device puts the arguments
+HOST_ARGS_MAGIC = 0x4B504741
+HOST_ARGS_MAX = 120
+_EXIT_LINE = re.compile(r"^KPGEN-EXIT status=(-?\d+)\r?$", re.M)
 
 PROFILE_BEGIN = "kpgen_profile_begin"
 PROFILE_END = "kpgen_profile_end"
@@ -69,6 +91,44 @@ class RunResult:
     fault_pc: int | None  # address of the faulting instruction, from a KPGEN-FAULT line
     seconds: float  # wall time of the QEMU process
     stderr: str = ""  # QEMU's own messages (and the semihosting debug console)
+    overflowed: bool = False  # the firmware printed more than `cap` bytes and was stopped
+    cap: int = OUTPUT_CAP
+    timeout: float = 0.0
+    console: str = "semihosting"
+    no_end_line: bool = False  # UART console: QEMU exited but the firmware never printed "KPGEN-EXIT status=N"
+
+    @property
+    def lockup(self) -> bool:
+        """The core locked up (a fault while handling a fault): QEMU aborts with SIGABRT."""
+        return self.exit_code in LOCKUP_STATUSES
+
+    @property
+    def problem(self) -> str | None:
+        """What went wrong with the run, in words (None when the firmware returned 0)."""
+        if self.overflowed:
+            return f"the firmware printed more than {self.cap:,} bytes and was stopped"
+        if self.timed_out:
+            return "the firmware did not finish within the timeout and was killed"
+        if self.lockup:
+            return "lockup: the core locked up (a fault inside the fault handler) and QEMU aborted"
+        if self.fault_pc is not None:
+            return f"the firmware faulted (HardFault) at pc=0x{self.fault_pc:08x}"
+        if self.no_end_line:
+            return "the firmware stopped without its end-of-run line (KPGEN-EXIT status=N) on the UART"
+        if self.exit_code is None:
+            return "the firmware was stopped"
+        if self.exit_code != 0:
+            return f"the firmware exited with status {self.exit_code}"
+        return None
+
+
+class ProfileFailed(Exception):
+    """The profiled run failed as a firmware (hang, fault, lockup, runaway output or trace): a failed run,
+    not a usage error."""
+
+    def __init__(self, message: str, run: RunResult):
+        super().__init__(message)
+        self.run = run
 
 
 @dataclass(frozen=True)
@@ -112,9 +172,65 @@ def _semihosting_config(args: Sequence[str]) -> str:
     return "enable=on,target=native" + "".join(",arg=" + str(a).replace(",", ",,") for a in args)
 
 
-def qemu_command(elf: Path | str, board: Board | str, args: Sequence[str] = ()) -> list[str]:
-    """The qemu-system-arm argument list that runs `elf` on `board` with semihosting arguments `args`."""
+def console_of(elf: Path | str, manifest: bool = True) -> str:
+    """"uart" when the firmware was built for the UART console (it has kpgen_host_args), else "semihosting".
+    Before the ELF is built (or if it is no ELF): the console kpgen.json next to it records, else semihosting
+    (with manifest=False: semihosting)."""
+    path = Path(elf)
+    if path.is_file():
+        try:
+            return "uart" if any(s.name == HOST_ARGS for s in elfread.read(path).symbols) else "semihosting"
+        except KpgenError:
+            pass  # not an ELF: whatever runs it next reports that
+    if not manifest:
+        return "semihosting"
+    try:
+        recorded = json.loads((path.parent / "kpgen.json").read_text(encoding="utf-8")).get("console")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    return "uart" if recorded == "uart" else "semihosting"
+
+
+def host_args_devices(elf: Path | str, args: Sequence[str]) -> list[str]:
+    """-device loader options that write `args` (joined by spaces, as semihosting does) into the firmware's
+    kpgen_host_args before it starts: magic, length, then the text, one little-endian word per device."""
+    if not args:
+        return []  # nothing placed: kpgen_cmdline reports no arguments
+    text = " ".join(str(a) for a in args).encode("utf-8")
+    if len(text) > HOST_ARGS_MAX:
+        raise KpgenError(f"firmware arguments of {len(text)} bytes do not fit the UART console's {HOST_ARGS_MAX}; "
+                         "pass fewer")
+    addr = next((s.address for s in elfread.read(elf).symbols if s.name == HOST_ARGS), None)
+    if addr is None:
+        raise KpgenError(f"{elf} has no {HOST_ARGS}; build it with the UART console (kpgen emit --console uart)")
+    blob = HOST_ARGS_MAGIC.to_bytes(4, "little") + len(text).to_bytes(4, "little") + text
+    blob += bytes(-len(blob) % 4)
+    out: list[str] = []
+    for i in range(0, len(blob), 4):
+        word = int.from_bytes(blob[i : i + 4], "little")
+        out += ["-device", f"loader,addr=0x{addr + i:08x},data=0x{word:08x},data-len=4"]
+    return out
+
+
+def serial_args(board: Board, serial: str = "stdio") -> list[str]:
+    """-serial options that connect the board's console UART to `serial` (a QEMU chardev spec) and leave
+    the UARTs before it unconnected."""
+    index = board.uart.qemu_serial if board.uart is not None and board.uart.qemu_serial is not None else 0
+    return ["-serial", "null"] * index + ["-serial", serial]
+
+
+def qemu_command(
+    elf: Path | str, board: Board | str, args: Sequence[str] = (), console: str | None = None, serial: str = "stdio"
+) -> list[str]:
+    """The qemu-system-arm argument list that runs `elf` on `board` with arguments `args` (semihosting
+    arguments, or kpgen_host_args on the UART console). console None: read from the ELF (console_of). `serial`
+    is where the UART goes (a QEMU chardev spec: "stdio", "chardev:s0" ...)."""
     b = _board(board)
+    if b.qemu_machine is None:  # callers refuse real boards first, with the user's fix
+        raise ValueError(f"board {b.name} is not emulated by QEMU")
+    if (console or console_of(elf)) == "uart":
+        return [QEMU, "-M", b.qemu_machine, *b.qemu_extra_args, "-display", "none", "-monitor", "none",
+                "-no-reboot", *serial_args(b, serial), "-kernel", str(elf), *host_args_devices(elf, args)]
     return [
         QEMU,
         "-M",
@@ -132,73 +248,94 @@ def qemu_command(elf: Path | str, board: Board | str, args: Sequence[str] = ()) 
     ]
 
 
-def _execute(cmd: list[str], timeout: float) -> RunResult:
-    start = time.monotonic()
-    proc = subprocess.Popen(
-        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
-    )
-    timed_out = False
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        out, err = proc.communicate()
-    except BaseException:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
-        raise
-    seconds = time.monotonic() - start
-    stdout = out.decode("utf-8", errors="replace")
-    stderr = err.decode("utf-8", errors="replace")
+def firmware_status(console: str, returncode: int | None, stdout: str) -> int | None:
+    """The firmware's exit status: QEMU's own under semihosting; on the UART console, where QEMU exits 0 at the
+    firmware's reset request, N from its last "KPGEN-EXIT status=N" line (None without one)."""
+    if console != "uart" or returncode != 0:
+        return returncode
+    ends = _EXIT_LINE.findall(stdout)
+    return int(ends[-1]) if ends else None
+
+
+def _result(done: proc.Completed, cap: int, timeout: float, console: str = "semihosting") -> RunResult:
+    stdout, stderr = done.out, done.err
     m = _FAULT_LINE.search(stdout) or _FAULT_LINE.search(stderr)
+    code = firmware_status(console, done.returncode, stdout)
+    no_end = console == "uart" and done.returncode == 0 and code is None
     return RunResult(
         stdout=stdout,
-        exit_code=None if timed_out else proc.returncode,
-        timed_out=timed_out,
+        exit_code=code,
+        timed_out=done.timed_out,
         fault_pc=int(m.group(1), 16) if m else None,
-        seconds=seconds,
+        seconds=done.seconds,
         stderr=stderr,
+        overflowed=done.overflowed,
+        cap=cap,
+        timeout=timeout,
+        console=console,
+        no_end_line=no_end,
     )
 
 
-def run(elf: Path | str, board: Board | str, timeout: float = 60.0, args: Sequence[str] = ()) -> RunResult:
-    """Run the firmware to completion (or kill it after `timeout` seconds) and collect what it reported."""
+def _execute(cmd: list[str], timeout: float, cap: int = OUTPUT_CAP, console: str = "semihosting") -> RunResult:
+    """Run QEMU bounded by `timeout` seconds and `cap` bytes of output; killed on every exit path."""
+    return _result(proc.run(cmd, timeout=timeout, cap=cap), cap, timeout, console)
+
+
+def run(
+    elf: Path | str, board: Board | str, timeout: float = 60.0, args: Sequence[str] = (), cap: int = OUTPUT_CAP
+) -> RunResult:
+    """Run the firmware to completion (or kill it after `timeout` seconds, or once it printed more than
+    `cap` bytes) and collect what it reported."""
     check_tools((QEMU,))
     if not Path(elf).is_file():
         raise KpgenError(f"firmware {elf} not found; build it first")
-    return _execute(qemu_command(elf, board, args), timeout)
+    console = console_of(elf)
+    return _execute(qemu_command(elf, board, args, console), timeout, cap, console)
 
 
 # --------------------------------------------------------------------------------------------- counting
 
 
-def _count_trace(
-    path: Path, begin: int, end: int, edges: dict[tuple[int, int], int] | None = None
-) -> tuple[int, dict[int, int]] | tuple[None, str]:
-    """Stream the trace: per-PC counts from the first entry into `begin` up to the first entry into `end`.
+class TraceCounter:
+    """Per-PC counts of a `-d exec` trace fed chunk by chunk as QEMU writes it, from the first entry into
+    `begin` up to the first entry into `end`; the text itself is never kept.
 
-    Returns (total, {pc: count}) or (None, reason) when the window was never opened or never closed.
-    If `edges` is given, it is filled with {(pc, next pc): times} for every executed instruction of the
-    window, the last one's successor being `end`.
     Trace lines are "Trace <cpu>: <host ptr> [<cs_base>/<pc>/<flags>/<cflags>] <symbol>"; the field
     widths (8 hex digits for pc in 7.2, 16 in later QEMUs) are read from the first line.
     """
-    counts: dict[bytes, int] = {}
-    pairs: dict[bytes, int] = {}  # last + pc (two pc fields concatenated) -> times
-    last: bytes | None = None
-    before_last: bytes | None = None
-    state = 0  # 0: before begin, 1: counting, 2: done
-    lo = hi = -1  # pc field offsets relative to "["
-    begin_key = end_key = b""
-    with open(path, "rb") as f:
-        for line in f:
+
+    def __init__(self, begin: int, end: int):
+        self.begin, self.end = begin, end
+        self.bytes = 0  # trace bytes fed so far
+        self.state = 0  # 0: before begin, 1: counting, 2: done
+        self.counts: dict[bytes, int] = {}
+        self.pairs: dict[bytes, int] = {}  # last + pc (two pc fields concatenated) -> times
+        self.last: bytes | None = None
+        self.before_last: bytes | None = None
+        self.lo = self.hi = -1  # pc field offsets relative to "["
+        self.begin_key = self.end_key = b""
+        self._rest = b""
+
+    def feed(self, data: bytes) -> None:
+        self.bytes += len(data)
+        if self.state == 2:
+            return
+        lines = (self._rest + data).split(b"\n")
+        self._rest = lines.pop()
+        self._lines(lines)
+
+    def close(self) -> None:
+        """The trace ended: count a last line without its newline."""
+        if self._rest and self.state != 2:
+            self._lines([self._rest])
+        self._rest = b""
+
+    def _lines(self, lines: list[bytes]) -> None:
+        counts, pairs = self.counts, self.pairs
+        last, before_last, state = self.last, self.before_last, self.state
+        lo, hi, begin_key, end_key = self.lo, self.hi, self.begin_key, self.end_key
+        for line in lines:
             if line.startswith(b"Trace"):
                 i = line.find(b"[")
                 if lo < 0:
@@ -208,8 +345,8 @@ def _count_trace(
                     k = line.index(b"/", j + 1)
                     lo, hi = j + 1 - i, k - i
                     width = hi - lo
-                    begin_key = b"%0*x" % (width, begin)
-                    end_key = b"%0*x" % (width, end)
+                    begin_key = b"%0*x" % (width, self.begin)
+                    end_key = b"%0*x" % (width, self.end)
                 pc = line[i + lo : i + hi]
                 if state == 0:
                     if pc != begin_key:
@@ -236,51 +373,45 @@ def _count_trace(
                     if before_last is not None:
                         pairs[before_last + last] -= 1
                     last, before_last = before_last, None
-    if state == 0:
-        return None, f"{PROFILE_BEGIN} was never called"
-    if state == 1:
-        return None, f"{PROFILE_END} was never called after {PROFILE_BEGIN}"
-    by_pc = {int(k, 16): n for k, n in counts.items() if n}
-    if edges is not None:
-        half = len(begin_key)
-        for key, n in pairs.items():
-            if n:
-                edge = (int(key[:half], 16), int(key[half:], 16))
-                edges[edge] = edges.get(edge, 0) + n
-    return sum(by_pc.values()), by_pc
+        self.last, self.before_last, self.state = last, before_last, state
+        self.lo, self.hi, self.begin_key, self.end_key = lo, hi, begin_key, end_key
+
+    def result(
+        self, edges: dict[tuple[int, int], int] | None = None
+    ) -> tuple[int, dict[int, int]] | tuple[None, str]:
+        """(total, {pc: count}), or (None, reason) when the window was never opened or never closed. If
+        `edges` is given, it is filled with {(pc, next pc): times}, the last instruction's successor being
+        `end`."""
+        if self.state == 0:
+            return None, f"{PROFILE_BEGIN} was never called"
+        if self.state == 1:
+            return None, f"{PROFILE_END} was never called after {PROFILE_BEGIN}"
+        by_pc = {int(k, 16): n for k, n in self.counts.items() if n}
+        if edges is not None:
+            half = len(self.begin_key)
+            for key, n in self.pairs.items():
+                if n:
+                    edge = (int(key[:half], 16), int(key[half:], 16))
+                    edges[edge] = edges.get(edge, 0) + n
+        return sum(by_pc.values()), by_pc
 
 
-_OBJDUMP_LINE = re.compile(r"^\s*([0-9a-f]+):\t((?:[0-9a-f]{4} ?){1,2})\s*\t(\S+)(?:\t([^@;]*))?")
+def _count_trace(
+    path: Path, begin: int, end: int, edges: dict[tuple[int, int], int] | None = None
+) -> tuple[int, dict[int, int]] | tuple[None, str]:
+    """TraceCounter over a trace file already written (see TraceCounter.result)."""
+    counter = TraceCounter(begin, end)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            counter.feed(chunk)
+    counter.close()
+    return counter.result(edges)
 
 
 def disassemble(elf: Path | str) -> dict[int, Insn]:
-    """Every instruction of the ELF's executable sections: address -> size, mnemonic, operands.
-
-    From `arm-none-eabi-objdump -d` (Thumb: 2- or 4-byte encodings, printed as one or two groups of
-    4 hex digits); literal-pool words (".word") and other data are left out.
-    """
-    check_tools((OBJDUMP, READELF))
-    cmd = [OBJDUMP, "-d", str(elf)]
-    attrs = subprocess.run([READELF, "-A", str(elf)], capture_output=True, text=True).stdout
-    if "Tag_MVE_arch" in attrs:
-        # objdump does not take MVE from the build attributes: without this it prints Helium
-        # instructions as coprocessor ones (LDC/CDP).
-        cmd[1:1] = ["-m", "armv8.1-m.main"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise KpgenError(f"cannot disassemble {elf}: {proc.stderr.strip()}")
-    out: dict[int, Insn] = {}
-    for line in proc.stdout.splitlines():
-        m = _OBJDUMP_LINE.match(line)
-        if not m or m.group(3).startswith("."):
-            continue
-        raw = m.group(2).split()
-        if len(raw) == 1 and len(raw[0]) != 4:
-            continue
-        out[int(m.group(1), 16)] = Insn(
-            size=2 * len(raw), mnemonic=m.group(3).lower(), operands=(m.group(4) or "").strip()
-        )
-    return out
+    """Every instruction of the ELF's executable sections: address -> size, mnemonic, operands (from the
+    one disassembly kpgen.target.elf makes per ELF; literal pools and other data left out)."""
+    return {ln.address: Insn(ln.size, ln.mnemonic, ln.operands) for ln in elfread.disassembly(elf).lines}
 
 
 def taken_counts(edges: dict[tuple[int, int], int], insns: dict[int, Insn]) -> dict[int, int]:
@@ -325,11 +456,16 @@ def count_instructions(
     args: Sequence[str] = (),
     timeout: float = 600.0,
     trace_dir: Path | str | None = None,
+    cap: int = OUTPUT_CAP,
+    trace_cap: int = TRACE_CAP,
 ) -> Profile:
     """Exact count of the instructions executed between the profile markers: in total, per function, per
     instruction address, and the control transfers (taken branches) per address.
 
-    The trace goes to a temporary file in `trace_dir` (default: the system temp dir), deleted afterwards.
+    QEMU writes the trace into a FIFO in a temporary directory under `trace_dir` (default: the system temp
+    dir), read and counted as it comes (at most `trace_cap` bytes) and removed afterwards. A firmware that
+    hangs, faults, locks up or prints without end inside the window raises ProfileFailed (a failed run);
+    markers that are never reached by a firmware that exits normally raise KpgenError.
     """
     check_tools((QEMU,))
     if not Path(elf).is_file():
@@ -339,25 +475,39 @@ def count_instructions(
     for marker in (PROFILE_BEGIN, PROFILE_END):
         if marker not in addr:
             raise KpgenError(f"{elf} has no function {marker}; link boards/common/kpgen_target.c and call it")
-    fd, trace_name = tempfile.mkstemp(prefix="kpgen-trace-", suffix=".log", dir=trace_dir)
-    os.close(fd)
-    trace = Path(trace_name)
-    try:
-        cmd = qemu_command(elf, board, args)
-        cmd[1:1] = ["-singlestep", "-d", "nochain,exec", "-D", str(trace)]
-        result = _execute(cmd, timeout)
-        edges: dict[tuple[int, int], int] = {}
-        total, counts = _count_trace(trace, addr[PROFILE_BEGIN], addr[PROFILE_END], edges)
-    finally:
-        trace.unlink(missing_ok=True)
+    counter = TraceCounter(addr[PROFILE_BEGIN], addr[PROFILE_END])
+    console = console_of(elf)
+    cmd = qemu_command(elf, board, args, console)
+    with tempfile.TemporaryDirectory(prefix="kpgen-trace-", dir=trace_dir) as tmp:
+        # QEMU writes the trace into a FIFO that is counted as it arrives: nothing is stored on disk.
+        fifo, rfd, wfd = proc.make_fifo(Path(tmp))
+        try:
+            cmd[1:1] = ["-singlestep", "-d", "nochain,exec", "-D", str(fifo)]
+            running: list[proc.Child] = []
+
+            def take(data: bytes) -> None:
+                counter.feed(data)
+                if counter.bytes > trace_cap and counter.state != 2:
+                    running[0].stop(f"the profiled window traced more than {trace_cap:,} bytes")
+
+            with proc.Child(cmd, timeout=timeout, cap=cap, extra=(rfd, take)) as child:
+                running.append(child)
+                done = child.finish()
+        finally:
+            os.close(rfd)
+            os.close(wfd)
+    counter.close()
+    result = _result(done, cap, timeout, console)
+    edges: dict[tuple[int, int], int] = {}
+    total, counts = counter.result(edges)
     if total is None:
-        if result.timed_out:
-            why = f"QEMU timed out after {timeout:g} s"
-        elif result.fault_pc is not None:
-            why = f"the firmware faulted at pc=0x{result.fault_pc:08x}"
-        else:
-            why = f"QEMU exited with status {result.exit_code}"
-        raise KpgenError(f"cannot count instructions of {elf}: {counts} ({why}); check the firmware")
+        why = done.reason or result.problem
+        if why is not None:
+            raise ProfileFailed(f"the profiled run failed: {why} ({counts})", result)
+        raise KpgenError(
+            f"cannot count instructions of {elf}: {counts} (QEMU exited with status {result.exit_code}); "
+            "check the firmware"
+        )
     assert isinstance(counts, dict)
     code = disassemble(elf)
     return Profile(

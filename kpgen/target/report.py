@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from kpgen.tables import text_table
+
 
 def _checked_state(m: dict) -> str:
     """What the per-step digests cover (golden.GoldenTrace): outputs only when a layer is bidirectional."""
@@ -19,7 +21,8 @@ def _pct(v: float | None) -> str:
 
 def _stages(per_function: dict[str, int], total: int) -> list[str]:
     rows = sorted(per_function.items(), key=lambda kv: -kv[1])
-    return [f"    {name:<28} {count:>12,}  {100 * count / total:5.1f}%" for name, count in rows if count]
+    cells = [(name, f"{count:,}", f"{100 * count / total:.1f}%") for name, count in rows if count]
+    return text_table(cells, align="lrr", min_widths=(27, 12, 6), indent="    ")
 
 
 def format_report(rep) -> str:
@@ -37,7 +40,8 @@ def format_report(rep) -> str:
             f"on-target accuracy ({ver.labelled} run on {b.name})",
             _pct(ver.target_correct / ver.labelled if ver.labelled else None),
         ),
-        ("bit-exact samples", f"{ver.exact}/{vec['samples']} (scores, and {_checked_state(m)} at all {vec['steps']} steps)"),
+        ("bit-exact samples",
+         f"{ver.exact}/{vec['samples']} (scores, and {_checked_state(m)} at all {vec['steps']} steps)"),
     ]
     if rep.instructions is not None:
         steps = vec["steps"]
@@ -71,7 +75,8 @@ def format_report(rep) -> str:
     for i, layer in enumerate(md["layers"]):
         rows.append(
             (
-                f"layer {i} matrices ({layer.get('cell', 'lstm')}{', bidirectional' if layer.get('bidirectional') else ''})",
+                f"layer {i} matrices ({layer.get('cell', 'lstm')}"
+                f"{', bidirectional' if layer.get('bidirectional') else ''})",
                 f"{layer['matrix_params_dense']:,} -> {layer['matrix_params_kp']:,} parameters "
                 f"({layer['matrix_compression']}x)",
             )
@@ -84,16 +89,19 @@ def format_report(rep) -> str:
             f"({md['byte_compression_vs_dense_float32']}x)",
         )
     )
-    width = max(len(k) for k, _ in rows)
-    lines += [f"  {k:<{width}}  {v}" for k, v in rows]
+    lines += text_table(rows, indent="  ")
     if rep.instructions is not None and rep.per_function:
         lines += ["", "  instructions by function (one inference):"] + _stages(rep.per_function, rep.instructions)
-    if rep.timed_out:
-        lines.append("\nFAILED: the firmware did not finish within the timeout and was killed")
-    if rep.fault_pc is not None:
-        lines.append(f"\nFAILED: the firmware faulted (HardFault) at pc=0x{rep.fault_pc:08x}")
-    if rep.exit_code not in (0, None) and not rep.fault_pc:
-        lines.append(f"\nFAILED: the firmware exited with status {rep.exit_code}")
+    problem = getattr(rep, "problem", None)
+    if problem:
+        lines.append(f"\nFAILED: {problem}")
+    else:
+        if rep.timed_out:
+            lines.append("\nFAILED: the firmware did not finish within the timeout and was killed")
+        if rep.fault_pc is not None:
+            lines.append(f"\nFAILED: the firmware faulted (HardFault) at pc=0x{rep.fault_pc:08x}")
+        if rep.exit_code not in (0, None) and not rep.fault_pc:
+            lines.append(f"\nFAILED: the firmware exited with status {rep.exit_code}")
     for p in ver.problems[:10]:
         lines.append(f"  mismatch: {p}")
     lines.append("")

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from kpgen import KpgenError
+from kpgen.target import elf as elfread
+from kpgen.target import proc
 
 APT_PACKAGES = "gcc-arm-none-eabi libnewlib-arm-none-eabi make qemu-system-arm"
 APT_HINT = f"install them with: sudo apt-get update && sudo apt-get install -y {APT_PACKAGES}"
@@ -19,7 +20,7 @@ CC = "arm-none-eabi-gcc"
 SIZE = "arm-none-eabi-size"
 NM = "arm-none-eabi-nm"
 QEMU = "qemu-system-arm"
-BUILD_TOOLS = (CC, SIZE, NM, "arm-none-eabi-objcopy", "make")
+BUILD_TOOLS = (CC, SIZE, "arm-none-eabi-objdump", "arm-none-eabi-objcopy", "make")
 ALL_TOOLS = BUILD_TOOLS + (QEMU,)
 
 
@@ -41,7 +42,7 @@ def check_tools(tools: Iterable[str] = ALL_TOOLS) -> None:
     if missing:
         raise KpgenError(f"missing {', '.join(missing)}; {APT_HINT}")
     if CC in tools:
-        lib = subprocess.run([CC, "-print-file-name=librdimon.a"], capture_output=True, text=True).stdout.strip()
+        lib = proc.run([CC, "-print-file-name=librdimon.a"], timeout=proc.TOOL_TIMEOUT).out.strip()
         if not Path(lib).is_absolute():
             raise KpgenError(f"newlib (librdimon.a) not found for {CC}; {APT_HINT}")
 
@@ -89,22 +90,32 @@ def _overflow_message(log: str) -> str | None:
     return "; ".join(parts) + "; shrink the model or --samples, or use a board with more memory"
 
 
-def build(fw_dir: Path | str, jobs: int = 2, opt: str | None = None) -> BuildResult:
-    """Run `make -C fw_dir -j<jobs>` (optionally OPT=<opt>); a compile or link error raises KpgenError."""
+def build(
+    fw_dir: Path | str, jobs: int = 2, opt: str | None = None, timeout: float = proc.BUILD_TIMEOUT
+) -> BuildResult:
+    """Run make in fw_dir with -j<jobs> (optionally OPT=<opt>), bounded by `timeout` seconds; a compile or
+    link error raises KpgenError.
+
+    make runs with fw_dir as its working directory and the Makefile names only relative paths, so the
+    directory's name (spaces, quotes, `$(...)`) never reaches a shell or a make variable.
+    """
     check_tools(BUILD_TOOLS)
     fw_dir = Path(fw_dir)
     if not (fw_dir / "Makefile").is_file():
         raise KpgenError(f"no Makefile in {fw_dir}; emit the firmware directory first")
-    cmd = ["make", "-C", str(fw_dir), f"-j{jobs}"]
+    cmd = ["make", f"-j{jobs}"]
     if opt is not None:
         cmd.append(f"OPT={opt}")
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    log = proc.stdout + proc.stderr
-    if proc.returncode != 0:
+    done = proc.run(cmd, timeout=timeout, cap=16 << 20, cwd=fw_dir)
+    log = done.out + done.err
+    if done.timed_out:
+        raise KpgenError(f"firmware build in {fw_dir} took longer than {timeout:g} s and was stopped; "
+                         "build it with make to see why")
+    if done.returncode != 0:
         overflow = _overflow_message(log)
         if overflow:
             raise KpgenError(f"firmware build failed in {fw_dir}: {overflow}")
-        raise KpgenError(f"firmware build failed in {fw_dir}: {_first_error(proc.stderr or log)}")
+        raise KpgenError(f"firmware build failed in {fw_dir}: {_first_error(done.err or log)}")
     elf = fw_dir / "fw.elf"
     return BuildResult(
         fw_dir=fw_dir,
@@ -118,72 +129,50 @@ def build(fw_dir: Path | str, jobs: int = 2, opt: str | None = None) -> BuildRes
 
 
 def elf_sizes(elf: Path | str) -> dict[str, int]:
-    """Berkeley sizes from arm-none-eabi-size: text (code + read-only data, in flash), data (initialised
-    RAM, also stored in flash) and bss (zeroed RAM, including the reserved heap)."""
-    proc = subprocess.run([SIZE, "-B", "-d", str(elf)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise KpgenError(f"cannot read sizes of {elf}: {proc.stderr.strip()}")
-    fields = proc.stdout.splitlines()[1].split()
-    return {"text": int(fields[0]), "data": int(fields[1]), "bss": int(fields[2])}
+    """Berkeley sizes: text (code + read-only data, in flash), data (initialised RAM, also stored in flash)
+    and bss (zeroed RAM, including the reserved heap)."""
+    return elfread.sizes(elf)
 
 
 def symbols(elf: Path | str) -> list[tuple[int, int, str]]:
-    """Function symbols of the ELF as (address, size, name), sorted by address, Thumb bit cleared.
-
-    A weak alias sharing its address with a strong symbol (HardFault_Handler -> Default_Handler) is left
-    out, so every address names one function.
-    """
-    proc = subprocess.run([NM, "--format=sysv", "--defined-only", str(elf)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise KpgenError(f"cannot read symbols of {elf}: {proc.stderr.strip()}")
-    found: list[tuple[int, int, str, bool]] = []
-    for line in proc.stdout.splitlines():
-        parts = [p.strip() for p in line.split("|")]
-        if len(parts) < 7 or parts[3] != "FUNC":
-            continue
-        name, value, klass, size = parts[0], parts[1], parts[2], parts[4]
-        found.append((int(value, 16) & ~1, int(size, 16) if size else 0, name, klass in ("W", "w")))
-    strong = {addr for addr, _, _, weak in found if not weak}
-    out = {(addr, size, name) for addr, size, name, weak in found if not (weak and addr in strong)}
-    return sorted(out)
+    """Function symbols of the ELF as (address, size, name), sorted by address, Thumb bit cleared; a weak
+    alias at a strong symbol's address is left out (see kpgen.target.elf.functions)."""
+    return elfread.functions(elf)
 
 
 _SU_LINE = re.compile(r"^(?P<loc>.*):(?P<func>[^:\s]+)\s+(?P<bytes>\d+)\s+(?P<kind>\S+)\s*$")
 
 
+def _su_lines(obj_dir: Path | str) -> list[str]:
+    """The lines of GCC's .su files in obj_dir. They quote source paths, which may be in any encoding: bytes that
+    are not UTF-8 are kept as surrogate escapes (function names, which are C identifiers, are unaffected)."""
+    lines: list[str] = []
+    for su in sorted(Path(obj_dir).glob("*.su")):
+        lines += su.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+    return lines
+
+
 def stack_usage(obj_dir: Path | str) -> dict[str, int]:
     """Stack bytes per function from GCC's -fstack-usage .su files in obj_dir (largest if a name repeats)."""
     usage: dict[str, int] = {}
-    for su in sorted(Path(obj_dir).glob("*.su")):
-        for line in su.read_text(encoding="utf-8").splitlines():
-            m = _SU_LINE.match(line)
-            if m:
-                func, n = m.group("func"), int(m.group("bytes"))
-                usage[func] = max(n, usage.get(func, 0))
+    for line in _su_lines(obj_dir):
+        m = _SU_LINE.match(line)
+        if m:
+            func, n = m.group("func"), int(m.group("bytes"))
+            usage[func] = max(n, usage.get(func, 0))
     return usage
 
 
 def object_bytes(elf: Path | str, prefix: str) -> int:
     """Total size of the data objects (weights, tables) whose names start with prefix."""
-    proc = subprocess.run([NM, "--format=sysv", "--defined-only", str(elf)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise KpgenError(f"cannot read symbols of {elf}: {proc.stderr.strip()}")
-    total = 0
-    for line in proc.stdout.splitlines():
-        parts = [p.strip() for p in line.split("|")]
-        if len(parts) >= 7 and parts[3] == "OBJECT" and parts[0].startswith(prefix) and parts[4]:
-            if parts[6].startswith(".rodata") or parts[6] == ".text":
-                total += int(parts[4], 16)
-    return total
+    return elfread.object_bytes(elf, prefix)
 
 
 # --------------------------------------------------------------------------------------------- stack depth
 
-OBJDUMP = "arm-none-eabi-objdump"
+OBJDUMP = elfread.OBJDUMP
 MODEL_ENTRY_POINTS = ("run", "step", "scores", "reset")  # <name>_run, ... : the model API of model.h
 
-_FUNC_HEAD = re.compile(r"^([0-9a-f]+) <([^>]+)>:$")
-_INSN = re.compile(r"^\s*[0-9a-f]+:\s+([a-z][\w.]*)\s*(.*)$")
 _BRANCH = re.compile(r"^(bl|blx|b(eq|ne|cs|hs|cc|lo|mi|pl|vs|vc|hi|ls|ge|lt|gt|le|al)?)(\.[wn])?$")
 _TARGET = re.compile(r"<([^>+]+)>\s*$")  # a function's first instruction: a call or a tail call
 _REGLIST = re.compile(r"\{([^}]*)\}")
@@ -226,27 +215,16 @@ def _count_regs(text: str) -> int:
 
 
 def call_graph(elf: Path | str) -> CallGraph:
-    """Parse `arm-none-eabi-objdump -d` of elf into direct call edges, indirect callers and frame estimates."""
-    proc = subprocess.run([OBJDUMP, "-d", "--no-show-raw-insn", str(elf)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise KpgenError(f"cannot disassemble {elf}: {proc.stderr.strip() or 'objdump failed'}; build it again")
-    calls: dict[str, set[str]] = {}
-    frames: dict[str, int] = {}
+    """Direct call edges, indirect callers and frame estimates from the ELF's disassembly (kpgen.target.elf)."""
+    dis = elfread.disassembly(elf)
+    calls: dict[str, set[str]] = {f: set() for f in dis.functions}
+    frames: dict[str, int] = {f: 0 for f in dis.functions}
     indirect: set[str] = set()
-    func = None
-    for line in proc.stdout.splitlines():
-        head = _FUNC_HEAD.match(line)
-        if head:
-            func = head.group(2)
-            calls.setdefault(func, set())
-            frames.setdefault(func, 0)
-            continue
-        insn = _INSN.match(line) if func else None
-        if not insn:
-            continue
-        op, args = insn.group(1), insn.group(2).split(";")[0].split("@")[0].strip()
+    for ln in dis.lines:
+        func, op = ln.function, ln.mnemonic
+        args = ln.text.split(";")[0].split("@")[0].strip()
         if _BRANCH.match(op):
-            target = _TARGET.search(insn.group(2))
+            target = _TARGET.search(ln.text)
             if target and target.group(1) != func:
                 calls[func].add(target.group(1))
             elif op == "blx" and re.fullmatch(r"(r\d+|ip|lr|sl|fp)", args):
@@ -264,13 +242,12 @@ def call_graph(elf: Path | str) -> CallGraph:
 def stack_frames(obj_dir: Path | str) -> dict[str, tuple[int, str]]:
     """-fstack-usage per function: (bytes, kind), kind "static", "dynamic" or "dynamic,bounded"; largest wins."""
     out: dict[str, tuple[int, str]] = {}
-    for su in sorted(Path(obj_dir).glob("*.su")):
-        for line in su.read_text(encoding="utf-8").splitlines():
-            m = _SU_LINE.match(line)
-            if m:
-                func, n, kind = m.group("func"), int(m.group("bytes")), m.group("kind")
-                if func not in out or n > out[func][0] or kind == "dynamic":
-                    out[func] = (max(n, out.get(func, (0, ""))[0]), kind)
+    for line in _su_lines(obj_dir):
+        m = _SU_LINE.match(line)
+        if m:
+            func, n, kind = m.group("func"), int(m.group("bytes")), m.group("kind")
+            if func not in out or n > out[func][0] or kind == "dynamic":
+                out[func] = (max(n, out.get(func, (0, ""))[0]), kind)
     return out
 
 

@@ -12,7 +12,7 @@ The budget: every recurrent matrix W (rows x cols) may keep at most floor(rows *
 | kp | A (x) B, the planner's best factor shapes within the budget | nearest Kronecker product (Van Loan) |
 | hkp | top r rows dense, the rest A (x) B; r spends the budget | W's top rows; nearest KP of the rest |
 | prune | dense, a fraction 1/ratio of the weights kept | W, then gradual magnitude pruning (Zhu & Gupta) |
-| lowrank | U V, rank r = floor(budget / (rows + cols)), >= 1, fitted to the total | truncated SVD |
+| lowrank | U V, rank r = floor(budget / (rows + cols)), >= 1, fitted to the total (lowrank_ranks) | truncated SVD |
 | small | dense, fewer hidden units, same total matrix budget | random (trained from scratch) |
 """
 
@@ -21,21 +21,21 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import torch
-from torch import nn
 
-from kpgen import KpgenError
+from kpgen import KpgenError, cells
 from kpgen.frontend import datasets
-from kpgen.ir import GATES
 from kpgen.train.nn import KPRNNClassifier
 from kpgen.train.nn.kp import KPLinear, as_shapes
-from kpgen.train.nn.matrix import DenseLinear, HKPLinear, LowRankLinear
+from kpgen.train.nn.matrix import DenseLinear, HKPLinear, LowRankLinear, Matrix
 from kpgen.train.plan import best_hkp, best_kp
 
 METHODS = ("kp", "hkp", "prune", "lowrank", "small")
+K = TypeVar("K")
 DOC = "docs/compression.md"
 
 # ------------------------------------------------------------------------------------ nearest Kronecker product
@@ -59,7 +59,8 @@ def nearest_kp(w: torch.Tensor, a_shape: Sequence[int], b_shape: Sequence[int]) 
     """
     (m1, n1), (m2, n2) = a_shape, b_shape
     if w.shape != (m1 * m2, n1 * n2):
-        raise ValueError(f"W is {tuple(w.shape)}, factors {tuple(a_shape)} (x) {tuple(b_shape)} make {m1 * m2}x{n1 * n2}")
+        raise ValueError(f"W is {tuple(w.shape)}, factors {tuple(a_shape)} (x) {tuple(b_shape)} "
+                         f"make {m1 * m2}x{n1 * n2}")
     u, s, vh = torch.linalg.svd(rearrange(w, a_shape, b_shape), full_matrices=False)
     root = s[0].sqrt()
     a = (u[:, 0] * root).reshape(m1, n1)
@@ -85,16 +86,29 @@ def nearest_kp_n(w: torch.Tensor, shapes: Sequence[Sequence[int]]) -> list[torch
 
 # ----------------------------------------------------------------------------------------- reading the source
 
-TORCH_RNN_KEY = re.compile(r"^(?P<prefix>.*?)(?P<kind>weight_ih|weight_hh|bias_ih|bias_hh)_l(?P<layer>\d+)(?P<rev>_reverse)?$")
+TORCH_RNN_KEY = re.compile(
+    r"^(?P<prefix>.*?)(?P<kind>weight_ih|weight_hh|bias_ih|bias_hh)_l(?P<layer>\d+)(?P<rev>_reverse)?$"
+)
 
 
 def _fail(path: str, problem: str, fix: str) -> KpgenError:
     return KpgenError(f"{path}: {problem}; {fix}")
 
 
-def from_torch_state_dict(sd: dict, path: str = "<state_dict>") -> KPRNNClassifier:
-    """A dense kpgen model from a torch.nn.LSTM / nn.GRU (any layers, batch_first or not, bidirectional or not)
-    followed by one nn.Linear head, given as a state dict (key patterns in docs/compression.md)."""
+NONLINEARITIES = ("tanh", "relu")  # torch.nn.RNN's; its state dict does not record which one
+
+
+def _torch_cell(gates: int, nonlinearity: str) -> cells.Cell | None:
+    """The registered cell that reads a torch recurrent layer with `gates` row blocks (torch's RNNBase mode:
+    LSTM 4, GRU 3, RNN_TANH / RNN_RELU 1), or None."""
+    mode = {4: "LSTM", 3: "GRU", 1: f"RNN_{nonlinearity.upper()}"}.get(gates)
+    return next((c for c in cells.REGISTRY.values() if mode is not None and c.torch_mode == mode), None)
+
+
+def from_torch_state_dict(sd: dict, path: str = "<state_dict>", nonlinearity: str = "tanh") -> KPRNNClassifier:
+    """A dense kpgen model from a torch.nn.LSTM / nn.GRU / nn.RNN (any layers, batch_first or not, bidirectional
+    or not) followed by one nn.Linear head, given as a state dict (key patterns in docs/compression.md).
+    nonlinearity: an nn.RNN's ('tanh' or 'relu'), which its state dict does not record."""
     rnn: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
     prefixes, rest = set(), {}
     for key, t in sd.items():
@@ -106,9 +120,9 @@ def from_torch_state_dict(sd: dict, path: str = "<state_dict>") -> KPRNNClassifi
             raise _fail(path, f"{key}: LSTM projections (proj_size) are not supported", "use proj_size=0")
         else:
             rest[str(key)] = t
-    fix = f"save model.state_dict() of an nn.LSTM or nn.GRU followed by one nn.Linear ({DOC})"
+    fix = f"save model.state_dict() of an nn.LSTM, nn.GRU or nn.RNN followed by one nn.Linear ({DOC})"
     if not rnn:
-        raise _fail(path, "no weight_ih_l0 / weight_hh_l0 tensors, so no torch LSTM or GRU", fix)
+        raise _fail(path, "no weight_ih_l0 / weight_hh_l0 tensors, so no torch LSTM, GRU or RNN", fix)
     if len(prefixes) > 1:
         raise _fail(path, f"recurrent weights under several prefixes ({', '.join(sorted(map(repr, prefixes)))})", fix)
     num_layers = 1 + max(k for k, _ in rnn)
@@ -120,9 +134,11 @@ def from_torch_state_dict(sd: dict, path: str = "<state_dict>") -> KPRNNClassifi
     w_hh = rnn[(0, 0)]["weight_hh"]
     hid = int(w_hh.shape[1])
     gates = int(w_hh.shape[0]) // max(hid, 1)
-    cell = {4: "lstm", 3: "gru"}.get(gates) if w_hh.shape[0] == gates * hid else None
+    if nonlinearity not in NONLINEARITIES:
+        raise _fail(path, f"nonlinearity {nonlinearity!r} is not tanh or relu", "give the nn.RNN's nonlinearity")
+    cell = _torch_cell(gates, nonlinearity) if w_hh.shape[0] == gates * hid else None
     if cell is None:
-        raise _fail(path, f"weight_hh_l0 is {tuple(w_hh.shape)}: not 4H x H (LSTM) or 3H x H (GRU)", fix)
+        raise _fail(path, f"weight_hh_l0 is {tuple(w_hh.shape)}: not 4H x H (LSTM), 3H x H (GRU) or H x H (RNN)", fix)
     inp = int(rnn[(0, 0)]["weight_ih"].shape[1])
     heads = sorted(k[: -len(".weight")] for k, t in rest.items() if k.endswith(".weight") and t.ndim == 2)
     heads = [h for h in heads if rest[h + ".weight"].shape[1] == dirs * hid]
@@ -134,26 +150,22 @@ def from_torch_state_dict(sd: dict, path: str = "<state_dict>") -> KPRNNClassifi
     if extra:
         raise _fail(path, f"unexpected tensor(s) {', '.join(extra[:5])}", fix)
     num_classes = int(rest[head + ".weight"].shape[0])
-    model = KPRNNClassifier(cell, inp, hid, num_classes, "dense", "dense", num_layers=num_layers, bidirectional=dirs == 2)
+    model = KPRNNClassifier(cell.name, inp, hid, num_classes, "dense", "dense", num_layers=num_layers,
+                            bidirectional=dirs == 2)
     model = model.double()
     with torch.no_grad():
         for (k, d), v in rnn.items():
-            layer = model.layers[k]
-            if dirs == 2:
-                layer = layer.bwd if d else layer.fwd
+            layer = model.direction(k, d)
             want_ih = (gates * hid, layer.input_size)
             if tuple(v["weight_ih"].shape) != want_ih or tuple(v["weight_hh"].shape) != (gates * hid, hid):
                 raise _fail(path, f"layer {k} weights have shapes {tuple(v['weight_ih'].shape)}, "
                                   f"{tuple(v['weight_hh'].shape)}; expected {want_ih}, {(gates * hid, hid)}", fix)
-            layer.wx.weight.copy_(v["weight_ih"])
-            layer.wh.weight.copy_(v["weight_hh"])
+            init_matrix(layer.wx, v["weight_ih"])  # dense matrices: a copy
+            init_matrix(layer.wh, v["weight_hh"])
             b_ih = v.get("bias_ih", torch.zeros(gates * hid)).double()
             b_hh = v.get("bias_hh", torch.zeros(gates * hid)).double()
-            if cell == "lstm":
-                layer.bias.copy_(b_ih + b_hh)
-            else:  # GRU: r and z biases add up; the n gate's recurrent bias sits inside r * (...)
-                layer.bias.copy_(b_ih + torch.cat([b_hh[: 2 * hid], torch.zeros(hid, dtype=b_hh.dtype)]))
-                layer.bias_hn.copy_(b_hh[2 * hid :])
+            assert cell.torch_biases is not None  # every cell with a torch_mode maps torch's biases
+            cell.torch_biases(layer, b_ih, b_hh, hid)
         model.head.weight.copy_(rest[head + ".weight"])
         if head + ".bias" in rest:
             model.head.bias.copy_(rest[head + ".bias"])
@@ -163,27 +175,33 @@ def from_torch_state_dict(sd: dict, path: str = "<state_dict>") -> KPRNNClassifi
 
 
 def read_source(path: str | Path) -> tuple[KPRNNClassifier, dict]:
-    """(model, meta) from a kpgen checkpoint or a torch LSTM/GRU + Linear state dict; one-line errors."""
+    """(model, meta) from a kpgen checkpoint or a torch LSTM/GRU/RNN + Linear state dict (or a dict holding it
+    under 'state_dict', with an nn.RNN's 'nonlinearity' beside it: 'tanh' by default); one-line errors."""
     from kpgen.frontend.load import checkpoint_to_ir, read_raw
     from kpgen.train.loop import model_from_checkpoint
 
     raw = read_raw(path)
     name = str(path)
     if isinstance(raw, dict) and "format" in raw:
-        arch = raw.get("arch") if isinstance(raw.get("arch"), dict) else {}
+        arch = raw.get("arch")
+        if not isinstance(arch, dict):
+            arch = {}
         if "wx_specs" not in arch:
             checkpoint_to_ir(raw, name)  # v1: the loader's full validation and its messages
         try:
             model = model_from_checkpoint(raw)
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
-            raise _fail(name, f"not a readable kpgen checkpoint ({str(e).splitlines()[0][:120]})", "see docs/checkpoint.md") from None
+            raise _fail(name, f"not a readable kpgen checkpoint ({str(e).splitlines()[0][:120]})",
+                        "see docs/checkpoint.md") from None
         return model, dict(raw.get("meta", {}))
+    nonlinearity = "tanh"
     if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):
+        nonlinearity = raw.get("nonlinearity", "tanh")
         raw = raw["state_dict"]
     if not isinstance(raw, dict) or not raw or not all(isinstance(v, torch.Tensor) for v in raw.values()):
         raise _fail(name, "is neither a kpgen checkpoint nor a state dict of tensors",
-                    f"save model.state_dict() of an nn.LSTM or nn.GRU with one nn.Linear head ({DOC})")
-    return from_torch_state_dict(raw, name), {}
+                    f"save model.state_dict() of an nn.LSTM, nn.GRU or nn.RNN with one nn.Linear head ({DOC})")
+    return from_torch_state_dict(raw, name, str(nonlinearity)), {}
 
 
 # ---------------------------------------------------------------------------------------------- the methods
@@ -199,18 +217,12 @@ def _dense_matrices(model: KPRNNClassifier) -> dict[str, torch.Tensor]:
         return {n: m.dense().detach().double().clone() for n, m in model.matrices()}
 
 
-def _layer_of(model: KPRNNClassifier, name: str) -> tuple[int, str, str]:
-    """'layers.1.bwd.wx' -> (1, 'bwd', 'wx'); 'layers.0.wx' -> (0, '', 'wx')."""
-    parts = name.split(".")
-    return int(parts[1]), (parts[2] if len(parts) == 4 else ""), parts[-1]
-
-
 def _specs_for(model: KPRNNClassifier, method: str, ratio: float) -> tuple[list[dict], list[dict]]:
     """Per-layer wx and wh specs of the compressed model (the same for both directions)."""
-    wx, wh = [], []
+    wx: list[dict] = []
+    wh: list[dict] = []
     for k in range(model.num_layers):
-        layer = model.layers[k]
-        one = layer.fwd if model.bidirectional else layer
+        one = model.direction(k)
         for out, mat in ((wx, one.wx), (wh, one.wh)):
             rows, cols = mat.out_features, mat.in_features
             budget = matrix_budget(rows, cols, ratio)
@@ -219,44 +231,88 @@ def _specs_for(model: KPRNNClassifier, method: str, ratio: float) -> tuple[list[
             elif method == "hkp":
                 out.append(best_hkp(rows, cols, budget, num_factors=2).spec())
             elif method == "lowrank":
-                out.append({"kind": "lowrank", "rank": max(1, budget // (rows + cols)), "_size": (rows, cols)})
+                out.append({"kind": "lowrank", "rank": 1, "_size": (rows, cols)})
             else:
                 out.append({"kind": "dense"})
     if method == "lowrank":
-        fit_ranks(wx + wh, ratio, 2 if model.bidirectional else 1)
+        specs = wx + wh
+        shapes: dict[int, tuple[int, int]] = {i: s.pop("_size") for i, s in enumerate(specs)}
+        budget = sum(matrix_budget(rows, cols, ratio) for rows, cols in shapes.values())
+        if sum(sum(shape) for shape in shapes.values()) > budget:
+            dirs = 2 if model.bidirectional else 1
+            raise ValueError(f"even rank 1 everywhere needs more than the budget ({budget * dirs} "
+                             f"parameters); use a smaller ratio")
+        for i, rank in lowrank_ranks(shapes, budget).items():
+            specs[i]["rank"] = rank
     return wx, wh
 
 
-def fit_ranks(specs: list[dict], ratio: float, directions: int) -> None:
-    """Low rank within the model's total budget: every matrix gets floor(budget / (rows + cols)), at least 1;
-    if rank-1 matrices overshoot their own budget, the highest ranks give way until the total fits."""
-    cost = lambda s: s["rank"] * sum(s["_size"])  # noqa: E731
-    total_budget = sum(matrix_budget(*s["_size"], ratio) for s in specs)
-    while sum(cost(s) for s in specs) > total_budget:
-        top = max(specs, key=lambda s: (s["rank"], sum(s["_size"])))
-        if top["rank"] == 1:
-            raise ValueError(f"even rank 1 everywhere needs more than the budget ({total_budget * directions} "
-                             f"parameters); use a smaller ratio")
-        top["rank"] -= 1
-    for s in specs:
-        del s["_size"]
+def lowrank_ranks(shapes: Mapping[K, tuple[int, int]], target: int, directions: int = 1) -> dict[K, int]:
+    """Ranks whose U, V total as near to `target` parameters as possible, never above it unless rank 1
+    everywhere already is: each matrix first gets its share (the same ratio for all), the highest ranks
+    give way while the total is over, then ranks grow (largest matrix first) while they still fit.
+    `shapes` are one direction's matrices; `target` counts all `directions`."""
+    dense = sum(r * c for r, c in shapes.values())
+    ratio = dense / target
+    ranks = {k: max(1, math.floor(r * c / ratio) // (r + c)) for k, (r, c) in shapes.items()}
+
+    def cost() -> int:
+        return directions * sum(ranks[k] * sum(shapes[k]) for k in shapes)
+
+    while cost() > target and max(ranks.values()) > 1:
+        top = max(ranks, key=lambda k: (ranks[k], sum(shapes[k])))
+        ranks[top] -= 1
+    grown = True
+    while grown:
+        grown = False
+        for k in sorted(shapes, key=lambda k: -shapes[k][0] * shapes[k][1]):
+            if ranks[k] < min(shapes[k]) and cost() + directions * sum(shapes[k]) <= target:
+                ranks[k] += 1
+                grown = True
+    return ranks
 
 
-def small_hidden_size(cell: str, input_size: int, hidden: int, num_layers: int, bidirectional: bool, ratio: float) -> int:
+def largest_hidden(hidden: int, fits: Callable[[int], bool]) -> int:
+    """The largest H' in 1..hidden for which fits(H') holds (fits must only turn false as H' grows); 1 if none."""
+    lo, hi = 1, hidden
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def small_hidden_size(cell: str, input_size: int, hidden: int, num_layers: int, bidirectional: bool,
+                      ratio: float) -> int:
     """The largest H' whose recurrent matrices total at most (the dense network's total) / ratio."""
     dirs = 2 if bidirectional else 1
 
     def total(h: int) -> int:
-        g = GATES[cell]
+        g = cells.get(cell).gates
         n = g * h * (input_size + h)
         n += (num_layers - 1) * g * h * (dirs * h + h)
         return dirs * n
 
     budget = total(hidden) / ratio
-    h = 1
-    while h + 1 <= hidden and total(h + 1) <= budget:
-        h += 1
-    return h
+    return largest_hidden(hidden, lambda h: total(h) <= budget)
+
+
+def dense_param_counts(cell: str, input_size: int, hidden: int, num_classes: int, num_layers: int = 1,
+                       bidirectional: bool = False) -> tuple[int, int]:
+    """(whole network, recurrent matrices) parameters of the dense network, counted on the torch module."""
+    m = KPRNNClassifier(cell, input_size, hidden, num_classes, "dense", "dense", num_layers=num_layers,
+                        bidirectional=bidirectional)
+    return sum(p.numel() for p in m.parameters()), sum(mm.weight_params for _, mm in m.matrices())
+
+
+def with_matrices(src: KPRNNClassifier, wx: object, wh: object, seed: int = 0) -> KPRNNClassifier:
+    """src's network with the matrix specs wx, wh (one per layer, or one for all), initialised from src."""
+    torch.manual_seed(seed)
+    model = KPRNNClassifier(src.cell, src.input_size, src.hidden_size, src.num_classes, wx, wh,
+                            num_layers=src.num_layers, bidirectional=src.bidirectional)
+    return init_from_dense(model, src)
 
 
 def build_compressed(src: KPRNNClassifier, method: str, ratio: float, seed: int = 0) -> KPRNNClassifier:
@@ -274,9 +330,7 @@ def build_compressed(src: KPRNNClassifier, method: str, ratio: float, seed: int 
         wx, wh = _specs_for(src, method, ratio)
     except ValueError as e:
         raise KpgenError(f"--ratio {ratio}: {e}") from None
-    model = KPRNNClassifier(src.cell, src.input_size, src.hidden_size, src.num_classes, wx, wh,
-                            num_layers=src.num_layers, bidirectional=src.bidirectional)
-    return init_from_dense(model, src)
+    return with_matrices(src, wx, wh, seed)
 
 
 def init_from_dense(model: KPRNNClassifier, src: KPRNNClassifier) -> KPRNNClassifier:
@@ -295,10 +349,10 @@ def init_from_dense(model: KPRNNClassifier, src: KPRNNClassifier) -> KPRNNClassi
 
 
 @torch.no_grad()
-def init_matrix(mat: nn.Module, w: torch.Tensor) -> None:
+def init_matrix(mat: Matrix, w: torch.Tensor) -> None:
     """Set a matrix module to the best approximation of w its structure allows."""
     if isinstance(mat, KPLinear):
-        for p, f in zip(mat.factor_list(), nearest_kp_n(w, mat.factor_shapes)):
+        for p, f in zip(mat.factor_list(), nearest_kp_n(w, mat.factor_shapes), strict=True):
             p.copy_(f)
     elif isinstance(mat, HKPLinear):
         r = mat.dense_rows
@@ -332,7 +386,11 @@ class MagnitudePruner:
     optimizer step; the kept fraction follows sparsity_at and masks are recomputed every `every` steps."""
 
     def __init__(self, model: KPRNNClassifier, final_sparsity: float, every: int = 10):
-        self.weights = [m.weight for _, m in model.matrices()]
+        self.weights = []
+        for name, m in model.matrices():
+            if not isinstance(m, DenseLinear):
+                raise ValueError(f"magnitude pruning needs dense matrices; {name} is a {type(m).__name__}")
+            self.weights.append(m.weight)
         self.masks = [torch.ones_like(w, dtype=torch.bool) for w in self.weights]
         self.final = final_sparsity
         self.every = max(1, every)
@@ -349,7 +407,7 @@ class MagnitudePruner:
 
     @torch.no_grad()
     def apply(self) -> None:
-        for w, m in zip(self.weights, self.masks):
+        for w, m in zip(self.weights, self.masks, strict=True):
             w.mul_(m)
 
     def __call__(self, step: int, total: int) -> None:
@@ -370,6 +428,13 @@ def matrix_params(model: KPRNNClassifier) -> int:
     for _, m in model.matrices():
         n += int((m.weight != 0).sum()) if isinstance(m, DenseLinear) else m.weight_params
     return n
+
+
+def param_counts(model: KPRNNClassifier) -> tuple[int, int]:
+    """(whole network, recurrent matrices) parameters; dense matrices count their nonzeros (pruning)."""
+    mats = matrix_params(model)
+    total = sum(p.numel() for p in model.parameters()) - sum(m.weight_params for _, m in model.matrices()) + mats
+    return int(total), int(mats)
 
 
 def compress_checkpoint(
@@ -412,9 +477,7 @@ def compress_checkpoint(
         pruner.apply()
         test_acc = accuracy(model, x_te, y_te)
     dense_m = sum(m.in_features * m.out_features for _, m in src.matrices())
-    kept_m = matrix_params(model)
-    total = sum(p.numel() for p in model.parameters()) - sum(
-        m.weight_params for _, m in model.matrices()) + kept_m
+    total, kept_m = param_counts(model)
     meta = {
         "dataset": dataset,
         "seq_len": split.seq_len,

@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import overload
 
 import torch
 from torch import nn
@@ -89,6 +90,14 @@ def calibrate(model: KPRNNClassifier, x: torch.Tensor, batch_size: int = 500) ->
             gate[i] = max(gate[i], float(tr.gates.abs().max()))
     key = "cell_absmax" if model.cell == "lstm" else "state_absmax"
     return {"input_absmax": float(x.abs().max()), key: state, "gate_absmax": gate}
+
+
+@overload
+def plain(value: dict) -> dict: ...
+
+
+@overload
+def plain(value: object) -> object: ...
 
 
 def plain(value: object) -> object:
@@ -305,23 +314,11 @@ def train_model(
     return make_checkpoint(model, calibration, meta)
 
 
-def parse_factors(text: str) -> list[list[int]] | str:
-    """'32x4,16x7' -> [[32, 4], [16, 7]] (A's shape, then B's); 'dense' -> 'dense'; ValueError if malformed."""
-    if text.strip().lower() == "dense":
-        return "dense"
-    try:
-        a, b = (tuple(int(v) for v in part.lower().split("x")) for part in text.split(","))
-        (m1, n1), (m2, n2) = a, b
-    except ValueError:
-        raise ValueError(f"factor shapes {text!r} are not of the form M1xN1,M2xN2 (e.g. 32x4,16x7)") from None
-    return [[m1, n1], [m2, n2]]
-
-
 def parameter_report(ckpt: dict) -> str:
     """One line: KP weights against dense weights for every matrix."""
     arch = ckpt["arch"]
     parts = []
-    for i, (fx, fh) in enumerate(zip(arch["wx_factors"], arch["wh_factors"])):
+    for i, (fx, fh) in enumerate(zip(arch["wx_factors"], arch["wh_factors"], strict=True)):
         for name, ((m1, n1), (m2, n2)) in (("wx", fx), ("wh", fh)):
             dense, kp = m1 * m2 * n1 * n2, m1 * n1 + m2 * n2
             parts.append(f"L{i}.{name} {m1 * m2}x{n1 * n2}: {dense} -> {kp} ({dense / kp:.0f}x)")
@@ -330,14 +327,13 @@ def parameter_report(ckpt: dict) -> str:
 
 __all__ = [
     "DEFAULT_CONFIG",
-    "train_model",
-    "save_checkpoint",
-    "make_checkpoint",
-    "calibrate",
     "accuracy",
+    "calibrate",
     "fit",
     "load_split",
+    "make_checkpoint",
     "model_from_checkpoint",
-    "parse_factors",
     "parameter_report",
+    "save_checkpoint",
+    "train_model",
 ]

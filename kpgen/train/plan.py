@@ -8,9 +8,10 @@ Every candidate is scored by three numbers (docs/compression.md):
 
 Order, best first: KP by rank bound (high first), then cost = parameters + MACs (low first: weights stored
 and multiply-accumulates per product, so neither flash nor time is traded away for a sliver of the other),
-then parameters, then padding (none first). HKP gives every unpadded KP candidate the most dense rows the budget leaves room for
-without lowering the Kronecker part's rank (`hkp_from`: the budget picks r), ordered by the same rule with
-the Kronecker part's own rank bound after the overall one (dense rows must not stand in for a weak product).
+then parameters, then padding (none first). HKP gives every unpadded KP candidate the most dense rows the budget
+leaves room for without lowering the Kronecker part's rank (`hkp_from`: the budget picks r), ordered by the same
+rule with the Kronecker part's own rank bound after the overall one (dense rows must not stand in for a weak
+product).
 
 Awkward dimensions (a large prime factor, e.g. 156 = 2*2*3*13 or 158 = 2*79) leave few balanced factor
 shapes. For such a dimension (a prime factor > 7) the planner also tries padding it up to the next few
@@ -25,8 +26,8 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from kpgen import KpgenError
-from kpgen.ir import GATES
+from kpgen import KpgenError, cells
+from kpgen.tables import text_table
 from kpgen.train.nn.kp import kp_macs
 from kpgen.train.nn.matrix import matrix_spec, spec_params
 
@@ -158,7 +159,7 @@ def kp_candidates(
         for n in sizes_to_try(cols, pad):
             for ms in ordered_factorizations(m, num_factors):
                 for ns in ordered_factorizations(n, num_factors):
-                    shapes = tuple(zip(ms, ns))
+                    shapes = tuple(zip(ms, ns, strict=True))
                     if num_factors > 1 and (1, 1) in shapes:
                         continue
                     c = Candidate(rows, cols, shapes)
@@ -231,7 +232,8 @@ def best_kp(rows: int, cols: int, budget: int | None, num_factors: int = 2, pad:
     """The best KP candidate within budget; ValueError if none fits."""
     cands = kp_candidates(rows, cols, num_factors, budget, pad)
     if not cands:
-        raise ValueError(f"no {num_factors}-factor Kronecker product of a {rows}x{cols} matrix has <= {budget} parameters")
+        raise ValueError(f"no {num_factors}-factor Kronecker product of a {rows}x{cols} matrix "
+                         f"has <= {budget} parameters")
     return cands[0]
 
 
@@ -242,14 +244,14 @@ def best_hkp(rows: int, cols: int, budget: int, num_factors: int = 2) -> Candida
 
 
 def _table(cands: list[Candidate], top: int) -> list[str]:
-    head = f"  {'#':>3}  {'factors':<34} {'matrix':>11}  {'params':>8}  {'compress':>9}  {'MACs':>9}  {'rank<=':>6}"
-    lines = [head]
+    """The candidates `kpgen plan` lists, best first, as an aligned table (at most `top` rows)."""
+    rows = []
     for i, c in enumerate(cands[:top], 1):
         m, n = c.kp_shape
         shape = f"{m + c.dense_rows}x{n}" + (" pad" if c.padded else "")
-        lines.append(
-            f"  {i:>3}  {c.describe():<34} {shape:>11}  {c.params:>8,}  {c.compression:>8.2f}x  {c.macs:>9,}  {c.rank_bound:>6}"
-        )
+        rows.append((i, c.describe(), shape, f"{c.params:,}", f"{c.compression:.2f}x", f"{c.macs:,}", c.rank_bound))
+    head = ("#", "factors", "matrix", "params", "compress", "MACs", "rank<=")
+    lines = text_table(rows, head, align="rlrrrrr", min_widths=(3, 33, 11, 8, 9, 9, 6), indent="  ")
     if len(cands) > top:
         lines.append(f"  ... {len(cands) - top} more (--top N)")
     return lines
@@ -270,7 +272,6 @@ def format_plan(p: Plan, top: int = 10) -> str:
 
 # ------------------------------------------------------------------------------ factor shapes for `kpgen train`
 
-CELL_NAMES = {"lstm": "an LSTM", "gru": "a GRU", "fastrnn": "a FastRNN", "fastgrnn": "a FastGRNN"}
 TRAIN_METHODS = ("kp", "hkp", "dense")
 
 
@@ -339,12 +340,13 @@ def train_specs(
     first layer's two matrices checks them all. context names the model in messages
     (" with --hidden 128 over the 28 inputs of mnist").
     """
-    if cell not in GATES:
+    if cell not in cells.REGISTRY:
         raise ValueError(f"unknown cell {cell!r}")
     if method not in TRAIN_METHODS:
         raise ValueError(f"unknown method {method!r}")
-    g, rows = GATES[cell], GATES[cell] * hidden_size
-    model = f"{CELL_NAMES[cell]}{context}"
+    c = cells.get(cell)
+    g, rows = c.gates, c.gates * hidden_size
+    model = f"{c.article} {c.title}{context}"
     gh = f"{g}H" if g > 1 else "H"
     if method != "hkp" and dense_rows is not None:
         raise KpgenError("--dense-rows applies to --method hkp only; drop it, or pass --method hkp")
@@ -364,7 +366,7 @@ def train_specs(
         if dense_rows >= rows:
             raise KpgenError(f"--dense-rows {dense_rows} leaves no rows for the Kronecker part: Wx and Wh of "
                              f"{model} have {rows} rows ({gh}); use fewer than {rows}")
-    r = dense_rows if method == "hkp" else 0
+    r = 0 if dense_rows is None else dense_rows  # given for --method hkp only (checked above)
     out = []
     for name, opt, value, cols, pref, side in (
         ("Wx", "--wx-factors", wx, input_size, preferred[0], "inputs"),
@@ -421,7 +423,7 @@ def model_matrix_counts(cell: str, input_size: int, hidden_size: int, num_layers
                         wx_specs: list, wh_specs: list) -> tuple[int, int]:
     """(dense weights, stored weights) of every recurrent matrix of a model, both directions counted."""
     dirs = 2 if bidirectional else 1
-    rows = GATES[cell] * hidden_size
+    rows = cells.get(cell).gates * hidden_size
     dense = kept = 0
     for k in range(num_layers):
         for spec, cols in ((wx_specs[k], input_size if k == 0 else dirs * hidden_size), (wh_specs[k], hidden_size)):
@@ -531,13 +533,14 @@ def format_model_plan(
         if idx == 1 and ratio is None and max_params is None:
             break
         picks = [firsts[(m.rows, m.cols)][idx] for m in matrices]
-        missing = sorted({m.name for m, c in zip(matrices, picks) if c is None})
+        missing = sorted({m.name for m, c in zip(matrices, picks, strict=True) if c is None})
         if missing:
             lines.append(f"#1 {label} candidates: none fits the budget for {', '.join(missing)}")
             continue
-        kept = sum(c.params for c in picks)
-        macs = sum(c.macs for c in picks)
-        full = all(c.rank_bound == min(c.rows, c.cols) for c in picks)
+        chosen = [c for c in picks if c is not None]  # all of them: none is missing
+        kept = sum(c.params for c in chosen)
+        macs = sum(c.macs for c in chosen)
+        full = all(c.rank_bound == min(c.rows, c.cols) for c in chosen)
         lines.append(f"#1 {label} candidate of every matrix: {total:,} -> {kept:,} parameters "
                      f"({total / kept:.2f}x), {macs:,} MACs per step"
                      + ("; every rank bound full" if full else "; some rank bounds below full"))

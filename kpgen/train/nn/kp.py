@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TypeGuard
 
 import torch
 from torch import nn
@@ -94,7 +95,7 @@ def check_factors(out_features: int, in_features: int, *shapes: Shape2, pad: boo
         )
 
 
-def _is_shape_list(v: object) -> bool:
+def _is_shape_list(v: object) -> TypeGuard[Sequence[Shape2]]:
     """True for [[m1, n1], ...] (a list of shapes), False for one shape (m, n)."""
     return isinstance(v, (list, tuple)) and len(v) > 0 and isinstance(v[0], (list, tuple))
 
@@ -121,16 +122,17 @@ class KPLinear(nn.Module):
         pad: bool = False,
     ):
         super().__init__()
-        if factors is None:
+        spec: Sequence[object] | None = factors  # the factor shapes, however given; as_shapes checks them
+        if spec is None:
             if _is_shape_list(a_shape) and b_shape is None:
-                factors = a_shape
+                spec = a_shape
             elif a_shape is not None and b_shape is not None:
-                factors = (a_shape, b_shape)
+                spec = (a_shape, b_shape)
             else:
                 raise ValueError("give two factor shapes (a_shape, b_shape) or factors=[(m1, n1), ...]")
         elif a_shape is not None or b_shape is not None:
             raise ValueError("give either a_shape/b_shape or factors, not both")
-        shapes = as_shapes(factors)
+        shapes = as_shapes(spec)
         check_factors(out_features, in_features, *shapes, pad=pad)
         self.in_features = in_features
         self.out_features = out_features
@@ -208,4 +210,5 @@ class KPLinear(nn.Module):
         else:
             fs = "factors=" + " (x) ".join(str(s) for s in self.factor_shapes)
         pad = f", padded to {self.padded_out}x{self.padded_in}" if self.pad else ""
-        return f"in_features={self.in_features}, out_features={self.out_features}, {fs}{pad}, bias={self.bias is not None}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, {fs}{pad}, "
+                f"bias={self.bias is not None}")

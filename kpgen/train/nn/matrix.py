@@ -2,7 +2,7 @@
 
 | spec | module | parameters (state_dict names under the matrix, e.g. `wx.`) |
 |---|---|---|
-| `[[m1, n1], [m2, n2]]` or `{"kind": "kp", "factors": [...]}` | KPLinear | `a`, `b` (2 factors); `factors.0`, ... (k != 2) |
+| `[[m1, n1], [m2, n2]]` or `{"kind": "kp", "factors": [...]}` | KPLinear | `a`, `b`; k != 2 factors: `factors.0`, ... |
 | `{"kind": "hkp", "factors": [...], "dense_rows": r}` | HKPLinear | `dense_weight` (r, in), `kp.a`, `kp.b` |
 | `{"kind": "lowrank", "rank": r}` | LowRankLinear | `u` (out, r), `v` (r, in) |
 | `"dense"` or `{"kind": "dense"}` | DenseLinear | `weight` (out, in) |
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TypeAlias
 
 import torch
 from torch import nn
@@ -155,7 +156,11 @@ def matrix_spec(spec: object) -> dict:
     raise ValueError(f"matrix spec {spec!r} is not a factor list, a dict or 'dense'")
 
 
-def make_matrix(in_features: int, out_features: int, spec: object) -> nn.Module:
+Matrix: TypeAlias = "KPLinear | HKPLinear | LowRankLinear | DenseLinear"  # what make_matrix builds
+MATRIX_TYPES = (KPLinear, HKPLinear, LowRankLinear, DenseLinear)  # the same, for isinstance
+
+
+def make_matrix(in_features: int, out_features: int, spec: object) -> Matrix:
     """The module a spec describes, for an out_features x in_features matrix."""
     s = matrix_spec(spec)
     if s["kind"] == "kp":

@@ -1,11 +1,12 @@
-"""Recurrent layers with compressed matrices (LSTM, GRU, FastRNN, FastGRNN), a bidirectional wrapper, classifiers.
+"""Recurrent layers with compressed matrices (LSTM, GRU, FastRNN, FastGRNN, plain RNN), a bidirectional wrapper,
+classifiers. Which class trains which cell is the registry's (kpgen.cells: Cell.train_class).
 
 Every layer keeps TWO matrices, Wx (G*H x I) for the input and Wh (G*H x H) for the recurrent state (G = 4 for
-the LSTM, 3 for the GRU, 1 for FastRNN and FastGRNN), each a Kronecker product by default or any matrix spec of
-`kpgen.train.nn.matrix` (HKP, low rank, dense). Thakker et al. (2019) compress the single matrix [W U] over the
-concatenation [x; h]; we use two because (1) x and h have different ranges, so for int8 each product gets its
-own input scale and requantization (h is int8 at a fixed power-of-two scale, x is calibrated), and (2) the factor shapes stay simple:
-I and H factor independently instead of having to factor I + H.
+the LSTM, 3 for the GRU, 1 for FastRNN, FastGRNN and the plain RNN), each a Kronecker product by default or any
+matrix spec of `kpgen.train.nn.matrix` (HKP, low rank, dense). Thakker et al. (2019) compress the single matrix
+[W U] over the concatenation [x; h]; we use two because (1) x and h have different ranges, so for int8 each
+product gets its own input scale and requantization (h is int8 at a fixed power-of-two scale, x is calibrated),
+and (2) the factor shapes stay simple: I and H factor independently instead of having to factor I + H.
 
 All layers are batch-first: x (B, T, I) -> outputs (B, T, H), with zero initial state by default.
 """
@@ -13,13 +14,14 @@ All layers are batch-first: x (B, T, I) -> outputs (B, T, H), with zero initial 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from kpgen.train.nn.matrix import make_matrix, matrix_spec
+from kpgen import cells
+from kpgen.train.nn.matrix import MATRIX_TYPES, Matrix, make_matrix, matrix_spec
 
 Shape2 = tuple[int, int]
 FactorPair = tuple[Shape2, Shape2]  # ((m1, n1), (m2, n2))
@@ -35,7 +37,7 @@ class LSTMTrace:
 
 @dataclass
 class RNNTrace:
-    """Internals of one GRU / FastRNN / FastGRNN layer over a sequence, for calibration."""
+    """Internals of one GRU / FastRNN / FastGRNN / plain RNN layer over a sequence, for calibration."""
 
     hidden: torch.Tensor  # (B, T, H): h_t after every step
     gates: torch.Tensor  # (B, T, *): the pre-activations of every nonlinearity
@@ -61,18 +63,22 @@ def is_single_spec(spec: object) -> bool:
 
 
 class RecurrentLayer(nn.Module):
-    """Shared parts: Wx (G*H x I) and Wh (G*H x H) built from matrix specs; subclasses define the step."""
+    """Shared parts: Wx (G*H x I) and Wh (G*H x H) built from matrix specs, G the gates of the subclass's CELL
+    (kpgen.cells); subclasses define the step."""
 
-    GATES = 1
+    CELL = "fastrnn"
+    wx: Matrix
+    wh: Matrix
 
     def __init__(self, input_size: int, hidden_size: int, wx: object, wh: object):
         super().__init__()
+        self.gates = cells.get(self.CELL).gates
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.wx_spec = matrix_spec(wx)
         self.wh_spec = matrix_spec(wh)
-        self.wx = make_matrix(input_size, self.GATES * hidden_size, self.wx_spec)
-        self.wh = make_matrix(hidden_size, self.GATES * hidden_size, self.wh_spec)
+        self.wx = make_matrix(input_size, self.gates * hidden_size, self.wx_spec)
+        self.wh = make_matrix(hidden_size, self.gates * hidden_size, self.wh_spec)
 
     def reset_matrices(self) -> None:
         """Variance-preserving init: entries of Wx with std 1/sqrt(I), of Wh with std 1/sqrt(H)."""
@@ -83,7 +89,7 @@ class RecurrentLayer(nn.Module):
 class KPLSTM(RecurrentLayer):
     """One LSTM layer: z_t = Wx x_t + Wh h_{t-1} + bias, gates (i, f, g, o), torch.nn.LSTM's equations."""
 
-    GATES = 4
+    CELL = "lstm"
 
     def __init__(self, input_size: int, hidden_size: int, wx_factors: object, wh_factors: object):
         super().__init__(input_size, hidden_size, wx_factors, wh_factors)
@@ -140,7 +146,7 @@ class KPGRU(RecurrentLayer):
     reset gate multiplies it.
     """
 
-    GATES = 3
+    CELL = "gru"
 
     def __init__(self, input_size: int, hidden_size: int, wx: object, wh: object):
         super().__init__(input_size, hidden_size, wx, wh)
@@ -188,7 +194,7 @@ class KPFastRNN(RecurrentLayer):
     initialised to alpha ~ 0.05, beta ~ 0.95 (a small update on a residual path).
     """
 
-    GATES = 1
+    CELL = "fastrnn"
     ALPHA_INIT = 0.05
     BETA_INIT = 0.95
 
@@ -235,7 +241,7 @@ class KPFastGRNN(RecurrentLayer):
     zeta ~ 0.73, nu ~ 0.018; bias_z starts at 1 (lean towards keeping the state), bias_h at 0.
     """
 
-    GATES = 1
+    CELL = "fastgrnn"
     ZETA_RAW = 1.0
     NU_RAW = -4.0
 
@@ -275,7 +281,60 @@ class KPFastGRNN(RecurrentLayer):
         return out, h
 
 
-CELLS: dict[str, type[RecurrentLayer]] = {"lstm": KPLSTM, "gru": KPGRU, "fastrnn": KPFastRNN, "fastgrnn": KPFastGRNN}
+class KPRNN(RecurrentLayer):
+    """A plain (Elman) RNN layer, torch.nn.RNN's equations: h_t = tanh(Wx x_t + Wh h_{t-1} + bias), bias = torch's
+    b_ih + b_hh. KPReluRNN: relu instead of tanh."""
+
+    CELL = "rnn"
+
+    def __init__(self, input_size: int, hidden_size: int, wx: object, wh: object):
+        super().__init__(input_size, hidden_size, wx, wh)
+        self.bias = nn.Parameter(torch.zeros(hidden_size))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.reset_matrices()
+        with torch.no_grad():
+            self.bias.zero_()
+
+    def activation(self, pre: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(pre)
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None, return_trace: bool = False):
+        """x (B, T, I) -> (outputs (B, T, H), h), plus an RNNTrace (gates: the pre-activations) if asked."""
+        bsz, steps, _ = x.shape
+        h = x.new_zeros(bsz, self.hidden_size) if state is None else state
+        zx = self.wx(x) + self.bias
+        outs, gates = [], []
+        for t in range(steps):
+            pre = zx[:, t] + self.wh(h)
+            h = self.activation(pre)
+            outs.append(h)
+            if return_trace:
+                gates.append(pre)
+        out = torch.stack(outs, dim=1)
+        if return_trace:
+            return out, h, RNNTrace(out, torch.stack(gates, dim=1))
+        return out, h
+
+
+class KPReluRNN(KPRNN):
+    """A plain RNN layer with relu: h_t = max(Wx x_t + Wh h_{t-1} + bias, 0) (torch.nn.RNN, nonlinearity='relu')."""
+
+    CELL = "rnn-relu"
+    WH_GAIN = 0.5  # Wh entries start at std 0.5/sqrt(H): at 1/sqrt(H) an unbounded relu state grows step by step
+
+    def reset_matrices(self) -> None:
+        self.wx.reset_parameters(1.0 / math.sqrt(self.input_size))
+        self.wh.reset_parameters(self.WH_GAIN / math.sqrt(self.hidden_size))
+
+    def activation(self, pre: torch.Tensor) -> torch.Tensor:
+        return torch.relu(pre)
+
+
+def layer_class(cell: str) -> type[RecurrentLayer]:
+    """The torch layer class of a registered cell."""
+    return cells.get(cell).train_layer()
 
 
 class Bidirectional(nn.Module):
@@ -285,11 +344,14 @@ class Bidirectional(nn.Module):
     out[:, 0, H:] is the backward layer's final state (it has read the whole sequence), as in torch.nn.LSTM.
     """
 
+    fwd: RecurrentLayer
+    bwd: RecurrentLayer
+
     def __init__(self, cell: str, input_size: int, hidden_size: int, wx: object, wh: object):
         super().__init__()
         self.input_size, self.hidden_size = input_size, hidden_size
-        self.fwd = CELLS[cell](input_size, hidden_size, wx, wh)
-        self.bwd = CELLS[cell](input_size, hidden_size, wx, wh)
+        self.fwd = layer_class(cell)(input_size, hidden_size, wx, wh)
+        self.bwd = layer_class(cell)(input_size, hidden_size, wx, wh)
         self.wx_spec, self.wh_spec = self.fwd.wx_spec, self.fwd.wh_spec
 
     def forward(self, x: torch.Tensor, return_trace: bool = False):
@@ -302,14 +364,17 @@ class Bidirectional(nn.Module):
         of, sf, tf = self.fwd(x, return_trace=True)
         ob, sb, tb = self.bwd(rev, return_trace=True)
         out = torch.cat([of, ob.flip(1)], dim=-1)
-        joined = type(tf)(*(torch.cat([a, b.flip(1)], dim=-1) for a, b in zip(vars(tf).values(), vars(tb).values())))
+        pairs = zip(vars(tf).values(), vars(tb).values(), strict=True)
+        joined = type(tf)(*(torch.cat([a, b.flip(1)], dim=-1) for a, b in pairs))
         return out, (sf, sb), joined
 
 
-def per_layer_factors(factors: Sequence, num_layers: int, name: str) -> list:
+def per_layer_factors(factors: object, num_layers: int, name: str) -> list:
     """Accept one matrix spec (used for every layer) or a list of one spec per layer."""
     if is_single_spec(factors):
         return [factors] * num_layers
+    if not isinstance(factors, Iterable):
+        raise TypeError(f"{name}: {factors!r} is neither a matrix spec nor a list of them")
     specs = list(factors)
     if len(specs) != num_layers:
         raise ValueError(f"{name}: {len(specs)} factor pairs for {num_layers} layers")
@@ -329,11 +394,11 @@ def widen_spec(spec: dict, times: int) -> dict:
 class KPRNNClassifier(nn.Module):
     """Stacked recurrent layers of one cell type, then nn.Linear(H * directions, C) on the final hidden state.
 
-    cell: 'lstm', 'gru', 'fastrnn' or 'fastgrnn'. wx / wh: one matrix spec (kpgen.train.nn.matrix: a factor list
-    [[m1, n1], [m2, n2], ...], an HKP / low-rank dict, or 'dense') or a list with one spec per layer. With a
-    single wx spec and several layers, layers > 0 (whose input is h) use the wh spec; when bidirectional
-    (input 2H) its first factor gets twice the columns. The head reads h_T of the last layer; bidirectional,
-    [forward h_T, backward h after reading the whole sequence].
+    cell: a registered cell name (kpgen.cells.NAMES: 'lstm', 'gru', 'fastrnn', 'fastgrnn', 'rnn', 'rnn-relu').
+    wx / wh: one matrix spec (kpgen.train.nn.matrix: a factor list [[m1, n1], [m2, n2], ...], an HKP / low-rank
+    dict, or 'dense') or a list with one spec per layer. With a single wx spec and several layers, layers > 0
+    (whose input is h) use the wh spec; when bidirectional (input 2H) its first factor gets twice the columns. The
+    head reads h_T of the last layer; bidirectional, [forward h_T, backward h after reading the whole sequence].
     """
 
     def __init__(
@@ -348,8 +413,8 @@ class KPRNNClassifier(nn.Module):
         bidirectional: bool = False,
     ):
         super().__init__()
-        if cell not in CELLS:
-            raise ValueError(f"unknown cell {cell!r}; cells: {', '.join(CELLS)}")
+        if cell not in cells.REGISTRY:
+            raise ValueError(f"unknown cell {cell!r}; cells: {', '.join(cells.NAMES)}")
         wh_specs = [matrix_spec(s) for s in per_layer_factors(wh, num_layers, "wh_factors")]
         if is_single_spec(wx):
             dirs = 2 if bidirectional else 1
@@ -366,16 +431,26 @@ class KPRNNClassifier(nn.Module):
         self.wh_specs = wh_specs
         dirs = 2 if bidirectional else 1
         sizes = [input_size] + [dirs * hidden_size] * (num_layers - 1)
+        layers: Iterable[nn.Module]
         if bidirectional:
             layers = (Bidirectional(cell, sizes[k], hidden_size, wx_specs[k], wh_specs[k]) for k in range(num_layers))
         else:
-            layers = (CELLS[cell](sizes[k], hidden_size, wx_specs[k], wh_specs[k]) for k in range(num_layers))
+            layers = (layer_class(cell)(sizes[k], hidden_size, wx_specs[k], wh_specs[k]) for k in range(num_layers))
         self.layers = nn.ModuleList(layers)
         self.head = nn.Linear(dirs * hidden_size, num_classes)
 
-    def matrices(self) -> list[tuple[str, nn.Module]]:
+    def matrices(self) -> list[tuple[str, Matrix]]:
         """(name, module) of every recurrent-layer matrix, e.g. ('layers.0.wx', KPLinear)."""
-        return [(n, m) for n, m in self.named_modules() if n.rsplit(".", 1)[-1] in ("wx", "wh")]
+        return [(n, m) for n, m in self.named_modules()
+                if n.rsplit(".", 1)[-1] in ("wx", "wh") and isinstance(m, MATRIX_TYPES)]
+
+    def direction(self, k: int, d: int = 0) -> RecurrentLayer:
+        """Layer k's forward (d = 0) or backward (d = 1) recurrent layer; a unidirectional layer is its own."""
+        layer = self.layers[k]
+        if isinstance(layer, Bidirectional):
+            return layer.bwd if d else layer.fwd
+        assert isinstance(layer, RecurrentLayer)  # self.layers holds nothing else
+        return layer
 
     def features(self, out: torch.Tensor) -> torch.Tensor:
         """The head's input from the last layer's outputs (B, T, H * directions)."""
