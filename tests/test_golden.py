@@ -310,6 +310,21 @@ def test_run_model_shapes_and_batch(t_bits: int) -> None:
     assert np.array_equal(h2, tr.hidden[1][:, 0]) and np.array_equal(c2, tr.cell[1][:, 0])
 
 
+def test_run_model_does_not_depend_on_the_block_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """run_cell takes samples in blocks to keep its arrays small: one sample per block, or uneven blocks, give
+    the same trace as one block for all."""
+    rng = np.random.default_rng(12)
+    model = random_model(rng, 6, (5, 4), 3)
+    xq = rng.integers(-128, 128, (9, 4, 6)).astype(np.int8)
+    whole = golden.run_model(model, xq)
+    for elements in (1, 2 * (4 * 5 + 6)):  # blocks of 1 sample; of 2 samples (the last one partial)
+        monkeypatch.setattr(golden, "BLOCK_ELEMENTS", elements)
+        got = golden.run_model(model, xq)
+        assert np.array_equal(got.logits, whole.logits)
+        assert all(np.array_equal(a, b) for a, b in zip(got.hidden, whole.hidden, strict=True))
+        assert all(np.array_equal(a, b) for a, b in zip(got.cell, whole.cell, strict=True))
+
+
 def test_run_model_rejects_bad_input() -> None:
     model = random_model(np.random.default_rng(0), 6, (4,), 3)
     with pytest.raises(ValueError):

@@ -607,3 +607,24 @@ def test_the_makefile_ignores_opt_from_the_environment(tmp_path):
                              env={**os.environ, "OPT": env_opt}, check=True).stdout
         compiles = [line for line in dry.splitlines() if " -c " in line]
         assert compiles and all(want in line.split() and unwanted not in line.split() for line in compiles), dry[:500]
+
+
+@pytest.mark.parametrize("target", ["firmware", "lib"])
+def test_the_makefiles_ignore_every_knob_from_the_environment(tmp_path, target):
+    """CROSS, CC, WERROR, EXTRA_CFLAGS ... exported in the shell do not reach the build; on the command line
+    they do."""
+    ckpt = save(tiny_checkpoint(), tmp_path / "m.pt")
+    out = tmp_path / "o"
+    res = invoke("emit", str(ckpt), "--board", "m4", "-o", str(out), "--target", target,
+                 "--vectors", str(vectors(tmp_path / "v.npz")))
+    assert res.exit_code == 0, res.output
+    hostile = {"CROSS": "evil-", "CC": "evilcc", "AR": "evilar", "WERROR": "-Wno-error", "ARCH": "-mevil",
+               "EXTRA_CFLAGS": "-DEVIL_FROM_ENV", "EXTRA_LDFLAGS": "-Wl,--evil", "OBJCOPY": "evilcopy",
+               "SIZE": "evilsize", "BOOT2": "evil.S"}
+    dry = subprocess.run(["make", "-n", "-C", str(out)], capture_output=True, text=True,
+                         env={**os.environ, **hostile}, check=True).stdout
+    assert "arm-none-eabi-gcc" in dry and "-Werror" in dry, dry[:500]
+    assert "evil" not in dry.lower(), [line for line in dry.splitlines() if "evil" in line.lower()][:3]
+    given = subprocess.run(["make", "-n", "-C", str(out), "EXTRA_CFLAGS=-DFROM_COMMAND_LINE"], capture_output=True,
+                           text=True, env={**os.environ, **hostile}, check=True).stdout
+    assert "-DFROM_COMMAND_LINE" in given and "evil" not in given.lower()

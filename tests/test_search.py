@@ -6,8 +6,10 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -202,6 +204,38 @@ def test_trials_run_on_two_nodes(tmp_path, monkeypatch):
     assert all(t.node in summary.nodes for t in summary.trials)
     for pid in pids:  # every process of both nodes is gone
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+@needs_tools
+def test_ctrl_c_saves_the_study_and_resume_finishes_it(tmp_path):
+    """SIGINT once a trial has reported: exit 1 with one line naming --resume, no outputs but the study; then
+    --resume runs the trials left and writes everything."""
+    out = tmp_path / "out"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    args = [*KPGEN, "search", "--dataset", "digits", "--board", "m4", "--max-flash", "24KiB", "--trials", "3",
+            "--epochs", "30", "--workers", "1", "--seed", "5", "-o", str(out)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while not any(p.stat().st_size for p in out.glob(f"{search.STUDY}/run_trial_*/result.json")):
+            assert proc.poll() is None and time.monotonic() < deadline, "no trial reported"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, err[-3000:]
+    assert "interrupted" in err, err[-3000:]
+    assert err.strip().splitlines()[-1] == (f"kpgen: error: kpgen search interrupted; its study is saved: continue it "
+                                            f"with `kpgen search --resume -o {out}`")
+    assert not (out / "trials.csv").exists() and (out / search.STUDY).is_dir()
+    res = subprocess.run([*KPGEN, "search", "--dataset", "digits", "--board", "m4", "--resume", "-o", str(out)],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert res.returncode in (0, 2), res.stderr[-2000:]  # 2: no trial met the budget (one line, outputs written)
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert len(rows) == 3 and all(r["status"] for r in rows), rows
 
 
 @pytest.mark.slow

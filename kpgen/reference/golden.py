@@ -223,7 +223,7 @@ def kp_tanh_s16(z: np.ndarray, table: np.ndarray) -> np.ndarray:
 
 def gate_inputs(layer: LayerQ, x: np.ndarray, h: np.ndarray, t_bits: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """requantize(Wx x) and requantize(Wh h) of a cell's layer, in its gate unit (int64, not yet summed or
-    saturated): the first stage every cell step shares."""
+    saturated; new arrays the step may sum into): the first stage every cell step shares."""
     gx = _requantize_inplace(_kp_matrix_i64(layer.wx, x, t_bits), layer.rq_x.mult, layer.rq_x.shift)
     gh = _requantize_inplace(_kp_matrix_i64(layer.wh, h, t_bits), layer.rq_h.mult, layer.rq_h.shift)
     return gx, gh

@@ -529,18 +529,18 @@ def run_search(s: Settings, *, address: str | None = None, resume: bool = False,
     import ray
 
     t0 = time.perf_counter()
-    started = _init_ray(address, s.workers or os.cpu_count() or 1)
-    ray_start = time.perf_counter() - t0
-    try:
-        if not s.workers:
-            s = replace(s, workers=max(1, int(ray.cluster_resources().get("CPU", 1))))
-        log(f"searching {s.trials} trials on {int(ray.cluster_resources().get('CPU', 0))} CPUs "
-            f"({len(ray.nodes())} node(s)), searcher {s.searcher}, ASHA; study in {escape(str(out / STUDY))}")
-        with _interruptible() as interrupted:
+    with _interruptible() as interrupted:  # before Ray starts: it saves and restores the handler it finds
+        started = _init_ray(address, s.workers or os.cpu_count() or 1)
+        ray_start = time.perf_counter() - t0
+        try:
+            if not s.workers:
+                s = replace(s, workers=max(1, int(ray.cluster_resources().get("CPU", 1))))
+            log(f"searching {s.trials} trials on {int(ray.cluster_resources().get('CPU', 0))} CPUs "
+                f"({len(ray.nodes())} node(s)), searcher {s.searcher}, ASHA; study in {escape(str(out / STUDY))}")
             results = _tuner(s, trainable or run_trial, resume).fit()
-    finally:
-        if started:
-            ray.shutdown()
+        finally:
+            if started:
+                ray.shutdown()
     if interrupted.is_set():  # Tune saved the study; the front of a partial study would mislead
         return Summary(s, [], [], None, time.perf_counter() - t0, ray_start, interrupted=True)
     trials = collect(results, s)
@@ -557,8 +557,8 @@ def _interruptible() -> Iterator[threading.Event]:
         return
 
     def on_sigint(signum: int, frame: object) -> None:
-        if interrupted.is_set():
-            raise KeyboardInterrupt
+        if interrupted.is_set() or signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, signal.SIG_IGN, None):
+            raise KeyboardInterrupt  # a second Ctrl-C, or one before Tune runs: stop now
         interrupted.set()
         os.kill(os.getpid(), signal.SIGUSR1)
 
