@@ -84,9 +84,11 @@ qemu-test: setup
 	done; done
 
 # Instructions, estimated cycles and sizes of dense and KP int8 LSTM steps on several cores, side by side;
-# writes docs/benchmarks.md and docs/benchmarks.png (a few minutes on 2 cores; not part of `make test`).
+# writes docs/benchmarks.md and docs/benchmarks.png (a few minutes on 2 cores; not part of `make test`);
+# then the emit-time target (bench-emit).
 bench: setup
 	$(PY) -m kpgen.studies.bench
+	$(PY) -m kpgen.studies.bench_emit
 
 # `kpgen emit` of the example (accuracy over 1,000 test digits included) against `import torch`, best of 3 each,
 # side by side in one run; the target is at most 3x (kpgen/studies/bench_emit.py; under a minute).

@@ -189,3 +189,26 @@ def test_synth_models_are_deterministic_calibrated_and_unsaturated() -> None:
     assert synth.min_mac_factors(512, 128) == (32, 8, 16, 16) and k.layers[0].wh.a.shape == (32, 8)
     assert k.dense_params >= 16 * (k.params - k.head.weight.size - k.head.bias.size - k.layers[0].bias.size)
     assert limits.kernel_limits(quantize.quantize_model(k).layers[0]) == []
+
+
+def test_the_limits_run_once_per_emit(monkeypatch) -> None:
+    """The quantizer's layers carry their kernel-limit check to the emitter; a hand-made layer is checked there."""
+    import dataclasses
+
+    from kpgen.codegen import emit
+    from kpgen.frontend import synth
+    from kpgen.reference import vectors
+    from kpgen.target.boards import load_board
+
+    m = quantize.quantize_model(synth.kp_lstm_model(0, 6, 16, 3))
+    assert all(limits.is_checked(layer) for layer in m.layers)
+    calls = []
+    real = limits.kernel_limits
+    monkeypatch.setattr(limits, "kernel_limits", lambda layer: calls.append(layer) or real(layer))
+    exp = vectors.expected_for(m, np.zeros((1, 2, 6), np.int8))
+    emit.render_sources(m, load_board("m4"), exp, "model", "x.pt")
+    assert calls == []
+    copy = dataclasses.replace(m, layers=tuple(dataclasses.replace(layer) for layer in m.layers))
+    assert not any(limits.is_checked(layer) for layer in copy.layers)
+    emit.render_sources(copy, load_board("m4"), exp, "model", "x.pt")
+    assert len(calls) == len(copy.layers)

@@ -107,7 +107,7 @@ def _matrix_context(m) -> dict:
 def _sublayer_context(layer: LayerQ, lid: str, direction: str) -> dict:
     """One direction of one layer: matrices (packed by kpgen.codegen.layout, rendered by templates/kp_matrix.j2),
     requantizers, bias vectors and the cell's params initialiser fields (kpgen.cells: Cell.c_fields)."""
-    problems = limits.kernel_limits(layer)
+    problems = [] if limits.is_checked(layer) else limits.kernel_limits(layer)  # the quantizer's layers: checked
     if problems:
         raise KpgenError(f"layer {lid}: {problems[0]}; "
                          "the int32 kernels cannot run it: re-quantize the model with kpgen")

@@ -163,3 +163,19 @@ def kernel_limits(layer: AnyLayerQ) -> list[str]:
         return problems
     sums = cell.gate_sums(layer, worst[0], worst[1])
     return [f"{what} can reach {v}, outside int32" for what, v in sums if v >= I32_LIMIT] + cell.extra_limits(layer)
+
+
+_CHECKED = "_kpgen_limits_checked"  # set on an integer layer object once kernel_limits found nothing
+
+
+def mark_checked(layer: object) -> None:
+    """Remember on this (frozen) layer object that it passed kernel_limits, so the emitter need not check it
+    again: each check runs once per emit. A layer made any other way (dataclasses.replace, by hand) lacks the
+    mark and is checked where it is used."""
+    object.__setattr__(layer, _CHECKED, True)
+
+
+def is_checked(layer: object) -> bool:
+    """True when this very layer object passed kernel_limits in the quantizer (mark_checked)."""
+    return getattr(layer, _CHECKED, False) is True
+

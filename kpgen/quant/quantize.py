@@ -250,6 +250,8 @@ def checked(q: _Q, idx: int | str, t_bits: int) -> _Q:
     if problems:
         raise KpgenError(f"layer {idx}: {problems[0]}; "
                          "the int32 kernels cannot run it (check for exploding weights or biases)")
+    if t_bits == 16:
+        limits.mark_checked(q)
     return q
 
 
