@@ -44,7 +44,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PIN)
-	$(PY) -m pip install -q -e '.[dev,train,studies,search]'
+	$(PY) -m pip install -q -e '.[dev,train,studies,search,serial,flash]'
 	touch $@
 
 # The main job end to end: train on real MNIST digits, emit for the Cortex-M4, build, run under QEMU, report.
