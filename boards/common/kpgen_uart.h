@@ -26,6 +26,24 @@ void kpgen_uart_write(const uint8_t *buf, uint32_t n);
 /* Receive exactly n bytes into buf (n may be 0). */
 void kpgen_uart_read(uint8_t *buf, uint32_t n);
 
+/* The block transfers of a driver that moves one byte at a time (every family but the nRF52's DMA UARTE), in
+ * terms of its kpgen_uart_putc and kpgen_uart_getc: such a driver file expands this once, at file scope. */
+#define KPGEN_UART_BYTEWISE_BLOCKS                                  \
+    void kpgen_uart_write(const uint8_t *buf, uint32_t n)           \
+    {                                                               \
+        uint32_t i;                                                 \
+        for (i = 0; i < n; i++) {                                   \
+            kpgen_uart_putc(buf[i]);                                \
+        }                                                           \
+    }                                                               \
+    void kpgen_uart_read(uint8_t *buf, uint32_t n)                  \
+    {                                                               \
+        uint32_t i;                                                 \
+        for (i = 0; i < n; i++) {                                   \
+            buf[i] = kpgen_uart_getc();                             \
+        }                                                           \
+    }
+
 /* Wait until every byte sent has left the transmitter, so a reset that follows cuts nothing off. */
 void kpgen_uart_flush(void);
 

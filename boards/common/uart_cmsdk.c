@@ -38,21 +38,8 @@ uint8_t kpgen_uart_getc(void)
     return (uint8_t)(UART_DATA & 0xFFu);
 }
 
-void kpgen_uart_write(const uint8_t *buf, uint32_t n)
-{
-    uint32_t i;
-    for (i = 0; i < n; i++) {
-        kpgen_uart_putc(buf[i]);
-    }
-}
-
-void kpgen_uart_read(uint8_t *buf, uint32_t n)
-{
-    uint32_t i;
-    for (i = 0; i < n; i++) {
-        buf[i] = kpgen_uart_getc();
-    }
-}
+/* kpgen_uart_write and kpgen_uart_read, one byte at a time through the two functions above */
+KPGEN_UART_BYTEWISE_BLOCKS
 
 void kpgen_uart_flush(void)
 {
