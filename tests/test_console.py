@@ -117,16 +117,11 @@ def test_uart_console_on_every_emulated_board(name: str, tmp_path: Path) -> None
 def test_real_board_uart_drivers_build(name: str, tmp_path: Path) -> None:
     """The UART drivers QEMU does not emulate (STM32 second layout, nRF52 UARTE, RP2040 PL011, the real STM32F4s)
     compile cleanly with -Werror and link without semihosting."""
-    from kpgen.codegen.emit import _BOOT2_PLACEHOLDER
     from kpgen.target.boards import prepare_firmware_dir
 
     b = load_board(name)
     shutil.copyfile(HELLO, tmp_path / "main.c")
     prepare_firmware_dir(b, tmp_path, ["main.c"], console="uart")
-    if b.boot2_size:
-        (tmp_path / "board").mkdir()
-        (tmp_path / "board" / "boot2_placeholder.c").write_text(_BOOT2_PLACEHOLDER.format(size=b.boot2_size,
-                                                                                          version="test"))
     fw = toolchain.build(tmp_path, jobs=2)
     assert semihosting_calls(fw.elf) == []
     header = (tmp_path / "kpgen_console.h").read_text()

@@ -6,6 +6,65 @@
 
 #include <stdint.h>
 
+#include "kpgen_chip.h"
+
+/* One register step (boards.py SetupStep): reg = (reg & ~clear) | set unless both are 0, then wait until
+ * (reg & wait) == value, for at most KPGEN_POLL_LIMIT reads. */
+struct kpgen_setup_step {
+    uint32_t addr, clear, set, wait, value;
+};
+
+/* Run steps in order; 0 when every poll ended, else the 1-based index of the first step whose poll timed out
+ * (the remaining steps are skipped: they build on it). */
+__attribute__((unused)) static unsigned long kpgen_run_steps(const struct kpgen_setup_step *steps, uint32_t count)
+{
+    uint32_t i, n;
+    for (i = 0; i < count; i++) {
+        volatile uint32_t *reg = (volatile uint32_t *)(uintptr_t)steps[i].addr;
+        if ((steps[i].clear | steps[i].set) != 0u) { /* a step with neither only waits (read-only status) */
+            *reg = (*reg & ~steps[i].clear) | steps[i].set;
+        }
+        for (n = 0; (*reg & steps[i].wait) != steps[i].value; n++) {
+            if (n >= KPGEN_POLL_LIMIT) {
+                return (unsigned long)i + 1u;
+            }
+        }
+    }
+    return 0u;
+}
+
+unsigned long kpgen_clock_failed_step;
+
+void kpgen_clock_init(void)
+{
+#if KPGEN_CLOCK_STEP_COUNT > 0
+    static const struct kpgen_setup_step steps[KPGEN_CLOCK_STEP_COUNT] = KPGEN_CLOCK_STEP_TABLE;
+    kpgen_clock_failed_step = kpgen_run_steps(steps, (uint32_t)KPGEN_CLOCK_STEP_COUNT);
+#else
+    kpgen_clock_failed_step = 0u;
+#endif
+}
+
+/* "KPGEN-CLOCK failed step=N" when the clock set-up gave up: the run goes on at the clock the core had. */
+static void kpgen_report_clock(void)
+{
+    char line[40] = "KPGEN-CLOCK failed step=";
+    unsigned long v = kpgen_clock_failed_step;
+    unsigned k = 24u, d = 1u;
+    if (v == 0u) {
+        return;
+    }
+    while (v / d >= 10u) {
+        d *= 10u;
+    }
+    for (; d > 0u; d /= 10u) {
+        line[k++] = (char)('0' + (char)(v / d % 10u));
+    }
+    line[k++] = '\n';
+    line[k] = '\0';
+    kpgen_puts_raw(line);
+}
+
 #ifdef KPGEN_CONSOLE_UART
 
 #include <errno.h>
@@ -31,26 +90,25 @@ struct kpgen_host_args {
 };
 __attribute__((section(".noinit"), used)) volatile struct kpgen_host_args kpgen_host_args;
 
-/* Read-modify-write steps from the board's [uart] setup: clocks and pin multiplexing. */
-struct kpgen_setup_step {
-    uint32_t addr, clear, set, wait;
-};
+#ifdef KPGEN_UART_CLOCK_RUN_HZ
+/* The UART's input clock: the one [clock] programs, or the reset clock when that set-up gave up. */
+unsigned long kpgen_uart_clock_hz = KPGEN_UART_CLOCK_RUN_HZ;
+#endif
 
+/* The board's [uart] setup steps (clocks and pin multiplexing), then the driver. */
 void kpgen_console_init(void)
 {
 #if KPGEN_UART_SETUP_COUNT > 0
     static const struct kpgen_setup_step steps[KPGEN_UART_SETUP_COUNT] = KPGEN_UART_SETUP_TABLE;
-    uint32_t i;
-    for (i = 0; i < (uint32_t)KPGEN_UART_SETUP_COUNT; i++) {
-        volatile uint32_t *reg = (volatile uint32_t *)(uintptr_t)steps[i].addr;
-        if ((steps[i].clear | steps[i].set) != 0u) { /* a step with neither only waits (read-only status) */
-            *reg = (*reg & ~steps[i].clear) | steps[i].set;
-        }
-        while ((*reg & steps[i].wait) != steps[i].wait) {
-        }
+    (void)kpgen_run_steps(steps, (uint32_t)KPGEN_UART_SETUP_COUNT); /* a timed-out poll: the UART may stay mute */
+#endif
+#ifdef KPGEN_UART_CLOCK_RUN_HZ
+    if (kpgen_clock_failed_step != 0u) {
+        kpgen_uart_clock_hz = KPGEN_UART_CLOCK_RESET_HZ;
     }
 #endif
     kpgen_uart_init();
+    kpgen_report_clock();
 }
 
 int kpgen_cmdline(char *buf, int len)
@@ -171,6 +229,7 @@ extern void initialise_monitor_handles(void); /* newlib rdimon: opens stdin/stdo
 void kpgen_console_init(void)
 {
     initialise_monitor_handles();
+    kpgen_report_clock();
 }
 
 /* Semihosting operation numbers (Arm semihosting specification v2). */

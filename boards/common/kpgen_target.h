@@ -12,6 +12,16 @@
 #ifndef KPGEN_TARGET_H
 #define KPGEN_TARGET_H
 
+/* Program the board's core clock before the console starts (startup.c): the register steps of [clock] in its
+ * board.toml (kpgen_chip.h), every poll bounded. Records the first step whose poll timed out in
+ * kpgen_clock_failed_step (1-based; 0: all done), after which the core stays on whatever clock it had; the
+ * console then reports it in one line "KPGEN-CLOCK failed step=N" and the UART uses its reset-clock divisor. */
+void kpgen_clock_init(void);
+extern unsigned long kpgen_clock_failed_step;
+
+/* Polls of a register step give up after this many reads (about 0.1 s at 16 MHz, far above any PLL lock time). */
+#define KPGEN_POLL_LIMIT 200000u
+
 /* Set up the console before main (startup.c): the UART's clocks, pins and baud rate, or newlib's rdimon. */
 void kpgen_console_init(void);
 

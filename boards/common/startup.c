@@ -1,6 +1,10 @@
 /*
  * startup.c - vector table, reset and fault handlers for every kpgen board (ARMv6-M, v7-M, v8-M).
  *
+ * The vector table is complete for the board's chip: the initial stack pointer, the 15 system exceptions, then
+ * one entry per interrupt of the chip's list (boards/chips/<chip>.toml, as KPGEN_IRQ_LIST in the generated
+ * kpgen_chip.h). Every handler is weak and aliased to Default_Handler, so a firmware defines only those it uses.
+ *
  * We own the reset path instead of newlib's rdimon crt0, whose stack comes from the semihosting
  * HEAPINFO call and can land inside a large .bss. The stack pointer is __StackTop from the linker
  * script (top of RAM); .data is copied from flash and .bss zeroed before main() runs.
@@ -13,6 +17,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "kpgen_chip.h"
 #include "kpgen_target.h"
 
 /* Linker script symbols (templates/link.ld.j2). */
@@ -43,11 +48,22 @@ void SysTick_Handler(void) KPGEN_WEAK_HANDLER;
 
 typedef void (*kpgen_handler_t)(void);
 
-/* Initial stack pointer, then the 15 system exceptions. No external interrupt is enabled by kpgen. */
+/* The chip's interrupt handlers: declared weak, aliased to Default_Handler. */
+#define KPGEN_DECLARE_IRQ(handler) void handler(void) KPGEN_WEAK_HANDLER;
+#define KPGEN_NO_IRQ
+KPGEN_IRQ_LIST(KPGEN_DECLARE_IRQ, KPGEN_NO_IRQ)
+
+/* Initial stack pointer, the 15 system exceptions, then the chip's interrupts (kpgen enables none of them). */
 struct kpgen_vector_table {
     uint32_t *initial_sp;
     kpgen_handler_t system[15];
+#if KPGEN_IRQ_COUNT > 0
+    kpgen_handler_t irq[KPGEN_IRQ_COUNT];
+#endif
 };
+
+#define KPGEN_IRQ_ENTRY(handler) handler,
+#define KPGEN_IRQ_RESERVED 0,
 
 __attribute__((section(".isr_vector"), used)) const struct kpgen_vector_table kpgen_vectors = {
     __StackTop,
@@ -68,6 +84,9 @@ __attribute__((section(".isr_vector"), used)) const struct kpgen_vector_table kp
         PendSV_Handler,
         SysTick_Handler,
     },
+#if KPGEN_IRQ_COUNT > 0
+    {KPGEN_IRQ_LIST(KPGEN_IRQ_ENTRY, KPGEN_IRQ_RESERVED)},
+#endif
 };
 
 void Reset_Handler(void)
@@ -85,6 +104,7 @@ void Reset_Handler(void)
     *(volatile uint32_t *)0xE000ED88u |= (0xFu << 20);
     __asm__ volatile("dsb\n\tisb" ::: "memory");
 #endif
+    kpgen_clock_init(); /* the board's PLL and flash wait states ([clock]); nothing on emulated boards */
     kpgen_console_init();
     exit(main());
 }

@@ -1,7 +1,7 @@
 """Board definitions: one `boards/<name>/board.toml` per target (core, flags, memory map, QEMU machine).
 
-A new board is data only: a board.toml here, rendered through templates/link.ld.j2 and templates/Makefile.j2,
-with the shared C start-up in boards/common/.
+A new board is data only: a board.toml here (and its chip's interrupt list in boards/chips/), rendered through
+templates/link.ld.j2 and templates/Makefile.j2, with the shared C start-up in boards/common/.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from kpgen._data import data_dir
 
 BOARDS_DIR = data_dir("boards")
 COMMON_DIR = BOARDS_DIR / "common"
+CHIPS_DIR = BOARDS_DIR / "chips"  # one <chip>.toml per chip: its interrupt list (the vector table after the 16)
 TEMPLATES_DIR = data_dir("templates")
 
 # Files every firmware directory gets from boards/common/ (sources first, then headers).
@@ -55,11 +56,20 @@ class Board:
     boot2_size: int = 0  # bytes at the start of flash kept for a second-stage boot loader (RP2040: 256)
     flash: FlashProfile = field(default_factory=lambda: FlashProfile())  # [flash]: probes, clock, console
     uart: UartProfile | None = None  # [uart]: the console UART; None when the board has none
+    chip: str | None = None  # boards/chips/<chip>.toml: the interrupt list of the vector table
+    irqs: tuple[str, ...] = ()  # IRQ 0, 1, ... names ("" = reserved position); handlers are <name>_IRQHandler
+    clock: ClockProfile | None = None  # [clock]: the start-up's PLL set-up; None: the core stays on its reset clock
+    act_table: str = "full"  # activation tables `kpgen emit` gives this board by default (golden.ACT_TABLES)
 
     @property
     def emulated(self) -> bool:
         """True when QEMU runs this board (kpgen run, kpgen flash through QEMU's GDB server)."""
         return self.qemu_machine is not None
+
+    @property
+    def clock_hz(self) -> int | None:
+        """The core clock kpgen's firmware runs at: [clock]'s once the start-up programmed it, else the reset clock."""
+        return self.clock.hz if self.clock is not None else self.flash.reset_clock_hz
 
     @property
     def default_console(self) -> str:
@@ -80,13 +90,34 @@ _NRF52_UARTE_BAUD = {**_NRF_BAUD, 14400: 0x003AF000, 28800: 0x0075C000, 38400: 0
 
 @dataclass(frozen=True)
 class SetupStep:
-    """One register step before the UART is enabled: reg = (reg & ~clear) | set, then wait until (reg & wait) ==
-    wait. Enables clocks, releases resets and routes pins."""
+    """One register step of the start-up (clock set-up, or before the UART is enabled): reg = (reg & ~clear) | set
+    (skipped when both are 0), then wait until (reg & wait) == value (value defaults to wait), for a bounded
+    number of reads. Programs PLLs and flash wait states, enables clocks, releases resets and routes pins."""
 
     addr: int
     clear: int = 0
     set: int = 0
     wait: int = 0
+    value: int | None = None  # what the waited-for bits must read; None: all of them set
+
+    @property
+    def expect(self) -> int:
+        return self.wait if self.value is None else self.value
+
+
+def _c_steps(steps: Sequence[SetupStep]) -> str:
+    """A C initialiser of {addr, clear, set, wait, value} rows (struct kpgen_setup_step, kpgen_target.c)."""
+    return "{" + ", ".join("{" + ", ".join(f"0x{v:08X}u" for v in (st.addr, st.clear, st.set, st.wait, st.expect))
+                           + "}" for st in steps) + "}"
+
+
+@dataclass(frozen=True)
+class ClockProfile:
+    """The [clock] table of a board.toml: the core clock the start-up programs (PLL, flash wait states, bus
+    prescalers), as register steps run before the console starts. Real boards only: QEMU models no PLL."""
+
+    hz: int  # the core clock once every step has run
+    steps: tuple[SetupStep, ...]
 
 
 @dataclass(frozen=True)
@@ -96,12 +127,13 @@ class UartProfile:
     family: str  # driver: boards/common/uart_<family>.c
     base: int  # register base address
     baud: int  # bits per second, 8N1
-    clock_hz: int  # the UART's clock at reset (sets the divisor; QEMU ignores it)
+    clock_hz: int  # the UART's clock once the start-up ran ([clock], if any): sets the divisor; QEMU ignores it
     tx_pin: int | None = None  # pin numbers for UARTs that route their own pins (nRF PSEL)
     rx_pin: int | None = None
     pins: str = ""  # where the signals are on the real board, in words
     setup: tuple[SetupStep, ...] = ()
     qemu_serial: int | None = 0  # QEMU's -serial index of this UART; None when QEMU does not emulate it
+    reset_clock_hz: int | None = None  # the UART's clock if the [clock] set-up fails (the reset clock); None: clock_hz
 
     @property
     def driver(self) -> str:
@@ -117,8 +149,15 @@ class UartProfile:
                  "#ifndef KPGEN_CONSOLE_H", "#define KPGEN_CONSOLE_H", "",
                  f"#define KPGEN_UART_FAMILY_{self.family.upper()} 1",
                  f"#define KPGEN_UART_BASE {u32(self.base)}",
-                 f"#define KPGEN_UART_BAUD {self.baud}u",
-                 f"#define KPGEN_UART_CLOCK_HZ {self.clock_hz}u"]
+                 f"#define KPGEN_UART_BAUD {self.baud}u"]
+        if self.reset_clock_hz is not None and self.reset_clock_hz != self.clock_hz:
+            # the clock set-up may fail (a poll timed out): the UART then runs from the reset clock (kpgen_target.c)
+            lines += ["extern unsigned long kpgen_uart_clock_hz;",
+                      f"#define KPGEN_UART_CLOCK_RUN_HZ {self.clock_hz}u",
+                      f"#define KPGEN_UART_CLOCK_RESET_HZ {self.reset_clock_hz}u",
+                      "#define KPGEN_UART_CLOCK_HZ kpgen_uart_clock_hz"]
+        else:
+            lines.append(f"#define KPGEN_UART_CLOCK_HZ {self.clock_hz}u")
         table = _NRF52_UARTE_BAUD if self.family == "nrf52" else _NRF_BAUD
         if self.family in ("nrf51", "nrf52"):
             lines.append(f"#define KPGEN_UART_BAUD_REG {u32(table[self.baud])}")
@@ -127,9 +166,7 @@ class UartProfile:
                 lines.append(f"#define KPGEN_UART_{name}_PIN {pin}u")
         lines.append(f"#define KPGEN_UART_SETUP_COUNT {len(self.setup)}")
         if self.setup:
-            rows = ", ".join("{" + ", ".join(u32(v) for v in (st.addr, st.clear, st.set, st.wait)) + "}"
-                             for st in self.setup)
-            lines.append(f"#define KPGEN_UART_SETUP_TABLE {{{rows}}}")
+            lines.append(f"#define KPGEN_UART_SETUP_TABLE {_c_steps(self.setup)}")
         return "\n".join(lines + ["", "#endif /* KPGEN_CONSOLE_H */", ""])
 
 
@@ -141,7 +178,7 @@ class FlashProfile:
     pyocd_pack: str | None = None  # CMSIS pack part to install first (`pyocd pack install <part>`), if not built in
     openocd_args: tuple[str, ...] = ()  # openocd -f/-c arguments selecting probe and target
     clock_hz: int | None = None  # the chip's rated maximum core clock
-    reset_clock_hz: int | None = None  # the clock kpgen's firmware runs at: it programs no PLL
+    reset_clock_hz: int | None = None  # the core clock at reset, before [clock] (Board.clock_hz: what it runs at)
     console: str = "semihosting"  # how the firmware's output reaches the host
 
 
@@ -203,18 +240,79 @@ def _uart_profile(data: dict[str, Any], path: Path) -> UartProfile | None:
     clock = _get(t, "clock_hz", int, path)
     if baud <= 0 or clock < baud:
         raise KpgenError(f"{path}: [uart] needs baud > 0 and clock_hz >= baud; fix the values")
-    steps = []
-    for st in _get(t, "setup", list, path) if "setup" in t else []:
-        if not isinstance(st, dict) or not all(isinstance(st.get(k, 0), int) and 0 <= st.get(k, 0) < 1 << 32
-                                               for k in ("addr", "clear", "set", "wait")) or "addr" not in st:
-            raise KpgenError(f"{path}: [uart] setup steps are {{ addr = ..., clear = ..., set = ..., wait = ... }} "
-                             "with 32-bit values; fix the list")
-        steps.append(SetupStep(st["addr"], st.get("clear", 0), st.get("set", 0), st.get("wait", 0)))
+    steps = _steps(t, "setup", "[uart] setup", path)
     opt = lambda key, kind: _get(t, key, kind, path) if key in t else None  # noqa: E731
     serial = _get(t, "qemu_serial", int, path) if "qemu_serial" in t else (0 if "qemu" in data else None)
     return UartProfile(family=family, base=_get(t, "base", int, path), baud=baud, clock_hz=clock,
                        tx_pin=opt("tx_pin", int), rx_pin=opt("rx_pin", int), pins=opt("pins", str) or "",
-                       setup=tuple(steps), qemu_serial=serial)
+                       setup=steps, qemu_serial=serial, reset_clock_hz=opt("reset_clock_hz", int))
+
+
+_STEP_KEYS = ("addr", "clear", "set", "wait", "value")
+
+
+def _steps(t: dict[str, Any], key: str, what: str, path: Path) -> tuple[SetupStep, ...]:
+    """A list of register steps ({ addr, clear, set, wait, value }), every value a 32-bit integer."""
+    steps = []
+    for st in _get(t, key, list, path) if key in t else []:
+        if (not isinstance(st, dict) or "addr" not in st or set(st) - set(_STEP_KEYS)
+                or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 32 for v in st.values())):
+            raise KpgenError(f"{path}: {what} steps are {{ addr = ..., clear = ..., set = ..., wait = ... }} "
+                             "with 32-bit values; fix the list (value = ... is optional)")
+        steps.append(SetupStep(st["addr"], st.get("clear", 0), st.get("set", 0), st.get("wait", 0), st.get("value")))
+    return tuple(steps)
+
+
+def _clock_profile(data: dict[str, Any], path: Path) -> ClockProfile | None:
+    """The optional [clock] table: the rated core clock and the register steps that reach it."""
+    if "clock" not in data:
+        return None
+    t = _get(data, "clock", dict, path)
+    if "qemu" in data:
+        raise KpgenError(f"{path}: [clock] on an emulated board: QEMU models no PLL and a PLL-ready poll would "
+                         "never end; remove [clock] or the [qemu] table")
+    hz = _get(t, "hz", int, path)
+    steps = _steps(t, "steps", "[clock]", path)
+    if hz <= 0 or not steps:
+        raise KpgenError(f"{path}: [clock] needs hz > 0 and at least one step; fix the table")
+    return ClockProfile(hz=hz, steps=steps)
+
+
+def load_chip(name: str, where: Path) -> tuple[str, ...]:
+    """The interrupt list of boards/chips/<name>.toml: IRQ 0, 1, ... as C identifiers, "" for a reserved one."""
+    path = CHIPS_DIR / f"{name}.toml"
+    if "/" in name or "\\" in name or not path.is_file():
+        known = ", ".join(sorted(p.stem for p in CHIPS_DIR.glob("*.toml"))) or "none"
+        raise KpgenError(f"{where}: chip '{name}' has no file {name}.toml in {CHIPS_DIR}; use one of: {known}")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise KpgenError(f"{path}: invalid TOML ({exc}); fix the file") from None
+    irqs = _str_tuple(data, "irqs", path)
+    bad = [x for x in irqs if x and not (x.isidentifier() and x.isascii())]
+    if bad or not irqs or len(irqs) > 496:
+        what = bad[0] if bad else "the list"
+        raise KpgenError(f"{path}: 'irqs' must list 1 to 496 C identifiers (an empty string for a reserved position)"
+                         f"; fix {what}")
+    return irqs
+
+
+def chip_header(board: Board) -> str:
+    """kpgen_chip.h: the vector table's interrupt list and the clock set-up as C macros (startup.c,
+    kpgen_target.c). X(handler) names one IRQ's handler, R a reserved position."""
+    lines = [f"/* kpgen_chip.h: start-up data of board '{board.name}' (chip {board.chip or 'none'}: boards/chips/, and "
+             "[clock] in its board.toml). Generated by kpgen; do not edit. */",
+             "#ifndef KPGEN_CHIP_H", "#define KPGEN_CHIP_H", "",
+             f"#define KPGEN_IRQ_COUNT {len(board.irqs)}"]
+    items = [f"X({n}_IRQHandler)" if n else "R" for n in board.irqs]
+    lines.append("#define KPGEN_IRQ_LIST(X, R)" + "".join(f" \\\n    {i}" for i in items))
+    if board.clock is not None:
+        lines += [f"#define KPGEN_CLOCK_HZ {board.clock.hz}u",
+                  f"#define KPGEN_CLOCK_STEP_COUNT {len(board.clock.steps)}",
+                  f"#define KPGEN_CLOCK_STEP_TABLE {_c_steps(board.clock.steps)}"]
+    else:
+        lines.append("#define KPGEN_CLOCK_STEP_COUNT 0")
+    return "\n".join(lines + ["", "#endif /* KPGEN_CHIP_H */", ""])
 
 
 def load_board(name: str) -> Board:
@@ -228,6 +326,7 @@ def load_board(name: str) -> Board:
     except tomllib.TOMLDecodeError as exc:
         raise KpgenError(f"{path}: invalid TOML ({exc}); fix the file") from None
     mem = _get(data, "memory", dict, path)
+    chip = _get(data, "chip", str, path) if "chip" in data else None
     qemu = _get(data, "qemu", dict, path) if "qemu" in data else None
     board = Board(
         name=_get(data, "name", str, path),
@@ -250,6 +349,10 @@ def load_board(name: str) -> Board:
         boot2_size=_get(mem, "boot2_size", int, path) if "boot2_size" in mem else 0,
         flash=_flash_profile(data, path),
         uart=_uart_profile(data, path),
+        chip=chip,
+        irqs=load_chip(chip, path) if chip is not None else (),
+        clock=_clock_profile(data, path),
+        act_table=_get(data, "act_table", str, path) if "act_table" in data else "full",
     )
     if board.name != name:
         raise KpgenError(f"{path}: name = '{board.name}' but the directory is '{name}'; make them equal")
@@ -327,10 +430,11 @@ def object_name(source: str) -> str:
 
 def render_makefile(
     board: Board, sources: Sequence[str], include_dirs: Sequence[str] = (".",), defines: Sequence[str] | None = None,
-    console: str = "semihosting",
+    console: str = "semihosting", board_dir: str = "board",
 ) -> str:
     """templates/Makefile.j2: builds `sources` (paths relative to the firmware directory) into fw.elf, with the
-    board's preprocessor defines (or `defines`), linked for the console (uart: no semihosting library)."""
+    board's preprocessor defines (or `defines`), linked for the console (uart: no semihosting library);
+    board_dir holds the generated board files the rules run (boot2 and kpgen_uf2.py on RP2040 boards)."""
     for s in sources:
         if not s.endswith(".c") or " " in s:
             raise KpgenError(f"source '{s}' must be a .c path without spaces")
@@ -341,7 +445,7 @@ def render_makefile(
         template_env()
         .get_template("Makefile.j2")
         .render(board=board, sources=list(sources), include_dirs=list(include_dirs),
-                defines=list(board.defines if defines is None else defines), console=console)
+                defines=list(board.defines if defines is None else defines), console=console, board_dir=board_dir)
     )
 
 
@@ -357,13 +461,27 @@ def check_console(board: Board, console: str | None) -> str:
 
 
 def console_sources(board: Board, console: str) -> tuple[list[str], list[str], dict[str, str]]:
-    """What a console adds to a firmware: boards/common sources (start-up, target support, the UART driver),
-    preprocessor defines, and generated files (kpgen_console.h) by name."""
+    """What the board and its console add to a firmware: boards/common sources (start-up, target support, the UART
+    driver), preprocessor defines, and generated files by name: kpgen_chip.h (vector table, clock set-up), and
+    for the UART console kpgen_console.h; for a board with boot2 (RP2040), its source and the UF2/CRC tool."""
+    generated = {"kpgen_chip.h": chip_header(board)}
+    if board.boot2_size:
+        generated.update(boot2_files())
     if console != "uart":
-        return list(COMMON_SOURCES), [], {}
+        return list(COMMON_SOURCES), [], generated
     assert board.uart is not None
-    return (list(COMMON_SOURCES) + [board.uart.driver], ["KPGEN_CONSOLE_UART"],
-            {"kpgen_console.h": board.uart.header(board.name)})
+    generated["kpgen_console.h"] = board.uart.header(board.name)
+    return list(COMMON_SOURCES) + [board.uart.driver], ["KPGEN_CONSOLE_UART"], generated
+
+
+BOOT2_SOURCE = "boot2_w25q.S"  # boards/common/: kpgen's own RP2040 boot2 for the Pico's W25Q16JV (03h reads)
+UF2_TOOL = "kpgen_uf2.py"  # a copy of kpgen/target/uf2.py: pads boot2 with its CRC, writes fw.uf2 (stdlib only)
+
+
+def boot2_files() -> dict[str, str]:
+    """The boot2 source and the stand-alone UF2/CRC tool the emitted Makefile runs (boards with boot2_size)."""
+    tool = Path(__file__).with_name("uf2.py").read_text(encoding="utf-8")
+    return {BOOT2_SOURCE: (COMMON_DIR / BOOT2_SOURCE).read_text(encoding="utf-8"), UF2_TOOL: tool}
 
 
 def prepare_firmware_dir(
@@ -387,5 +505,6 @@ def prepare_firmware_dir(
     all_sources = app + [s for s in common if s not in app]
     (fw_dir / "link.ld").write_text(render_linker_script(board), encoding="utf-8")
     (fw_dir / "Makefile").write_text(
-        render_makefile(board, all_sources, include_dirs, list(board.defines) + defines, console), encoding="utf-8")
+        render_makefile(board, all_sources, include_dirs, list(board.defines) + defines, console, board_dir="."),
+        encoding="utf-8")
     return all_sources

@@ -480,3 +480,56 @@ def estimate(profile: Profile, core: str) -> CycleEstimate:
         per_function={k: int(round(v)) for k, v in sorted(per_function.items(), key=lambda kv: (-kv[1], kv[0]))},
         by_class={k: (v[0], v[1]) for k, v in sorted(by_class.items(), key=lambda kv: -kv[1][1])},
     )
+
+
+# --------------------------------------------------------------------------------------------- measured on the target
+
+_MEASURED = re.compile(r"^KPGEN-CYCLES timer=(dwt|systick) (?:(stopped|overflow|not-cycles)|"
+                       r"runs=(\d+) first=(\d+) min=(\d+) max=(\d+))\s*$", re.M)
+TIMER_NAMES = {"dwt": "DWT CYCCNT", "systick": "SysTick"}
+
+
+@dataclass(frozen=True)
+class MeasuredCycles:
+    """The firmware's own timing of its inferences (the KPGEN-CYCLES line of templates/main.c.j2)."""
+
+    timer: str  # "dwt" or "systick"
+    runs: int = 0  # inferences timed
+    first: int = 0  # sample 0's cycles: the inference kpgen's estimate prices
+    low: int = 0
+    high: int = 0
+    problem: str | None = None  # "stopped" (read 0), "overflow" (SysTick wrapped), "not-cycles" (slower than the core)
+
+
+def measured_cycles(output: str) -> MeasuredCycles | None:
+    """The KPGEN-CYCLES line in a firmware's output, or None when it printed none."""
+    m = _MEASURED.search(output)
+    if m is None:
+        return None
+    if m.group(2):
+        return MeasuredCycles(timer=m.group(1), problem=m.group(2))
+    runs, first, low, high = (int(m.group(k)) for k in (3, 4, 5, 6))
+    return MeasuredCycles(timer=m.group(1), runs=runs, first=first, low=low, high=high)
+
+
+def describe_measured(m: MeasuredCycles | None, emulated: bool, clock_hz: int | None = None) -> str:
+    """What the report says about measured cycles. Under an emulator it is always "not measured": QEMU reads
+    CYCCNT as 0 and runs SysTick from its own clock, so no number it gives is a cycle count."""
+    if emulated:
+        if m is not None and m.timer == "systick":
+            return "not measured (emulator: SysTick follows QEMU's clock, not the core's cycles)"
+        if m is not None and m.problem == "stopped":
+            return "not measured (emulator: DWT CYCCNT reads 0 under QEMU)"
+        return "not measured (emulator)"
+    if m is None:
+        return "not measured (the firmware printed no KPGEN-CYCLES line)"
+    name = TIMER_NAMES[m.timer]
+    if m.problem == "stopped":
+        return f"not measured ({name} did not advance: this core has no cycle counter, or it is disabled)"
+    if m.problem == "not-cycles":
+        return f"not measured ({name} advanced slower than the core executes: it does not count processor cycles)"
+    if m.problem == "overflow":
+        return f"not measured (one inference took over 2^24 cycles, the range of the 24-bit {name})"
+    at = f", {1e3 * m.first / clock_hz:.3f} ms at {clock_hz / 1e6:g} MHz" if clock_hz else ""
+    spread = f"; {m.low:,} to {m.high:,} over {m.runs} samples" if m.runs > 1 else ""
+    return f"{m.first:,} (sample 0{at}{spread}; {name}, measured on the board)"

@@ -9,12 +9,18 @@ Three ways in, one per kind of board:
   (which fetches SP and PC from the vector table just written) and continues. The firmware's semihosting
   output and exit status come back from QEMU, as in `kpgen run`, so this load path is tested for real.
 
-Real boards are not tested on hardware by kpgen's tests: only their builds and the dry-run command lines are.
+With --port (a UART-console image on a real board), the probe only writes the image and starts it; the
+firmware's report is then read from the board's serial line through pyserial (kpgen.target.serial), opened before
+the image starts so nothing is lost, until its "KPGEN-EXIT status=N" line, which gives the exit status.
+
+Real boards are not tested on hardware by kpgen's tests: only their builds, the dry-run command lines, and the
+serial reading (against a pseudo-terminal fed with a QEMU run's output) are.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import shlex
 import shutil
 import socket
@@ -49,6 +55,7 @@ class FlashPlan:
     image: Path  # the file written to the target: fw.elf (openocd, qemu) or fw.hex (pyocd)
     commands: list[list[str]]  # shell commands, in order (the equivalent commands for pyocd)
     api_calls: list[str] = field(default_factory=list)  # pyOCD Python API calls kpgen makes
+    console: str = "semihosting"  # the image's console (kpgen.json): "uart" images need no debugger to run
 
     def describe(self) -> str:
         """The dry run's text: every command exactly as it would run."""
@@ -63,8 +70,9 @@ class FlashPlan:
         lines.append("console: " + _console_note(self))
         if b.boot2_size:
             lines.append(
-                f"boot2: the first {b.boot2_size} bytes of flash must be the chip's second-stage boot loader; "
-                f"build with make BOOT2=<Pico SDK boot2 .S> first. kpgen refuses to flash its zero-filled placeholder."
+                f"boot2: the first {b.boot2_size} bytes of flash are kpgen's own second-stage boot loader "
+                f"(board/boot2_w25q.S, padded and checksummed by make); make BOOT2=<file.S> takes another one. "
+                f"make also writes fw.uf2: hold BOOTSEL while plugging the board in and copy it to the USB drive."
             )
         return "\n".join(lines)
 
@@ -92,9 +100,11 @@ def _console_note(p: FlashPlan) -> str:
     if uart and p.board.uart is not None:
         u = p.board.uart
         return (f"the board's UART at {u.baud} baud 8N1 ({u.pins or f'base 0x{u.base:08x}'}); no debugger needed once "
-                f"loaded. Read it with a terminal, or check the model with `kpgen validate --port` (a --target "
-                f"validate image). kpgen flash does not read the UART. Not tested on hardware by kpgen.")
-    at = f" It runs at the reset clock ({clock / 1e6:g} MHz): kpgen's start-up programs no PLL." if clock else ""
+                f"loaded. With --port DEV kpgen flash reads and checks its report there (else use a terminal); "
+                f"`kpgen validate --port` checks a --target validate image. Not tested on hardware by kpgen.")
+    clk = p.board.clock
+    at = (f" It runs at {clk.hz / 1e6:g} MHz (the start-up's [clock] set-up)." if clk is not None
+          else f" It runs at the reset clock ({clock / 1e6:g} MHz): kpgen's start-up programs no PLL." if clock else "")
     return (
         f"{p.board.flash.console} through the debug probe: the firmware prints via the debugger, which must stay "
         f"attached (without one, the first BKPT 0xAB faults).{at} Not tested on hardware by kpgen."
@@ -106,8 +116,10 @@ def _tcl_word(path: Path) -> str:
     return "{" + s + "}" if any(c in s for c in " \t;$[]\"{}\\") else s
 
 
-def plan(project: Path | str, board_name: str | None = None, probe: str | None = None) -> FlashPlan:
-    """Decide board, probe and commands for a project from `kpgen emit` (firmware target)."""
+def plan(project: Path | str, board_name: str | None = None, probe: str | None = None,
+         port: str | None = None) -> FlashPlan:
+    """Decide board, probe and commands for a project from `kpgen emit` (firmware target). With `port` (a
+    UART-console image read over the serial line), the probe only writes and starts the image."""
     from kpgen.pipeline import read_manifest
 
     project = Path(project).resolve()
@@ -123,6 +135,7 @@ def plan(project: Path | str, board_name: str | None = None, probe: str | None =
             f"{project} was emitted for board {built_for}, not {board_name}; emit it again with --board {board_name}"
         )
     board = load_board(built_for)
+    console = manifest.get("console", "semihosting")
     if probe is None:
         probe = "qemu" if board.emulated else "openocd"
     if probe not in PROBES:
@@ -135,14 +148,17 @@ def plan(project: Path | str, board_name: str | None = None, probe: str | None =
                              "use --probe openocd or pyocd")
         port = "<free port>"
         return FlashPlan(project, board, probe, elf,
-                         [qemu_gdb_command(elf, board, port), gdb_command(elf, board, port)])
+                         [qemu_gdb_command(elf, board, port), gdb_command(elf, board, port)], console=console)
     if probe == "openocd":
         if not fp.openocd_args:
             raise KpgenError(f"board {board.name} has no OpenOCD target (openocd_args in its board.toml [flash] table)"
                              + ("; it is emulated: use --probe qemu" if board.emulated else ""))
-        cmd = [OPENOCD, *fp.openocd_args, "-c", f"program {_tcl_word(elf)} verify", "-c", "arm semihosting enable",
-               "-c", "reset run"]
-        return FlashPlan(project, board, probe, elf, [cmd])
+        if console == "uart" and port is not None:  # the report comes over the UART: write, verify, reset, let go
+            cmd = [OPENOCD, *fp.openocd_args, "-c", f"program {_tcl_word(elf)} verify reset exit"]
+        else:
+            cmd = [OPENOCD, *fp.openocd_args, "-c", f"program {_tcl_word(elf)} verify", "-c",
+                   "arm semihosting enable", "-c", "reset run"]
+        return FlashPlan(project, board, probe, elf, [cmd], console=console)
     if not fp.pyocd_target:
         raise KpgenError(f"board {board.name} has no pyOCD target (pyocd_target in its board.toml [flash] table)"
                          + ("; it is emulated: use --probe qemu" if board.emulated else ""))
@@ -162,7 +178,9 @@ def plan(project: Path | str, board_name: str | None = None, probe: str | None =
         "    target.resume()  # then at every halt on BKPT 0xAB: agent.check_and_handle_semihost_request() and "
         "target.resume(), until SYS_EXIT or SYS_EXIT_EXTENDED gives the exit status",
     ]
-    return FlashPlan(project, board, probe, hexfile, cmds, api)
+    if console == "uart" and port is not None:
+        api[-4:] = ["    session.board.target.reset()  # a UART-console image runs on its own; its report: --port"]
+    return FlashPlan(project, board, probe, hexfile, cmds, api, console=console)
 
 
 # --------------------------------------------------------------------------------------------- QEMU + GDB
@@ -343,9 +361,82 @@ def _require_boot2(p: FlashPlan) -> None:
     if n and not any((p.project / "fw.bin").read_bytes()[:n]):
         raise KpgenError(
             f"{p.project}/fw.bin starts with {n} zero bytes where {p.board.name}'s boot ROM expects boot2, its "
-            f"second-stage boot loader; build with make BOOT2=<the Pico SDK's bs2_default_padded_checksummed.S> "
-            f"(README, Deploying)"
+            f"second-stage boot loader; rebuild with `make -C {p.project}` (it builds kpgen's boot2), or make "
+            f"BOOT2=<a padded boot2 .S> (README, Deploying)"
         )
+
+
+# --------------------------------------------------------------------------------------------- reading the UART
+
+_EXIT = re.compile(r"KPGEN-EXIT status=(-?\d+)\r?\n")
+
+
+def _load_only(p: FlashPlan, timeout: float, echo: Callable[[str], None]) -> None:
+    """Write the image and start it, without serving a console (a UART-console image on a real board)."""
+    if p.probe == "openocd":
+        done = proc.run(p.commands[0], timeout=timeout, merge_stderr=True,
+                        on_output=lambda data: echo(data.decode("utf-8", errors="replace")))
+        if done.timed_out or done.returncode != 0:
+            tail = [ln for ln in done.out.splitlines() if ln.strip()][-1:] or ["no output"]
+            raise KpgenError(f"openocd could not load {p.image} ({tail[0][:200]}); check the probe connection "
+                             "and `kpgen flash --dry-run`")
+        return
+    from pyocd.core.helpers import ConnectHelper
+    from pyocd.flash.file_programmer import FileProgrammer
+
+    try:
+        session = ConnectHelper.session_with_chosen_probe(target_override=p.board.flash.pyocd_target,
+                                                          blocking=False, return_first=True)
+        if session is None:
+            raise KpgenError("no debug probe found by pyOCD; connect the board's USB debug port (`pyocd list`)")
+        with session:
+            FileProgrammer(session).program(str(p.image))
+            session.board.target.reset()
+    except KpgenError:
+        raise
+    except Exception as e:  # pyOCD's own errors: no probe, unknown target, transfer failures
+        raise KpgenError(f"pyOCD failed on {p.board.flash.pyocd_target}: {e}; check the probe and "
+                         "`pyocd list --targets`") from None
+
+
+def read_report(link, timeout: float, echo: Callable[[str], None] = lambda s: None) -> tuple[str, int | None, bool]:
+    """Read a UART-console firmware's report from `link` (kpgen.target.serial) until its "KPGEN-EXIT status=N"
+    line: (text, N or None, timed out). Bounded in time and in bytes (proc.OUTPUT_CAP); CR LF read as LF."""
+    buf = bytearray()
+    end = time.monotonic() + timeout
+    while len(buf) <= proc.OUTPUT_CAP:
+        left = end - time.monotonic()
+        if left <= 0:
+            break
+        data = link.read(4096, min(0.1, left))
+        if not data:
+            continue
+        buf += data
+        echo(data.decode("utf-8", errors="replace"))
+        m = _EXIT.search(buf.decode("utf-8", errors="replace"))
+        if m:
+            text = buf.decode("utf-8", errors="replace")[: m.end()].replace("\r\n", "\n")
+            return text, int(m.group(1)), False
+    return buf.decode("utf-8", errors="replace").replace("\r\n", "\n"), None, True
+
+
+def _flash_and_read(p: FlashPlan, port: str, baud: int | None, timeout: float,
+                    echo: Callable[[str], None]) -> FlashResult:
+    """Open the serial port, load and start the image, then read its report from the port."""
+    from kpgen.target.serial import LinkClosed, SerialLink
+
+    rate = baud or (p.board.uart.baud if p.board.uart else 115200)
+    link = SerialLink(port, rate)
+    try:
+        _load_only(p, timeout, echo)
+        try:
+            text, status, timed_out = read_report(link, timeout, echo)
+        except LinkClosed as e:
+            raise KpgenError(f"lost {port} while reading the firmware's report ({e}); check the cable") from None
+    finally:
+        link.close()
+    return FlashResult(p, status, text, timed_out=timed_out, overflowed=len(text) > proc.OUTPUT_CAP,
+                       log=f"read from {link.description}")
 
 
 def check_probe_tools(probe: str) -> None:
@@ -364,12 +455,29 @@ def check_probe_tools(probe: str) -> None:
             raise KpgenError(PYOCD_HINT) from None
 
 
-def flash(p: FlashPlan, timeout: float = 300.0, echo: Callable[[str], None] = lambda s: None) -> FlashResult:
-    """Build the project (make), then load and run it with the plan's probe."""
+def check_port(p: FlashPlan, port: str | None) -> None:
+    """--port reads a real board's UART: refuse it for QEMU and for an image without the UART console."""
+    if port is None:
+        return
+    if p.probe == "qemu":
+        raise KpgenError("--port reads a real board's serial line; under QEMU the UART is already read from QEMU's "
+                         "stdio: leave --port out")
+    if p.console != "uart":
+        raise KpgenError(f"{p.project} was emitted with --console {p.console}: its report goes through the debugger, "
+                         "not the serial port; emit it with --console uart to use --port, or leave --port out")
+
+
+def flash(p: FlashPlan, timeout: float = 300.0, echo: Callable[[str], None] = lambda s: None,
+          port: str | None = None, baud: int | None = None) -> FlashResult:
+    """Build the project (make), then load and run it with the plan's probe; with `port`, read the firmware's
+    report from that serial port (pyserial) instead of the probe."""
+    check_port(p, port)
     check_probe_tools(p.probe)
     toolchain.check_tools(toolchain.BUILD_TOOLS)
     toolchain.build(p.project)
     _require_boot2(p)
+    if port is not None:
+        return _flash_and_read(p, port, baud, timeout, echo)
     if p.probe == "qemu":
         return _flash_qemu(p, timeout)
     if p.probe == "openocd":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kpgen.tables import text_table
+from kpgen.target.cycles import describe_measured
 
 
 def _checked_state(m: dict) -> str:
@@ -35,6 +36,8 @@ def format_report(rep) -> str:
     lines = [f"kpgen run: {m['checkpoint']} on {b.name} ({b.core}, QEMU {b.qemu_machine})", ""]
     rows = [
         (f"float accuracy ({acc['test_samples']} {acc['test_set']})", _pct(acc["float"])),
+        *([(f"your model's accuracy ({acc['test_samples']}, its logits)", _pct(acc["user_float"]))]
+          if isinstance(acc.get("user_float"), (int, float)) else []),
         (f"int8 golden accuracy ({acc['test_samples']})", _pct(acc["int8_golden"])),
         (
             f"on-target accuracy ({ver.labelled} run on {b.name})",
@@ -62,6 +65,8 @@ def format_report(rep) -> str:
                 f"estimate, cost model docs/cycle-model.md)",
             )
         )
+    rows.append(("measured cycles per inference",
+                 describe_measured(getattr(rep, "measured_cycles", None), b.emulated, b.clock_hz)))
     s = rep.sizes
     rows.append(("flash", f"{s['text'] + s['data']:,} bytes (model weights and tables {rep.weight_bytes_flash:,})"))
     rows.append(("RAM", f"model arena {m['arena_bytes']:,} bytes; firmware .data+.bss {s['data'] + s['bss']:,} bytes"))
