@@ -45,6 +45,19 @@
 #define KP_RESTRICT restrict
 #endif
 
+/*
+ * Armv6-M reads the block layout's int8 weights biased by 128, stored as the uint8 w + 128
+ * (kpgen.codegen.layout.pack_blocks(biased=True), which the emitter picks for these cores): LDRB takes an
+ * immediate offset where LDRSB takes only a register, so a weight costs one load, and the kernels subtract 128
+ * times the vector's sum once per row. Other targets may define KP_BIASED_BLOCKS to test that path (host tests).
+ */
+#if defined(__ARM_ARCH_6M__) && !defined(KP_BIASED_BLOCKS)
+#define KP_BIASED_BLOCKS 1
+#endif
+#if defined(KP_BIASED_BLOCKS) && defined(KP_DSP)
+#error "KP_BIASED_BLOCKS is the layout of cores without the DSP extension"
+#endif
+
 /* A pipeline stage: kept out of line so a per-function instruction profile shows it by name. */
 #if defined(__GNUC__)
 #define KP_STAGE __attribute__((noinline))
@@ -289,12 +302,12 @@ static inline int32_t kp_vslot(int32_t i, int32_t cols_p)
 }
 
 /*
- * The same for the vectors of the rows kernel (A T with m2 > 1): the DSP order on every core with SMLAD, Helium
- * cores included (that kernel uses SMLAD there too), the natural order on the others.
+ * The same for the vectors of the rows kernel (A T with m2 > 1): the DSP order on cores with SMLAD but no Helium,
+ * the natural order on the others (Helium reads a row of A with VLDRB.S16 and multiplies with VMLADAV).
  */
 static inline int32_t kp_vslot_rows(int32_t i, int32_t cols_p)
 {
-#if defined(KP_DSP)
+#if defined(KP_DSP) && !defined(KP_MVE)
     if (cols_p > 2) {
         return (i & ~(int32_t)3) | ((i & 1) << 1) | ((i >> 1) & 1);
     }
@@ -302,6 +315,16 @@ static inline int32_t kp_vslot_rows(int32_t i, int32_t cols_p)
     (void)cols_p;
 #endif
     return i;
+}
+
+/* Byte k of an array in the block layout (kpgen.codegen.layout.pack_blocks) as the int8 weight it holds. */
+static inline int32_t kp_block_byte(const int32_t *w, int32_t k)
+{
+#if defined(KP_BIASED_BLOCKS)
+    return (int32_t)((const uint8_t *)w)[k] - 128;
+#else
+    return ((const int8_t *)w)[k];
+#endif
 }
 
 /* Padded column count of a packed matrix: 2 for one or two columns, else a multiple of 4 (kpgen.codegen.layout). */

@@ -37,8 +37,8 @@ KP_FAST_INLINE void kp_fastgrnn_units(const kp_fastgrnn_params_s8 *p, const int3
     int32_t u;
     for (u = 0; u < hs; u++) {
         const int32_t pre = kp_gate_rq(ax[u], mx, sx, kp_gate_rq(ah[u], mh, sh, 0));
-        const int32_t z = kp_act_s16(kp_ssat16(pre + bias_z[u]), sig);
-        const int32_t ht = kp_act_s16(kp_ssat16(pre + bias_h[u]), tanh_mid);
+        const int32_t z = kp_act_sat_s16(pre + bias_z[u], sig);
+        const int32_t ht = kp_act_sat_s16(pre + bias_h[u], tanh_mid);
         const int32_t g = ((gz - zeta * z) >> 15) + nu;
         h[u] = (int8_t)kp_ssat8((((g * ht + re) >> se) + z * h[u] + ((int32_t)1 << 14)) >> 15);
     }

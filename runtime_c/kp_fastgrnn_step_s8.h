@@ -25,7 +25,7 @@ typedef struct {
     const int32_t *bias_h;             /* H, Q3.12 */
     int32_t zeta, nu;                  /* Q0.15, 0..32767 */
     int32_t state_exp;                 /* e, 0..7: h is Q(e).(7-e), one step 2^(e-7) */
-    const int16_t *sigmoid_table;      /* 1024 entries each (kpgen.reference.golden.make_table) */
+    const int16_t *sigmoid_table;      /* KP_ACT_TABLE_SIZE entries each (golden.make_table) */
     const int16_t *tanh_table;
 } kp_fastgrnn_params_s8;
 

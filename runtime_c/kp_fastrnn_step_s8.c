@@ -33,7 +33,7 @@ KP_FAST_INLINE void kp_fastrnn_units(const kp_fastrnn_params_s8 *p, const int32_
     const int16_t *tanh_mid = p->tanh_table + KP_ACT_TABLE_SIZE / 2;
     int32_t u;
     for (u = 0; u < hs; u++) {
-        const int32_t ht = kp_act_s16(kp_ssat16(kp_gate_rq(ax[u], mx, sx, kp_gate_rq(ah[u], mh, sh, bias[u]))), tanh_mid);
+        const int32_t ht = kp_act_sat_s16(kp_gate_rq(ax[u], mx, sx, kp_gate_rq(ah[u], mh, sh, bias[u])), tanh_mid);
         h[u] = (int8_t)kp_ssat8((((alpha * ht + re) >> se) + beta * h[u] + ((int32_t)1 << 14)) >> 15);
     }
 }

@@ -24,7 +24,7 @@ typedef struct {
     const int32_t *bias;               /* H, Q3.12 */
     int32_t alpha, beta;               /* Q0.15, 0..32767 */
     int32_t state_exp;                 /* e, 0..7: h is Q(e).(7-e), one step 2^(e-7) */
-    const int16_t *tanh_table;         /* 1024 entries (kpgen.reference.golden.make_table) */
+    const int16_t *tanh_table;         /* KP_ACT_TABLE_SIZE entries (golden.make_table) */
 } kp_fastrnn_params_s8;
 
 /*

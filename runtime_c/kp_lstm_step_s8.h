@@ -21,7 +21,7 @@ typedef struct {
     int32_t mult_h, shift_h;
     const int32_t *bias;               /* 4H, Q3.12 */
     int32_t cell_frac;                 /* 0..15 */
-    const int16_t *sigmoid_table;      /* 1024 entries each (kpgen.reference.golden.make_table) */
+    const int16_t *sigmoid_table;      /* KP_ACT_TABLE_SIZE entries each (golden.make_table) */
     const int16_t *tanh_table;
 } kp_lstm_params_s8;
 
@@ -42,7 +42,8 @@ typedef struct {
  * x: input_size int8; h: hidden_size int8 (updated in place); c: hidden_size int16 (updated in place).
  * x must not alias h or the scratch. Stages (separate functions, named in a profile): kp_matvec_s8's
  * (kp_dense_x_s16 or kp_kron_xbt_s8, then kp_kron_at_s8) for Wx x and Wh h, then kp_lstm_gates_s16 (requantize,
- * bias, saturate, sigmoid / tanh: one pass), kp_lstm_cell_s16 (c', tanh(c'), h').
+ * bias, saturate, sigmoid / tanh: one pass; it overwrites the scratch acc_h on Armv6-M), kp_lstm_cell_s16 (c',
+ * tanh(c'), h'; eight units a step with Helium).
  */
 void kp_lstm_step_s8(const kp_lstm_params_s8 *p, const int8_t *x, int8_t *h, int16_t *c,
                      const kp_lstm_scratch_s8 *s);

@@ -14,6 +14,10 @@
  *   kp_hkp_top_s8    hybrid KP: the dense top rows
  * Each code path (portable, KP_DSP, KP_MVE: kp_common.h) lives in the same function under its feature macro,
  * and every path sums the same products exactly in int32, so all give the same bits.
+ * The stages' loops are inline bodies (kp_xbt_body, kp_at_body) that kp_kron2_fixed also instantiates with
+ * constant shapes: the kernels the emitter gives each two-factor matrix (templates/kp_matrix.j2), which
+ * kp_matvec_s8 runs through kp_matvec_fixed_s8. Those kernels read B as int16 pairs on DSP cores without Helium
+ * (kp_blocks16_tt); Armv6-M reads the blocks layout biased by 128 (KP_BIASED_BLOCKS, kp_common.h).
  */
 #ifndef KP_MATVEC_INTERNAL_H
 #define KP_MATVEC_INTERNAL_H
@@ -23,6 +27,17 @@
 
 #include "kp_common.h"
 #include "kp_matvec_s8.h"
+
+/*
+ * Complete unrolling of the short loops whose trip counts are constants in the shape-specialised kernels
+ * (kp_kron2_fixed): a GCC pragma, left out of size builds and of other compilers.
+ */
+#if defined(__GNUC__) && !defined(__clang__) && !defined(__OPTIMIZE_SIZE__)
+#define KP_PRAGMA(x) _Pragma(#x)
+#define KP_UNROLL_FIXED KP_PRAGMA(GCC unroll 8)
+#else
+#define KP_UNROLL_FIXED
+#endif
 
 /* Forced inlining specialises the loops per call site; a size build (-Os) lets the compiler share them. */
 #if defined(__GNUC__) && !defined(__OPTIMIZE_SIZE__)
@@ -233,24 +248,100 @@ KP_INLINE void kp_block_sums(const int32_t *w, int32_t cols_p, const int32_t *v,
         KP_ROW4(a2);
         KP_ROW4(a3);
     }
-#else
-    /* Portable: the vector's int16 elements read in place (natural order), one multiply-add per weight. */
-    const int8_t *wp8 = (const int8_t *)w;
+#elif defined(KP_BIASED_BLOCKS)
+    /*
+     * Armv6-M: the weights are u = w + 128 (0..255), one LDRB with an immediate offset each, so
+     * sum w e = sum u e - 128 sum e; the caller takes the 128 sum e off init (kp_blocks_dot). Unsigned
+     * arithmetic wraps like the exact sum, which fits int32, so the result is exact. One load, multiply and add
+     * per weight, the columns unrolled so that every offset is an immediate.
+     */
+    const uint8_t *wp8 = (const uint8_t *)w;
     const kp_half_t *vh = (const kp_half_t *)v;
-    const kp_half_t *const vend = vh + cols_p;
-    while (vh != vend) {
-        const int32_t width = vend - vh < 8 ? 4 : 8;
-        int32_t j;
-        for (j = 0; j < width; j++) {
-            const int32_t e = vh[j];
-            a0 += wp8[j] * e;
-            a1 += wp8[width + j] * e;
-            a2 += wp8[2 * width + j] * e;
-            a3 += wp8[3 * width + j] * e;
-        }
-        wp8 += 4 * width;
-        vh += width;
+    uint32_t u0 = (uint32_t)init, u1 = u0, u2 = u0, u3 = u0;
+    int32_t k;
+#if defined(__ARM_ARCH_6M__) && defined(KP_ARM_ASM)
+    /* One asm statement per column (GCC's Thumb-1 inline asm syntax is the divided one): otherwise GCC 12 loads
+     * the eight vector elements of a chunk first and spills them. 14 instructions per 4 multiply-adds. */
+#define KP_COLU(j, width)                                                                                     \
+    do {                                                                                                      \
+        int32_t e_, t_;                                                                                       \
+        __asm__("ldrh %[e], [%[v], #%c[oe]]\n\tsxth %[e], %[e]\n\t"                                          \
+                "ldrb %[t], [%[w], #%c[o0]]\n\tmul %[t], %[e]\n\tadd %[u0], %[t]\n\t"                         \
+                "ldrb %[t], [%[w], #%c[o1]]\n\tmul %[t], %[e]\n\tadd %[u1], %[t]\n\t"                         \
+                "ldrb %[t], [%[w], #%c[o2]]\n\tmul %[t], %[e]\n\tadd %[u2], %[t]\n\t"                         \
+                "ldrb %[t], [%[w], #%c[o3]]\n\tmul %[t], %[e]\n\tadd %[u3], %[t]"                               \
+                : [u0] "+r"(u0), [u1] "+r"(u1), [u2] "+r"(u2), [u3] "+r"(u3), [e] "=&l"(e_), [t] "=&l"(t_)    \
+                : [v] "l"(vh), [w] "l"(wp8), [oe] "n"(2 * (j)), [o0] "n"(j), [o1] "n"((width) + (j)),          \
+                  [o2] "n"(2 * (width) + (j)), [o3] "n"(3 * (width) + (j))                                     \
+                : "cc", "memory");                                                                            \
+    } while (0)
+#else
+#define KP_COLU(j, width)                                                                                     \
+    do {                                                                                                      \
+        const int32_t e_ = vh[j];                                                                             \
+        u0 += (uint32_t)(wp8[j] * e_);                                                                        \
+        u1 += (uint32_t)(wp8[(width) + (j)] * e_);                                                            \
+        u2 += (uint32_t)(wp8[2 * (width) + (j)] * e_);                                                        \
+        u3 += (uint32_t)(wp8[3 * (width) + (j)] * e_);                                                        \
+    } while (0)
+#endif
+    for (k = cols_p >> 3; k > 0; k--, wp8 += 32, vh += 8) {
+        KP_COLU(0, 8);
+        KP_COLU(1, 8);
+        KP_COLU(2, 8);
+        KP_COLU(3, 8);
+        KP_COLU(4, 8);
+        KP_COLU(5, 8);
+        KP_COLU(6, 8);
+        KP_COLU(7, 8);
     }
+    if (cols_p & 4) {
+        KP_COLU(0, 4);
+        KP_COLU(1, 4);
+        KP_COLU(2, 4);
+        KP_COLU(3, 4);
+    }
+#undef KP_COLU
+    a0 = (int32_t)u0;
+    a1 = (int32_t)u1;
+    a2 = (int32_t)u2;
+    a3 = (int32_t)u3;
+#else
+    /*
+     * Portable (Armv7-M without DSP, the host): each weight word and vector word is loaded once, the four int8
+     * weights taken out of it by shifts (byte 0 SXTB, byte 3 one ASR, bytes 1 and 2 LSL and ASR), the vector's
+     * int16 pairs by SXTH and ASR; one multiply-add per weight. A row's words in a chunk of 8 columns are 2
+     * apart, in the last chunk of 4 one.
+     */
+    const int32_t *wp = w;
+    const int32_t *vp = v;
+    int32_t k;
+#define KP_DOT4(acc, wv)                                                                                      \
+    do {                                                                                                      \
+        const uint32_t u_ = (uint32_t)(wv);                                                                   \
+        acc += (int32_t)(int8_t)u_ * e0 + ((int32_t)(u_ << 16) >> 24) * e1 + ((int32_t)(u_ << 8) >> 24) * e2 + \
+               ((int32_t)u_ >> 24) * e3;                                                                      \
+    } while (0)
+    for (k = cols_p >> 3; k > 0; k--, wp += 8, vp += 4) {
+        int32_t h;
+        for (h = 0; h < 2; h++) {
+            const int32_t p0 = vp[2 * h], p1 = vp[2 * h + 1];
+            const int32_t e0 = kp_lo16(p0), e1 = kp_hi16(p0), e2 = kp_lo16(p1), e3 = kp_hi16(p1);
+            KP_DOT4(a0, wp[h]);
+            KP_DOT4(a1, wp[2 + h]);
+            KP_DOT4(a2, wp[4 + h]);
+            KP_DOT4(a3, wp[6 + h]);
+        }
+    }
+    if (cols_p & 4) {
+        const int32_t p0 = vp[0], p1 = vp[1];
+        const int32_t e0 = kp_lo16(p0), e1 = kp_hi16(p0), e2 = kp_lo16(p1), e3 = kp_hi16(p1);
+        KP_DOT4(a0, wp[0]);
+        KP_DOT4(a1, wp[1]);
+        KP_DOT4(a2, wp[2]);
+        KP_DOT4(a3, wp[3]);
+    }
+#undef KP_DOT4
 #endif
     s[0] = a0;
     s[1] = a1;
@@ -273,13 +364,12 @@ KP_INLINE void kp_block_sums2(const int32_t *w, int32_t v, int32_t init, int32_t
     s[2] = __smlad(__sxtb16(w1), v, init);
     s[3] = __smlad(kp_sxtb16_ror8(w1), v, init);
 #else
-    const int8_t *b8 = (const int8_t *)w;
     const int32_t e0 = kp_lo16(v);
     const int32_t e1 = kp_hi16(v);
-    s[0] = init + b8[0] * e0 + b8[2] * e1;
-    s[1] = init + b8[1] * e0 + b8[3] * e1;
-    s[2] = init + b8[4] * e0 + b8[6] * e1;
-    s[3] = init + b8[5] * e0 + b8[7] * e1;
+    s[0] = init + kp_block_byte(w, 0) * e0 + kp_block_byte(w, 2) * e1;
+    s[1] = init + kp_block_byte(w, 1) * e0 + kp_block_byte(w, 3) * e1;
+    s[2] = init + kp_block_byte(w, 4) * e0 + kp_block_byte(w, 6) * e1;
+    s[3] = init + kp_block_byte(w, 5) * e0 + kp_block_byte(w, 7) * e1;
 #endif
 }
 
@@ -327,7 +417,7 @@ KP_INLINE void kp_blocks_dot(const int32_t *w, int32_t rows, int32_t cols, const
                              int32_t t_mode, kp_half_t *t_out, int32_t t_stride, int32_t ts)
 {
     const int32_t cols_p = kp_cols_padded(cols);
-    const int32_t init = t_mode ? kp_round_half(ts) : 0; /* T's rounding term as the start */
+    int32_t init = t_mode ? kp_round_half(ts) : 0; /* T's rounding term as the start */
     const int32_t *const w_full = w + (rows >> 2) * cols_p; /* a block is cols_p words */
     int32_t s[4];
     if (cols_p == 2) {
@@ -342,6 +432,18 @@ KP_INLINE void kp_blocks_dot(const int32_t *w, int32_t rows, int32_t cols, const
         }
         return;
     }
+#if defined(KP_BIASED_BLOCKS)
+    { /* the weights' bias, 128 times the vector's sum, off every row's start (kp_block_sums) */
+        const kp_half_t *vh = (const kp_half_t *)v;
+        uint32_t es = 0;
+        int32_t j;
+        for (j = 0; j < cols_p; j++) {
+            const int32_t e = vh[j];
+            es += (uint32_t)e;
+        }
+        init = (int32_t)((uint32_t)init - (es << 7));
+    }
+#endif
     for (; w != w_full; w += cols_p, y += 4, t_out += 4 * t_stride) {
         kp_block_sums(w, cols_p, v, init, s);
         kp_block_store(s[0], s[1], s[2], s[3], 4, y, t_mode, t_out, t_stride, ts);
@@ -356,6 +458,429 @@ KP_INLINE void kp_blocks_dot(const int32_t *w, int32_t rows, int32_t cols, const
 KP_INLINE int32_t kp_tslot(int32_t i, int32_t n1_p, int32_t m2)
 {
     return m2 == 1 ? kp_vslot(i, n1_p) : kp_vslot_rows(i, n1_p);
+}
+
+/*
+ * Each row of X widened to int16 once, then the blocks kernel runs B (packed in blocks) against it, rounding
+ * each sum into its element of T^T (a column of T^T per row of X). The padding columns of T^T (i >= n1) are
+ * zero. Scratch: T^T (m2 rows of n1_p / 2 words), then one widened row of X. The int16 stores into T^T do not
+ * touch x (KP_RESTRICT says so).
+ */
+KP_INLINE void kp_xbt_body(const int32_t *b, int32_t n1, int32_t m2, int32_t n2, int32_t ts, const int8_t *KP_RESTRICT x,
+                           int32_t *KP_RESTRICT tv)
+{
+    const int32_t n1_p = kp_cols_padded(n1);
+    const int32_t n2_p = kp_cols_padded(n2);
+    int32_t *const row = tv + m2 * (n1_p >> 1);
+    kp_half_t *const tt = (kp_half_t *)tv;
+    int32_t i, q;
+
+    for (i = 0; i < n1; i++) {
+        kp_widen(x + i * n2, n2, n2_p, 1, 0, row);
+        kp_blocks_dot(b, m2, n2, row, row, 1, tt + kp_tslot(i, n1_p, m2), n1_p, ts);
+    }
+    for (; i < n1_p; i++) {
+        kp_half_t *out = tt + kp_tslot(i, n1_p, m2);
+        for (q = 0; q < m2; q++, out += n1_p) {
+            *out = 0;
+        }
+    }
+}
+
+/*
+ * Row r of an int8 matrix packed in rows (kpgen.codegen.layout.pack_rows), widened to cols_p / 2 words in the rows
+ * kernel's order (kp_vslot_rows): the DSP pairs of SXTB16 on every core that has them, Helium ones included.
+ */
+KP_INLINE void kp_widen_row(const int32_t *w, int32_t r, int32_t cols_p, int32_t *v)
+{
+    int32_t k;
+    if (cols_p == 2) {
+#if defined(KP_DSP)
+        const int32_t word = w[r >> 1];
+        v[0] = (r & 1) ? kp_sxtb16_ror8(word) : __sxtb16(word);
+#else
+        const int8_t *b = (const int8_t *)(w + (r >> 1)) + (r & 1);
+        v[0] = kp_pack16(b[0], b[2]);
+#endif
+        return;
+    }
+    w += r * (cols_p >> 2);
+#if defined(KP_DSP)
+    {
+        const int32_t *const end = w + (cols_p >> 2);
+        (void)k;
+        do {
+            const int32_t word = *w++;
+            v[0] = __sxtb16(word);
+            v[1] = kp_sxtb16_ror8(word);
+            v += 2;
+        } while (w != end);
+    }
+#else
+    {
+        const int8_t *b = (const int8_t *)w;
+        for (k = 0; k < (cols_p >> 1); k++) {
+            v[k] = kp_pack16(b[2 * k], b[2 * k + 1]);
+        }
+    }
+#endif
+}
+
+/*
+ * Dot product of two int16 vectors of `words` words (pairs): sum over k of lo(m[k]) * lo(v[k]) + hi(m[k]) *
+ * hi(v[k]), exact in int32. DSP (Helium cores too: the rows kernel's short dot products gain nothing from
+ * predicated vector loads): SMLAD per word, unrolled for 1, 2, 4 and 8 words.
+ */
+KP_INLINE int32_t kp_dot_words(const int32_t *m, const int32_t *v, int32_t words)
+{
+    int32_t k, d = 0;
+#if defined(KP_DSP)
+    switch (words) {
+    case 1:
+        return __smuad(m[0], v[0]);
+    case 2:
+        return __smlad(m[1], v[1], __smuad(m[0], v[0]));
+    case 4:
+        return __smlad(m[3], v[3], __smlad(m[2], v[2], __smlad(m[1], v[1], __smuad(m[0], v[0]))));
+    case 8:
+        d = __smlad(m[3], v[3], __smlad(m[2], v[2], __smlad(m[1], v[1], __smuad(m[0], v[0]))));
+        return __smlad(m[7], v[7], __smlad(m[6], v[6], __smlad(m[5], v[5], __smlad(m[4], v[4], d))));
+    default:
+        break;
+    }
+    for (k = 0; k + 2 <= words; k += 2) {
+        d = __smlad(m[k], v[k], d);
+        d = __smlad(m[k + 1], v[k + 1], d);
+    }
+    if (k < words) {
+        d = __smlad(m[k], v[k], d);
+    }
+#else
+    for (k = 0; k < words; k++) {
+        d += kp_lo16(m[k]) * kp_lo16(v[k]) + kp_hi16(m[k]) * kp_hi16(v[k]);
+    }
+#endif
+    return d;
+}
+
+/*
+ * Step 2 (kp_kron_at_s8, and the shape-specialised kernels: kp_kron2_fixed): y[p*m2 + q] = A[p] . T[:, q]. With m2 == 1 (and in dense mode) A is in blocks and T one vector:
+ * the blocks kernel. Otherwise A is in rows: each row of A, widened once (into registers on the DSP path for
+ * up to 8 columns), against the m2 rows of T^T, whose outputs are consecutive.
+ */
+KP_INLINE void kp_at_body(const int32_t *a, int32_t m1, int32_t n1, int32_t m2, const int32_t *tt, int32_t *row,
+                          int32_t *y)
+{
+    const int32_t n1_p = kp_cols_padded(n1);
+    const int32_t words = n1_p >> 1;
+    int32_t p, q;
+    if (m2 == 1) {
+        kp_blocks_dot(a, m1, n1, tt, y, 0, (kp_half_t *)0, 0, 0);
+        return;
+    }
+#if defined(KP_MVE)
+    if (n1_p > 2) {
+        /* Helium: a row of A as int16 lanes (VLDRB.S16, predicated to the row for 4 columns), one VMLADAV per
+         * output against a row of T^T (natural order: kp_vslot_rows), chunks of 8 lanes. */
+        const int8_t *ap = (const int8_t *)a;
+        (void)row;
+        p = 0;
+        if (n1_p == 8) {
+            /* Two rows of A against two rows of T^T: each T^T row loaded once for both A rows, four VMLADAV, the
+             * outputs stored in pairs. */
+            for (p = 0; p + 2 <= m1; p += 2, ap += 16, y += 2 * m2) {
+                const int16x8_t va = vldrbq_s16(ap);
+                const int16x8_t vb = vldrbq_s16(ap + 8);
+                const int16_t *t = (const int16_t *)tt;
+                int32_t *y0 = y, *y1 = y + m2;
+#if defined(KP_ARM_ASM)
+                /* One asm statement per four outputs: GCC 12 adds register moves around VMLADAV's even-register
+                 * destinations and stores them one by one; here two VLDRH, four VMLADAV, two STRD. */
+                for (q = 0; q + 2 <= m2; q += 2) {
+                    int32_t d0, d1, d2, d3;
+                    __asm__ volatile("vldrh.s16 q0, [%[t]], #32\n\t"
+                                     "vldrh.s16 q1, [%[t], #-16]\n\t"
+                                     "vmladav.s16 %[d0], %q[va], q0\n\t"
+                                     "vmladav.s16 %[d1], %q[va], q1\n\t"
+                                     "vmladav.s16 %[d2], %q[vb], q0\n\t"
+                                     "vmladav.s16 %[d3], %q[vb], q1\n\t"
+                                     "strd %[d0], %[d1], [%[y0]], #8\n\t"
+                                     "strd %[d2], %[d3], [%[y1]], #8"
+                                     : [d0] "=&Te"(d0), [d1] "=&Te"(d1), [d2] "=&Te"(d2), [d3] "=&Te"(d3),
+                                       [t] "+r"(t), [y0] "+r"(y0), [y1] "+r"(y1)
+                                     : [va] "w"(va), [vb] "w"(vb)
+                                     : "q0", "q1", "memory");
+                }
+                y0 -= q;
+                y1 -= q;
+#else
+                for (q = 0; q + 2 <= m2; q += 2, t += 16) {
+                    const int16x8_t t0 = vldrhq_s16(t);
+                    const int16x8_t t1 = vldrhq_s16(t + 8);
+                    y0[q] = vmladavq_s16(va, t0);
+                    y0[q + 1] = vmladavq_s16(va, t1);
+                    y1[q] = vmladavq_s16(vb, t0);
+                    y1[q + 1] = vmladavq_s16(vb, t1);
+                }
+#endif
+                if (q < m2) {
+                    const int16x8_t t0 = vldrhq_s16(t);
+                    y0[q] = vmladavq_s16(va, t0);
+                    y1[q] = vmladavq_s16(vb, t0);
+                }
+            }
+        }
+        for (; p < m1; p++, ap += n1_p) {
+            const int16_t *t = (const int16_t *)tt;
+            if (n1_p == 4) {
+                const int16x8_t va = vldrbq_z_s16(ap, vctp16q(4));
+                const mve_pred16_t lo = vctp16q(4);
+                for (q = 0; q < m2; q++, t += 4) {
+                    y[q] = vmladavq_s16(va, vldrhq_z_s16(t, lo));
+                }
+            } else if (n1_p == 8) {
+                const int16x8_t va = vldrbq_s16(ap);
+                for (q = 0; q < m2; q++, t += 8) {
+                    y[q] = vmladavq_s16(va, vldrhq_s16(t));
+                }
+            } else {
+                for (q = 0; q < m2; q++, t += n1_p) {
+                    int32_t k, d = 0;
+                    for (k = 0; k < n1_p; k += 8) {
+                        const mve_pred16_t pr = vctp16q((uint32_t)(n1_p - k));
+                        d = vmladavaq_s16(d, vldrbq_z_s16(ap + k, pr), vldrhq_z_s16(t + k, pr));
+                    }
+                    y[q] = d;
+                }
+            }
+            y += m2;
+        }
+        return;
+    }
+    {
+        /* Two columns: T^T word q is (T[0][q], T[1][q]). Rows p, p+1 share one A word: SXTB16 and SXTB16 ROR 8
+         * give their (A[p][0], A[p][1]) pairs, each in every lane pair; per four outputs VMULLB, VMULLT and one
+         * add; the last 1..3 outputs under a VCTP predicate. */
+        const int32_t *ap = a;
+        for (p = 0; p < m1; p += 2, y += 2 * m2) {
+            const int32_t word = *ap++;
+            const int16x8_t va = vreinterpretq_s16_s32(vdupq_n_s32(__sxtb16(word)));
+            const int16x8_t vb = vreinterpretq_s16_s32(vdupq_n_s32(kp_sxtb16_ror8(word)));
+            const int32_t *t = tt;
+            int32_t *y0 = y, *y1 = y + m2;
+            const int32_t two = p + 1 < m1;
+            for (q = m2; q >= 4; q -= 4) {
+                const int16x8_t tv = vreinterpretq_s16_s32(vldrwq_s32(t));
+                t += 4;
+                vstrwq_s32(y0, vaddq_s32(vmullbq_int_s16(tv, va), vmulltq_int_s16(tv, va)));
+                y0 += 4;
+                if (two) {
+                    vstrwq_s32(y1, vaddq_s32(vmullbq_int_s16(tv, vb), vmulltq_int_s16(tv, vb)));
+                    y1 += 4;
+                }
+            }
+            if (q > 0) {
+                const mve_pred16_t pr = vctp32q((uint32_t)q);
+                const int16x8_t tv = vreinterpretq_s16_s32(vldrwq_z_s32(t, pr));
+                vstrwq_p_s32(y0, vaddq_s32(vmullbq_int_s16(tv, va), vmulltq_int_s16(tv, va)), pr);
+                if (two) {
+                    vstrwq_p_s32(y1, vaddq_s32(vmullbq_int_s16(tv, vb), vmulltq_int_s16(tv, vb)), pr);
+                }
+            }
+        }
+        (void)row;
+        return;
+    }
+#endif
+#if defined(KP_DSP)
+    if (n1_p == 2) { /* rows in pairs: one A word holds rows p and p+1 */
+        for (p = 0; p < m1; p += 2, y += 2 * m2) {
+            const int32_t wa = *a++;
+            const int32_t va = __sxtb16(wa);
+            const int32_t vb = kp_sxtb16_ror8(wa);
+            const int32_t *t = tt;
+            int32_t *y0 = y, *y1 = y + m2;
+            if (p + 1 >= m1) {
+                for (q = 0; q < m2; q++) {
+                    y[q] = __smuad(tt[q], va);
+                }
+                break;
+            }
+            KP_UNROLL_FIXED
+            for (q = m2 >> 1; q != 0; q--) { /* counted: with a constant m2 it unrolls completely */
+                int32_t t0, t1;
+                t = kp_ld2(t, &t0, &t1);
+                y0 = kp_st2(y0, __smuad(t0, va), __smuad(t1, va));
+                y1 = kp_st2(y1, __smuad(t0, vb), __smuad(t1, vb));
+            }
+            if (m2 & 1) {
+                *y0 = __smuad(*t, va);
+                *y1 = __smuad(*t, vb);
+            }
+        }
+        return;
+    }
+#if !defined(KP_MVE)
+    if (n1_p == 4) {
+        const int32_t *const a_end = a + m1;
+        const int32_t *const t_end = tt + 2 * m2;
+        for (; a != a_end; a++) {
+            const int32_t v0 = __sxtb16(*a), v1 = kp_sxtb16_ror8(*a);
+            const int32_t *t = tt;
+            for (; t != t_end; t += 2) {
+                *y++ = __smlad(t[1], v1, __smuad(t[0], v0));
+            }
+        }
+        return;
+    }
+    if (n1_p == 8) {
+        const int32_t *const a_end = a + 2 * m1;
+        for (; a != a_end; a += 2) {
+            const int32_t wa = a[0], wb = a[1];
+            const int32_t v0 = __sxtb16(wa), v1 = kp_sxtb16_ror8(wa), v2 = __sxtb16(wb), v3 = kp_sxtb16_ror8(wb);
+            const int32_t *t = tt;
+            int32_t j;
+            KP_UNROLL_FIXED
+            for (j = m2 >> 1; j != 0; j--) { /* T^T rows in pairs, then maybe one; with a constant m2 it unrolls */
+                int32_t t0, t1, t2, t3, d;
+                t = kp_ld2(t, &t0, &t1);
+                t = kp_ld2(t, &t2, &t3);
+                d = __smlad(t3, v3, __smlad(t2, v2, __smlad(t1, v1, __smuad(t0, v0))));
+                t = kp_ld2(t, &t0, &t1);
+                t = kp_ld2(t, &t2, &t3);
+                y = kp_st2(y, d, __smlad(t3, v3, __smlad(t2, v2, __smlad(t1, v1, __smuad(t0, v0)))));
+            }
+            if (m2 & 1) {
+                *y++ = __smlad(t[3], v3, __smlad(t[2], v2, __smlad(t[1], v1, __smuad(t[0], v0))));
+            }
+        }
+        return;
+    }
+#endif /* !KP_MVE */
+#endif
+    for (p = 0; p < m1; p++, y += m2) {
+        const int32_t *t = tt;
+        kp_widen_row(a, p, n1_p, row);
+        for (q = 0; q < m2; q++, t += words) {
+            y[q] = kp_dot_words(t, row, words);
+        }
+    }
+}
+
+#if defined(KP_DSP) && !defined(KP_MVE)
+#if defined(KP_ARM_ASM)
+/* One row of an int16 chunk of 8 (four words, two LDRD) against the vector words v0..v3: four SMLAD. */
+#define KP_ROW16(acc)                                                                                         \
+    do {                                                                                                      \
+        int32_t w0_, w1_;                                                                                     \
+        __asm__("ldrd %[w0], %[w1], [%[wp]], #8\n\t"                                                         \
+                "smlad %[a], %[w0], %[v0], %[a]\n\t"                                                          \
+                "smlad %[a], %[w1], %[v1], %[a]\n\t"                                                          \
+                "ldrd %[w0], %[w1], [%[wp]], #8\n\t"                                                         \
+                "smlad %[a], %[w0], %[v2], %[a]\n\t"                                                          \
+                "smlad %[a], %[w1], %[v3], %[a]"                                                              \
+                : [a] "+r"(acc), [wp] "+r"(wp), [w0] "=&r"(w0_), [w1] "=&r"(w1_)                              \
+                : [v0] "r"(v0), [v1] "r"(v1), [v2] "r"(v2), [v3] "r"(v3), "m"(*(const kp_word2_t *)wp),        \
+                  "m"(*(const kp_word2_t *)(wp + 2)));                                                        \
+    } while (0)
+#else
+#define KP_ROW16(acc)                                                                                         \
+    do {                                                                                                      \
+        acc = __smlad(wp[0], v0, acc);                                                                        \
+        acc = __smlad(wp[1], v1, acc);                                                                        \
+        acc = __smlad(wp[2], v2, acc);                                                                        \
+        acc = __smlad(wp[3], v3, acc);                                                                        \
+        wp += 4;                                                                                              \
+    } while (0)
+#endif
+
+/*
+ * X B^T with B in int16 pairs (kpgen.codegen.layout.pack_blocks16; cols_p > 2, the DSP path without Helium): the
+ * blocks kernel's sums, one SMLAD per weight pair without unpacking, each sum rounded into T^T as in t_mode
+ * (t_out[r * t_stride] = sat16(rsr(sum, ts)), ts 0..31). A block is 2 * cols_p words.
+ */
+KP_INLINE void kp_blocks16_tt(const int32_t *w, int32_t rows, int32_t cols_p, const int32_t *v, kp_half_t *t_out,
+                              int32_t t_stride, int32_t ts)
+{
+    const int32_t init = kp_round_half(ts);
+    int32_t blk;
+    for (blk = 0; blk < ((rows + 3) >> 2); blk++, t_out += 4 * t_stride) {
+        const int32_t *wp = w + blk * 2 * cols_p;
+        const int32_t *vp = v;
+        int32_t a0 = init, a1 = init, a2 = init, a3 = init;
+        uint32_t k;
+        KP_UNROLL_FIXED
+        for (k = (uint32_t)cols_p >> 3; k != 0; k--) {
+            int32_t v0, v1, v2, v3;
+            vp = kp_ld2(vp, &v0, &v1);
+            vp = kp_ld2(vp, &v2, &v3);
+            KP_ROW16(a0);
+            KP_ROW16(a1);
+            KP_ROW16(a2);
+            KP_ROW16(a3);
+        }
+        if (cols_p & 4) {
+            const int32_t v0 = vp[0], v1 = vp[1];
+            a0 = __smlad(wp[1], v1, __smlad(wp[0], v0, a0));
+            a1 = __smlad(wp[3], v1, __smlad(wp[2], v0, a1));
+            a2 = __smlad(wp[5], v1, __smlad(wp[4], v0, a2));
+            a3 = __smlad(wp[7], v1, __smlad(wp[6], v0, a3));
+        }
+        kp_block_store(a0, a1, a2, a3, rows - 4 * blk < 4 ? rows - 4 * blk : 4, (int32_t *)0, 1, t_out, t_stride,
+                       ts);
+    }
+}
+#undef KP_ROW16
+
+/* kp_xbt_body with B packed by pack_blocks16 (n2 > 2). */
+KP_INLINE void kp_xbt16_body(const int32_t *b, int32_t n1, int32_t m2, int32_t n2, int32_t ts,
+                             const int8_t *KP_RESTRICT x, int32_t *KP_RESTRICT tv)
+{
+    const int32_t n1_p = kp_cols_padded(n1);
+    const int32_t n2_p = kp_cols_padded(n2);
+    int32_t *const row = tv + m2 * (n1_p >> 1);
+    kp_half_t *const tt = (kp_half_t *)tv;
+    int32_t i, q;
+
+    for (i = 0; i < n1; i++) {
+        kp_widen(x + i * n2, n2, n2_p, 1, 0, row);
+        kp_blocks16_tt(b, m2, n2_p, row, tt + kp_tslot(i, n1_p, m2), n1_p, ts);
+    }
+    for (; i < n1_p; i++) {
+        kp_half_t *out = tt + kp_tslot(i, n1_p, m2);
+        for (q = 0; q < m2; q++, out += n1_p) {
+            *out = 0;
+        }
+    }
+}
+#endif
+
+/*
+ * A two-factor product (dense mode for B 1x1) whose shapes and shift are compile-time constants at the call
+ * site: the emitter's per-matrix kernels (templates/kp_matrix.j2) call it with literals, so every loop bound,
+ * stride and branch on the shape folds away and the short loops unroll. b16: B packed by pack_blocks16 (DSP
+ * builds without Helium only), else by pack_blocks. Same arithmetic and buffers as kp_matvec2_s8: scratch
+ * kron_scratch_words(m1, n1, m2, n2) words; y: m1*m2 int32.
+ */
+KP_INLINE void kp_kron2_fixed(const int32_t *a, const int32_t *b, int32_t m1, int32_t n1, int32_t m2, int32_t n2,
+                              int32_t ts, int32_t b16, const int8_t *x, int32_t *scratch, int32_t *y)
+{
+    if (m2 == 1 && n2 == 1) {
+        kp_widen(x, n1, kp_cols_padded(n1), kp_block_byte(b, 0), ts, scratch);
+        kp_at_body(a, m1, n1, 1, scratch, scratch, y);
+        return;
+    }
+#if defined(KP_DSP) && !defined(KP_MVE)
+    if (b16) {
+        kp_xbt16_body(b, n1, m2, n2, ts, x, scratch);
+    } else {
+        kp_xbt_body(b, n1, m2, n2, ts, x, scratch);
+    }
+#else
+    (void)b16; /* B in int16 is the DSP layout only (the emitted model.c checks the build) */
+    kp_xbt_body(b, n1, m2, n2, ts, x, scratch);
+#endif
+    kp_at_body(a, m1, n1, m2, scratch, scratch + m2 * (kp_cols_padded(n1) >> 1), y);
 }
 
 /*
@@ -392,7 +917,7 @@ KP_INLINE void kp_matvec2_s8(const kp_kron_s8 *w, const int8_t *x, int32_t *scra
 {
     const int32_t n1_p = kp_cols_padded(w->n1);
     if (w->m2 == 1 && w->n2 == 1) {
-        kp_dense_x_s16(x, w->n1, ((const int8_t *)w->b)[0], w->t_shift, scratch);
+        kp_dense_x_s16(x, w->n1, kp_block_byte(w->b, 0), w->t_shift, scratch);
         kp_kron_at_s8(w, scratch, scratch, y);
         return;
     }

@@ -1,7 +1,8 @@
 /*
  * kp_matvec_s8.c - Kronecker-product matrix-vector product, the public entry (see kp_matvec_s8.h).
  *
- * kp_matvec_s8 picks the stages (kp_matvec_internal.h): a plain two-factor or dense matrix goes straight to
+ * kp_matvec_s8 picks the stages (kp_matvec_internal.h): a matrix with a kernel emitted for its shapes (w->fixed,
+ * in builds with KP_FIXED_KERNELS) runs that; a plain two-factor or dense matrix goes straight to
  * kp_matvec2_s8 (inlined here); more factors or hybrid-KP top rows go through kp_matvec_ext_s8 after one NULL
  * check.
  */
@@ -32,6 +33,24 @@ static KP_STAGE void kp_matvec_ext_s8(const kp_kron_s8 *w, const int8_t *x, int3
 
 void kp_matvec_s8(const kp_kron_s8 *w, const int8_t *x, int32_t *scratch, int32_t *y)
 {
+#ifdef KP_FIXED_KERNELS
+    if (w->fixed != 0) {
+        kp_matvec_fixed_s8(w, x, scratch, y);
+        return;
+    }
+#endif
+#ifdef KP_ONLY_FIXED
+    {
+        /* A build whose matrices all have kernels of their own (the emitter defines KP_ONLY_FIXED then, and its
+         * model.c refuses it otherwise) links none of the generic stages; any other matrix gives zeros. */
+        int32_t r;
+        (void)x;
+        (void)scratch;
+        for (r = 0; r < w->m1 * w->m2; r++) {
+            y[r] = 0;
+        }
+    }
+#else
 #ifndef KP_NO_KRON_EXT
     if (w->inner != 0 || w->top != 0) {
         kp_matvec_ext_s8(w, x, scratch, y);
@@ -39,6 +58,7 @@ void kp_matvec_s8(const kp_kron_s8 *w, const int8_t *x, int32_t *scratch, int32_
     }
 #endif
     kp_matvec2_s8(w, x, scratch, y);
+#endif
 }
 
 int32_t kp_matvec_s8_get_buffer_size(const kp_kron_s8 *w)

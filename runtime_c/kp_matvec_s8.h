@@ -20,6 +20,9 @@ extern "C" {
  * Hybrid KP: top is a dense kp_kron_s8 (B = [[1]], t_shift 0) of r rows above the Kronecker part, whose
  * products are scaled by 2^top_shift (a left shift for top_shift >= 0, kp_rsr32 by -top_shift otherwise,
  * -31..31); NULL: none. Nested matrices (inner and top) have top NULL; the emitter initialises every member.
+ * fixed: the number of a kernel the emitter specialised to this matrix's shapes (kp_kron2_fixed with constant
+ * bounds, templates/kp_matrix.j2); a runtime built with KP_FIXED_KERNELS runs it through kp_matvec_fixed_s8, which
+ * the emitted model.c defines (a direct call: the stack bound stays static); it gives the same bits. 0: none.
  */
 typedef struct kp_kron_s8_ {
     const int32_t *a;
@@ -29,6 +32,7 @@ typedef struct kp_kron_s8_ {
     const struct kp_kron_s8_ *inner; /* more than two factors: B (x) C ... replaces b (NULL: two factors) */
     const struct kp_kron_s8_ *top;   /* hybrid KP: dense rows above the Kronecker part (NULL: none) */
     int32_t top_shift;               /* the top rows' scaling into the Kronecker part's unit, -31..31 */
+    int32_t fixed; /* 1..: the emitted model's kernel for this matrix's shapes (kp_matvec_fixed_s8); 0: none */
 } kp_kron_s8;
 
 /* Kronecker factors of one matrix that kp_matvec_s8 chains (kpgen.quant.limits.MAX_FACTORS). */
@@ -50,6 +54,14 @@ typedef struct kp_kron_s8_ {
  * Post: y holds the exact result of kpgen.reference.golden.kp_matrix_s8, on every code path.
  */
 void kp_matvec_s8(const kp_kron_s8 *w, const int8_t *x, int32_t *scratch, int32_t *y);
+
+/*
+ * The emitted model's shape-specialised kernels (defined in its model.c, not in the runtime): runs kernel number
+ * w->fixed (>= 1) on x, exactly as kp_matvec_s8 would. Called by kp_matvec_s8 in builds with KP_FIXED_KERNELS.
+ * A library (kpgen emit --target lib) is built with every runtime function renamed <name>_kp_... (this one
+ * included: kpgen.codegen.emit.library_renames), so models emitted with different names link together.
+ */
+void kp_matvec_fixed_s8(const kp_kron_s8 *w, const int8_t *x, int32_t *scratch, int32_t *y);
 
 /*
  * int32 words of scratch kp_matvec_s8(w, ...) needs, the same number as kpgen.codegen.layout.matrix_scratch_words:

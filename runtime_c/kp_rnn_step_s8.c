@@ -36,7 +36,7 @@ KP_RNN_INLINE void kp_rnn_units(const kp_rnn_params_s8 *p, const int32_t *ax, co
         const int16_t *tanh_mid = p->tanh_table + KP_ACT_TABLE_SIZE / 2;
         for (u = 0; u < hs; u++) {
             const int32_t v = kp_gate_rq(ax[u], mx, sx, kp_gate_rq(ah[u], mh, sh, bias[u]));
-            h[u] = (int8_t)kp_ssat8((kp_act_s16(kp_ssat16(v), tanh_mid) + half) >> 8);
+            h[u] = (int8_t)kp_ssat8((kp_act_sat_s16(v, tanh_mid) + half) >> 8);
         }
     }
 }

@@ -24,7 +24,7 @@ typedef struct {
     const int32_t *bias;               /* H: Q3.12 (tanh) or Q(e).(15-e) (relu) */
     int32_t relu;                      /* 0: tanh, 1: relu */
     int32_t state_exp;                 /* relu: e, 0..7, h is Q(e).(7-e); tanh: 0, h is Q0.7 */
-    const int16_t *tanh_table;         /* 1024 entries (kpgen.reference.golden.make_table); read by tanh only */
+    const int16_t *tanh_table;         /* KP_ACT_TABLE_SIZE entries (golden.make_table); tanh only */
 } kp_rnn_params_s8;
 
 /*

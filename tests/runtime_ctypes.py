@@ -166,12 +166,12 @@ def _p(a: np.ndarray, ptype: type) -> ctypes._Pointer:
 
 
 class Kron(ctypes.Structure):
-    """Mirror of kp_kron_s8 (inner, top: NULL and top_shift 0 unless given)."""
+    """Mirror of kp_kron_s8 (inner, top: NULL, top_shift and fixed 0 unless given)."""
 
 
 Kron._fields_ = [
     ("a", P32), ("b", P32), ("m1", I32), ("n1", I32), ("m2", I32), ("n2", I32), ("t_shift", I32),
-    ("inner", ctypes.POINTER(Kron)), ("top", ctypes.POINTER(Kron)), ("top_shift", I32),
+    ("inner", ctypes.POINTER(Kron)), ("top", ctypes.POINTER(Kron)), ("top_shift", I32), ("fixed", I32),
 ]  # fmt: skip
 
 

@@ -391,6 +391,7 @@ def test_c_top_shift_extremes(rt: Runtime) -> None:
 # ---------------------------------------------------------------------------------------- rendered macros
 
 RENDER_SRC = """#include "kpgen_runtime.h"
+#include "kp_matvec_internal.h"
 {% import 'kp_matrix.j2' as km %}
 {% for p, ctx in mats %}
 {{ km.arrays(p, ctx) }}
@@ -405,6 +406,19 @@ void kpr_run(int32_t i, const int8_t *x, int32_t *scratch, int32_t *y)
 {% for p, ctx in mats %}
     case {{ loop.index0 }}:
         kp_matvec_s8(&{{ p }}_holder.w, x, scratch, y);
+        break;
+{% endfor %}
+    default:
+        break;
+    }
+}
+
+void kp_matvec_fixed_s8(const kp_kron_s8 *w, const int8_t *x, int32_t *scratch, int32_t *y)
+{
+    switch (w->fixed) {
+{% for p, ctx in mats if ctx.fixed_id %}
+    case {{ ctx.fixed_id }}:
+        kp_mat_{{ p }}(x, scratch, y);
         break;
 {% endfor %}
     default:
@@ -427,12 +441,23 @@ def _render_mats(rng: np.random.Generator) -> list[KPMatrixQ]:
                [3, 8], rng.integers(-127, 128, (3, 12)), 2),
         make_q([rng.integers(-127, 128, (6, 4)), np.ones((1, 1))], [0],  # dense + top
                rng.integers(-127, 128, (2, 4)), 0),
+        # shapes for the specialised kernels: 1-row and 1-column factors, 4-column and 8+4-column tails, odd rows
+        make_q([rng.integers(-127, 128, (5, 1)), rng.integers(-127, 128, (3, 7))], [7]),
+        make_q([rng.integers(-127, 128, (1, 9)), rng.integers(-127, 128, (6, 1))], [2]),
+        make_q([rng.integers(-127, 128, (7, 5)), rng.integers(-127, 128, (1, 3))], [4]),
+        make_q([rng.integers(-127, 128, (3, 12)), rng.integers(-127, 128, (9, 2))], [6]),
+        make_q([rng.integers(-127, 128, (2, 16)), rng.integers(-127, 128, (5, 12))], [10]),
+        make_q([rng.integers(-127, 128, (9, 8)), rng.integers(-127, 128, (1, 1))], [3]),  # dense, scaled B
+        make_q([rng.integers(-127, 128, (13, 20)), np.ones((1, 1))], [0]),  # dense, 16 + 4 columns
     ]  # fmt: skip
     return mats
 
 
-def render(mats: list[KPMatrixQ]) -> str:
-    ctxs = [(f"m{i}_w", layout.matrix_context(m)) for i, m in enumerate(mats)]
+def render(mats: list[KPMatrixQ], biased: bool = False, b16: bool = False) -> str:
+    ctxs = [(f"m{i}_w", layout.matrix_context(m, biased, b16)) for i, m in enumerate(mats)]
+    fixed = [ctx for _, ctx in ctxs if ctx["fixed"]]  # numbered as kpgen.codegen.emit.number_fixed_kernels does
+    for k, ctx in enumerate(fixed):
+        ctx["fixed_id"] = k + 1
     return template_env().from_string(RENDER_SRC).render(mats=ctxs)
 
 
@@ -444,33 +469,43 @@ def test_rendered_macros_text() -> None:
     env = template_env()
     km = env.get_template("kp_matrix.j2").module
     plain = layout.matrix_context(mats[1])
-    assert str(km.init("p", plain)) == "{ p_a, p_b, 4, 2, 3, 5, 9, 0, 0, 0 }"
+    assert str(km.init("p", plain)) == "{ p_a, p_b, 4, 2, 3, 5, 9, 0, 0, 0, 0 }"
     deep = layout.matrix_context(mats[3])
-    assert str(km.init("q", deep)) == "{ q_a, 0, 2, 2, 8, 8, 5, &q_k1, 0, 0 }"
+    assert str(km.init("q", deep)) == "{ q_a, 0, 2, 2, 8, 8, 5, &q_k1, 0, 0, 0 }"
     arrays = str(km.arrays("q", deep))
-    assert "static const kp_kron_s8 q_k2 = { q_c, q_d, 2, 2, 2, 2, 7, 0, 0, 0 };" in arrays
+    assert "static const kp_kron_s8 q_k2 = { q_c, q_d, 2, 2, 2, 2, 7, 0, 0, 0, 0 };" in arrays
     assert arrays.index("q_k2 =") < arrays.index("q_k1 =")  # defined before it is referenced
     hkp = layout.matrix_context(mats[4])
-    assert str(km.init("h", hkp)) == "{ h_a, h_b, 4, 2, 3, 3, 9, 0, &h_top_k, -4 }"
+    assert str(km.init("h", hkp)) == "{ h_a, h_b, 4, 2, 3, 3, 9, 0, &h_top_k, -4, 0 }"
     assert "rounded right by 4" in str(km.arrays("h", hkp))
     assert "dense: 24 weights" in str(km.arrays("d", layout.matrix_context(mats[0])))
     for p in ("m0_w_a", "m2_w_c", "m3_w_d", "m4_w_top", "m5_w_k1", "m6_w_top_k"):
         assert f"{p}[" in src or f"{p} =" in src, p
 
 
-@pytest.mark.parametrize("path", ["portable", "dsp"])
-def test_rendered_macros_compile_and_compute(tmp_path, path: str) -> None:
+@pytest.mark.parametrize("fixed", [False, True])
+@pytest.mark.parametrize("path", ["portable", "dsp", "armv6m", "dsp-b16"])
+def test_rendered_macros_compile_and_compute(tmp_path, path: str, fixed: bool) -> None:
     """The rendered C (strict flags, -Wmissing-field-initializers included) with the runtime, as a host library:
-    every matrix computes what golden.kp_matrix_s8 computes."""
+    every matrix computes what golden.kp_matrix_s8 computes, through the generic stages and (KP_FIXED_KERNELS)
+    through the kernels specialised to each two-factor matrix's shapes; armv6m: the biased block layout of
+    Armv6-M (KP_BIASED_BLOCKS); dsp-b16: the specialised kernels' B in int16 pairs (int8 without them)."""
     rng = np.random.default_rng(13)
     mats = _render_mats(rng)
     src = tmp_path / "mats.c"
-    src.write_text(render(mats))
+    src.write_text(render(mats, biased=path == "armv6m", b16=path == "dsp-b16"))
     extra = []
-    if path == "dsp":
+    if path == "armv6m":
+        extra = ["-DKP_BIASED_BLOCKS=1"]
+    if path == "dsp-b16":
+        assert src.read_text().count("_B16 1 ") == 4  # B in int16 (KP_FIXED_KERNELS): 8, 8, 4 and 8 + 4 columns
+    if path in ("dsp", "dsp-b16"):
         (tmp_path / "acle").mkdir()
         (tmp_path / "acle" / "arm_acle.h").write_text(HOST_ACLE_H)
         extra = ["-D__ARM_FEATURE_DSP=1", f"-I{tmp_path / 'acle'}"]
+    if fixed:
+        extra.append("-DKP_FIXED_KERNELS")
+        assert "kp_mat_m1_w(" in src.read_text() and "kp_mat_m7_w(" in src.read_text()
     lib = tmp_path / "libmats.so"
     cmd = ["cc", *CFLAGS, "-Wmissing-field-initializers", *extra, f"-I{RUNTIME_DIR}",
            *sorted(str(p) for p in RUNTIME_DIR.glob("*.c")), str(src), "-o", str(lib)]  # fmt: skip
@@ -492,14 +527,17 @@ def test_rendered_macros_compile_and_compute(tmp_path, path: str) -> None:
 
 @pytest.mark.parametrize("cpu", ["cortex-m4", "cortex-m55", "cortex-m0plus"])
 def test_rendered_macros_build_for_cortex_m(tmp_path, cpu: str) -> None:
-    """The rendered matrices and kp_matvec_s8 compile warning-free for the DSP, Helium and portable cores."""
+    """The rendered matrices and kp_matvec_s8 compile warning-free for the DSP, Helium and portable cores (with
+    the specialised kernels, and B in int16 on the M4)."""
     gcc = shutil.which("arm-none-eabi-gcc")
     assert gcc is not None, "arm-none-eabi-gcc is needed (the firmware tests need it too)"
     src = tmp_path / "mats.c"
-    src.write_text(render(_render_mats(np.random.default_rng(14))))
+    src.write_text(render(_render_mats(np.random.default_rng(14)), biased=cpu == "cortex-m0plus",
+                          b16=cpu == "cortex-m4"))  # fmt: skip
     flags = [f for f in CFLAGS if f not in ("-shared", "-fPIC")]
     abi = ["-mfloat-abi=hard"] if cpu == "cortex-m55" else []
     for f in (src, *(RUNTIME_DIR / name for name in MATVEC_RUNTIME)):
-        res = subprocess.run([gcc, *flags, f"-mcpu={cpu}", "-mthumb", *abi, f"-I{RUNTIME_DIR}", "-c", str(f),
-                              "-o", str(tmp_path / (f.stem + ".o"))], capture_output=True, text=True)  # fmt: skip
+        res = subprocess.run([gcc, *flags, f"-mcpu={cpu}", "-mthumb", *abi, "-DKP_FIXED_KERNELS", f"-I{RUNTIME_DIR}",
+                              "-c", str(f), "-o", str(tmp_path / (f.stem + ".o"))],
+                             capture_output=True, text=True)  # fmt: skip
         assert res.returncode == 0, res.stderr

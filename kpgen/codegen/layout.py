@@ -10,6 +10,11 @@ Two layouts (`pack_kron` picks them, and the C stages in runtime_c/kp_matvec_int
           kernel runs down the rows, four accumulators sharing each load of the vector (a row of X, or T);
   rows    row by row (`pack_rows`), for A when m2 > 1: the kernel widens one row of A once and takes its dot
           product with the m2 rows of T^T.
+Two variants follow the core the emitter packs for:
+  biased  Armv6-M (BIASED_CORES): every blocks byte holds w + 128, read with LDRB at an immediate offset (the
+          kernel takes 128 times the vector's sum off each row; exact);
+  int16   DSP cores without Helium (b16_for): a shape-specialised matrix's B as int16 pairs (`pack_blocks16`), read
+          by SMLAD without unpacking: twice B's bytes, a third fewer instructions in X B^T.
 """
 
 from __future__ import annotations
@@ -65,13 +70,23 @@ def a_in_blocks(m2: int) -> bool:
     return m2 == 1
 
 
-def pack_kron(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def pack_kron(a: np.ndarray, b: np.ndarray, biased: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Both factors of W = A (x) B as kp_matvec_s8 reads them: (A words, B words)."""
-    pa = pack_blocks(a) if a_in_blocks(np.asarray(b).shape[0]) else pack_rows(a)
-    return pa, pack_blocks(b)
+    pa = pack_blocks(a, biased) if a_in_blocks(np.asarray(b).shape[0]) else pack_rows(a)
+    return pa, pack_blocks(b, biased)
 
 
-def pack_blocks(w: np.ndarray) -> np.ndarray:
+# Cores whose kernels read the block layout biased (runtime_c/kp_common.h, KP_BIASED_BLOCKS): Armv6-M, where a
+# signed byte load takes no immediate offset.
+BIASED_CORES = ("cortex-m0", "cortex-m0plus", "cortex-m1")
+
+
+def biased_for(core: str) -> bool:
+    """Whether kernels built for this -mcpu core read the block layout biased by 128."""
+    return core in BIASED_CORES
+
+
+def pack_blocks(w: np.ndarray, biased: bool = False) -> np.ndarray:
     """int8 matrix (rows x cols) -> int32 words in the block layout of the matrix kernels.
 
     Block b holds rows 4b..4b+3. With 2 padded columns a block is two words,
@@ -79,12 +94,15 @@ def pack_blocks(w: np.ndarray) -> np.ndarray:
     rotated by 8 gives the next row's. Otherwise the block is a run of chunks of 8 columns (the last one 4 when
     the padded width is 4 mod 8), and a chunk holds each of the 4 rows' columns contiguously, row 0 first;
     then, for a width of 4 mod 8, one zero word that the Helium kernel may read past the last row.
+    biased (Armv6-M, BIASED_CORES): every byte holds w + 128 as uint8 (padding 128, the weight 0).
     """
     w = _check_int8(w, "pack_blocks")
     rows, cols = w.shape
     rp, cp = rows_padded(rows), cols_padded(cols)
     full = np.zeros((rp, cp), np.int8)
     full[:rows, :cols] = w
+    if biased:
+        full = (full.view(np.uint8) ^ np.uint8(0x80)).view(np.int8)
     blocks = full.reshape(rp // BLOCK_ROWS, BLOCK_ROWS, cp)
     if cp == 2:
         # per block: rows (0, 1) then rows (2, 3), each as [r c0, r' c0, r c1, r' c1]
@@ -98,6 +116,39 @@ def pack_blocks(w: np.ndarray) -> np.ndarray:
         if cp % CHUNK_COLS == 4:  # Helium loads 8 bytes for a 4-byte row: one zero word keeps that in bounds
             return np.concatenate([_words(out), np.zeros(1, np.int32)])
     return _words(out)
+
+
+def pack_blocks16(w: np.ndarray) -> np.ndarray:
+    """int8 matrix -> int32 words holding the weights as int16 pairs, for the DSP cores' shape-specialised kernels
+    (kp_kron2_fixed with b16): B of X B^T read without unpacking, two words per SMLAD pair of a row.
+
+    The block and chunk order of pack_blocks (4-row blocks, chunks of 8 columns, the last maybe 4; cols_padded
+    > 2 only), each row's chunk as int16 in the DSP vector order (kp_vslot: columns 0, 2 | 1, 3 in each group
+    of 4), two to a word, low half first.
+    """
+    w = _check_int8(w, "pack_blocks16")
+    rows, cols = w.shape
+    rp, cp = rows_padded(rows), cols_padded(cols)
+    if cp == 2:
+        raise ValueError("pack_blocks16: matrices of more than 2 columns only")
+    full = np.zeros((rp, cp), np.int16)
+    full[:rows, :cols] = w
+    order = np.arange(cp).reshape(-1, 4)[:, [0, 2, 1, 3]].reshape(-1)  # kp_vslot: slot k holds column order[k]
+    full = full[:, order]
+    blocks = full.reshape(rp // BLOCK_ROWS, BLOCK_ROWS, cp)
+    parts = []
+    for c0 in range(0, cp, CHUNK_COLS):
+        width = min(CHUNK_COLS, cp - c0)
+        parts.append(blocks[:, :, c0 : c0 + width].reshape(len(blocks), -1))
+    out = np.ascontiguousarray(np.concatenate(parts, axis=1)).astype("<i2")
+    return np.frombuffer(out.tobytes(), dtype="<i4").astype(np.int32)
+
+
+def b16_for(dsp: bool, mve: bool) -> bool:
+    """Whether the emitter stores a specialised kernel's B as int16 (pack_blocks16): the DSP path without Helium
+    (Helium reads int8 rows with VLDRB.S16 at no extra cost). Twice B's bytes for a third fewer instructions in
+    X B^T."""
+    return dsp and not mve
 
 
 def kron_scratch_words(m1: int, n1: int, m2: int, n2: int) -> int:
@@ -122,9 +173,10 @@ FACTOR_NAMES = "abcdefgh"  # array suffixes of the factors of one matrix (at mos
 ONE_WORDS = (1, 0)  # pack_blocks([[1]]): the B of a dense kp_kron_s8 (only byte 0 is read)
 
 
-def matrix_levels(m) -> list[dict]:
+def matrix_levels(m, biased: bool = False) -> list[dict]:
     """The kp_kron_s8 chain of a KPMatrixQ's Kronecker part, outermost first: per level the packed A (and B
-    on the last level) and the dimensions m1, n1, m2, n2 (m2 x n2: the level's inner matrix), t_shift."""
+    on the last level) and the dimensions m1, n1, m2, n2 (m2 x n2: the level's inner matrix), t_shift.
+    biased: the block layout of Armv6-M cores (pack_blocks)."""
     factors, shifts = m.factors, m.shifts
     levels = []
     for l in range(len(factors) - 1):
@@ -133,9 +185,9 @@ def matrix_levels(m) -> list[dict]:
         n2 = int(np.prod([f.shape[1] for f in rest]))
         last = l == len(factors) - 2
         if last:
-            pa, pb = pack_kron(factors[l], factors[l + 1])
+            pa, pb = pack_kron(factors[l], factors[l + 1], biased)
         else:
-            pa, pb = (pack_blocks(factors[l]) if a_in_blocks(m2) else pack_rows(factors[l])), None
+            pa, pb = (pack_blocks(factors[l], biased) if a_in_blocks(m2) else pack_rows(factors[l])), None
         m1, n1 = factors[l].shape
         levels.append({"a": pa, "b": pb, "m1": int(m1), "n1": int(n1), "m2": m2, "n2": n2, "t_shift": int(shifts[l])})
     return levels
@@ -161,18 +213,27 @@ def matrix_scratch_words(m) -> int:
     return int(words)
 
 
+def specialised(m) -> bool:
+    """Whether the emitter gives a KPMatrixQ its own shape-specialised kernel (kp_kron2_fixed with constant
+    bounds): every two-factor matrix without HKP top rows; longer chains and top rows take the generic stages."""
+    return len(m.factors) == 2 and m.top is None
+
+
 def _c_words(words: np.ndarray, per_line: int = 8, indent: str = "    ") -> str:
     """C initialiser lines of int32 words (the emitter's style: 8 a line, indented)."""
     flat = [str(int(v)) for v in np.asarray(words).reshape(-1)] or ["0"]
     return ",\n".join(indent + ", ".join(flat[i : i + per_line]) for i in range(0, len(flat), per_line))
 
 
-def matrix_context(m) -> dict:
+def matrix_context(m, biased: bool = False, b16: bool = False) -> dict:
     """Everything templates/kp_matrix.j2 needs to emit one KPMatrixQ: its arrays (C initialiser text and word
     counts), the kp_kron_s8 chain (outermost first; `name` is the array suffix of each level's A, `b` that of
-    the last level's B), the HKP top rows and shift, shapes, weight counts and the scratch it needs."""
+    the last level's B), the HKP top rows and shift, shapes, weight counts and the scratch it needs.
+    biased: packed for Armv6-M cores (pack_blocks; the C checks KP_BIASED_BLOCKS against it). b16: a specialised
+    matrix's B in int16 (pack_blocks16, for DSP cores without Helium: b16_for) where B has more than 2 columns."""
     factors = m.factors
-    levels = matrix_levels(m)
+    levels = matrix_levels(m, biased)
+    use16 = b16 and specialised(m) and m.b.shape != (1, 1) and cols_padded(m.b.shape[1]) > 2
     arrays, chain = [], []
     for l, lv in enumerate(levels):
         f = factors[l]
@@ -185,13 +246,18 @@ def matrix_context(m) -> dict:
             fb = factors[l + 1]
             arrays.append({"name": FACTOR_NAMES[l + 1], "words": int(lv["b"].size), "text": _c_words(lv["b"]),
                            "shape": tuple(int(v) for v in fb.shape), "layout": "4-row blocks"})  # fmt: skip
+            if use16:  # the DSP build of the specialised kernel reads B in int16 (pack_blocks16) instead
+                b16w = pack_blocks16(fb)
+                arrays[-1].update({"words16": int(b16w.size), "text16": _c_words(b16w)})
             entry["b"] = FACTOR_NAMES[l + 1]
+        entry["b16"] = use16 and l == 0
         chain.append(entry)
     top = None
     if m.top is not None:
-        tw = pack_blocks(m.top)
+        tw = pack_blocks(m.top, biased)
+        one = pack_blocks(np.ones((1, 1), np.int8), biased)  # B = [[1]] of the dense top rows
         top = {"rows": m.top_rows, "cols": int(m.top.shape[1]), "words": int(tw.size), "text": _c_words(tw),
-               "shift": int(m.top_shift)}  # fmt: skip
+               "shift": int(m.top_shift), "one": ", ".join(str(int(v)) for v in one)}  # fmt: skip
     rows, cols = m.kp_shape
     return {
         "arrays": arrays,
@@ -209,4 +275,8 @@ def matrix_context(m) -> dict:
         "weights": int(m.nbytes),
         "dense_weights": int(m.shape[0] * m.shape[1]),
         "scratch_words": matrix_scratch_words(m),
+        "fixed": specialised(m),
+        "fixed_id": 0,  # the emitter numbers the specialised kernels of a model (kpgen.codegen.emit)
+        "biased": biased,
+        "b16": use16,
     }
