@@ -18,6 +18,11 @@ shapes. For such a dimension (a prime factor > 7) the planner also tries padding
 7-smooth sizes within `pad` (a fraction, default 12.5%): x gets zero entries, the extra outputs are dropped,
 and parameters and MACs are counted on the padded shape, so a padded candidate ranks first only where it is
 cheaper for the same rank bound. Dimensions whose prime factors are all <= 7 are never padded.
+
+With a board, every candidate also gets its predicted instructions for one product W v on that board's core
+(kpgen.train.cost, fitted to QEMU counts). `by="instructions"` orders by rank bound, then predicted
+instructions; `kpgen train` and `kpgen compress` pick with `pick_kp` / `pick_hkp`: the default order's first
+candidate, unless one with the same rank bound and no more parameters is predicted faster on COST_BOARD.
 """
 
 from __future__ import annotations
@@ -28,12 +33,15 @@ from dataclasses import dataclass, field
 
 from kpgen import KpgenError, cells
 from kpgen.tables import text_table
+from kpgen.train import cost as costmodel
 from kpgen.train.nn.kp import kp_macs
 from kpgen.train.nn.matrix import matrix_spec, spec_params
 
 Shape2 = tuple[int, int]
 DEFAULT_PAD = 0.125
 MAX_PAD_SIZES = 3  # padded sizes tried per dimension, besides the exact one
+COST_BOARD = "m4"  # the core `kpgen train` and `kpgen compress` predict instructions for (the demo's board)
+ORDERS = ("rank", "instructions")
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,10 @@ class Candidate:
         text = " (x) ".join(f"{m}x{n}" for m, n in self.factors)
         return f"{self.dense_rows} dense rows + {text}" if self.dense_rows else text
 
+    def instructions(self, core: costmodel.CoreCost) -> float:
+        """Predicted instructions of one product W v on `core`."""
+        return core.matrix_instructions(costmodel.MatrixShape(self.factors, self.dense_rows))
+
 
 @dataclass
 class Plan:
@@ -101,6 +113,8 @@ class Plan:
     num_factors: int
     kp: list[Candidate] = field(default_factory=list)
     hkp: list[Candidate] = field(default_factory=list)
+    core: costmodel.CoreCost | None = None  # predicts instructions when given
+    by: str = "rank"  # one of ORDERS
 
 
 def divisors(n: int) -> list[int]:
@@ -142,6 +156,35 @@ def sizes_to_try(n: int, pad: float) -> list[int]:
 
 def kp_key(c: Candidate) -> tuple:
     return (-c.rank_bound, -c.kp_rank_bound, c.params + c.macs, c.params, c.padded, c.factors)
+
+
+def instructions_key(core: costmodel.CoreCost):
+    """Order by rank bound (a faster product of lower rank is not the same model), then predicted instructions."""
+    return lambda c: (-c.rank_bound, -c.kp_rank_bound, round(c.instructions(core)), c.params, c.padded, c.factors)
+
+
+def prefer_faster(cands: list[Candidate], core: costmodel.CoreCost | None) -> Candidate | None:
+    """cands[0] (the default order's first), unless a candidate with at least its rank bounds and at most its
+    parameters is predicted to take fewer instructions on `core`: then the fastest of those."""
+    if not cands:
+        return None
+    first = cands[0]
+    if core is None:
+        return first
+    ok = [c for c in cands if c.rank_bound >= first.rank_bound and c.kp_rank_bound >= first.kp_rank_bound
+          and c.params <= first.params]  # fmt: skip
+    best = min(ok, key=instructions_key(core))
+    return best if round(best.instructions(core)) < round(first.instructions(core)) else first
+
+
+def planning_core(board: str | None = COST_BOARD) -> costmodel.CoreCost | None:
+    """The package's cost model for `board`, or None (no board, or no usable model: the default order then)."""
+    if board is None:
+        return None
+    try:
+        return costmodel.for_board(board)
+    except KpgenError:
+        return None
 
 
 def kp_candidates(
@@ -218,13 +261,23 @@ def plan(
     max_params: int | None = None,
     num_factors: int = 2,
     pad: float = DEFAULT_PAD,
+    core: costmodel.CoreCost | None = None,
+    by: str = "rank",
 ) -> Plan:
-    """KP candidates within the budget, and (when there is a budget) HKP candidates that spend it."""
+    """KP candidates within the budget, and (when there is a budget) HKP candidates that spend it; with a core,
+    each with its predicted instructions, ordered by rank bound then instructions if by == "instructions"."""
+    if by not in ORDERS:
+        raise ValueError(f"unknown order {by!r}")
+    if by == "instructions" and core is None:
+        raise ValueError("ordering by instructions needs a core's cost model")
     budget = budget_for(rows, cols, ratio, max_params)
-    p = Plan(rows, cols, budget, num_factors)
+    p = Plan(rows, cols, budget, num_factors, core=core, by=by)
     p.kp = kp_candidates(rows, cols, num_factors, budget, pad)
     if budget is not None:
         p.hkp = hkp_candidates(rows, cols, budget, num_factors)
+    if core is not None and by == "instructions":
+        p.kp.sort(key=instructions_key(core))
+        p.hkp.sort(key=instructions_key(core))
     return p
 
 
@@ -243,15 +296,33 @@ def best_hkp(rows: int, cols: int, budget: int, num_factors: int = 2) -> Candida
     return cands[0] if cands else best_kp(rows, cols, budget, num_factors)
 
 
-def _table(cands: list[Candidate], top: int) -> list[str]:
-    """The candidates `kpgen plan` lists, best first, as an aligned table (at most `top` rows)."""
-    rows = []
+def pick_kp(rows: int, cols: int, budget: int | None, num_factors: int = 2, pad: float = 0.0,
+            board: str | None = COST_BOARD) -> Candidate:
+    """best_kp, or a candidate of the same rank bound and no more parameters predicted faster on `board`."""
+    best = prefer_faster(kp_candidates(rows, cols, num_factors, budget, pad), planning_core(board))
+    return best if best is not None else best_kp(rows, cols, budget, num_factors, pad)  # best_kp: the error
+
+
+def pick_hkp(rows: int, cols: int, budget: int, num_factors: int = 2, board: str | None = COST_BOARD) -> Candidate:
+    """best_hkp, or a candidate of the same rank bounds and no more parameters predicted faster on `board`."""
+    best = prefer_faster(hkp_candidates(rows, cols, budget, num_factors), planning_core(board))
+    return best if best is not None else pick_kp(rows, cols, budget, num_factors, board=board)
+
+
+def _table(cands: list[Candidate], top: int, core: costmodel.CoreCost | None = None) -> list[str]:
+    """The candidates `kpgen plan` lists, best first, as an aligned table (at most `top` rows); with a core, the
+    predicted instructions of one product W v beside the rank bound."""
+    rows: list[tuple] = []
     for i, c in enumerate(cands[:top], 1):
         m, n = c.kp_shape
         shape = f"{m + c.dense_rows}x{n}" + (" pad" if c.padded else "")
-        rows.append((i, c.describe(), shape, f"{c.params:,}", f"{c.compression:.2f}x", f"{c.macs:,}", c.rank_bound))
-    head = ("#", "factors", "matrix", "params", "compress", "MACs", "rank<=")
-    lines = text_table(rows, head, align="rlrrrrr", min_widths=(3, 33, 11, 8, 9, 9, 6), indent="  ")
+        row: tuple = (i, c.describe(), shape, f"{c.params:,}", f"{c.compression:.2f}x", f"{c.macs:,}", c.rank_bound)
+        rows.append(row + ((f"{c.instructions(core):,.0f}",) if core is not None else ()))
+    head: tuple = ("#", "factors", "matrix", "params", "compress", "MACs", "rank<=")
+    align, widths = "rlrrrrr", [3, 33, 11, 8, 9, 9, 6]
+    if core is not None:
+        head, align, widths = head + (f"instr {core.board}",), align + "r", widths + [9]
+    lines = text_table(rows, head, align=align, min_widths=tuple(widths), indent="  ")
     if len(cands) > top:
         lines.append(f"  ... {len(cands) - top} more (--top N)")
     return lines
@@ -261,12 +332,18 @@ def format_plan(p: Plan, top: int = 10) -> str:
     """The plan as the text `kpgen plan` prints."""
     dense = p.rows * p.cols
     budget = f"; budget {p.budget:,} parameters ({dense / p.budget:.2f}x)" if p.budget else ""
-    lines = [f"W {p.rows}x{p.cols}: {dense:,} weights, {dense:,} MACs dense, rank <= {min(p.rows, p.cols)}{budget}", ""]
-    lines.append(f"Kronecker products ({p.num_factors} factors), best first (rank bound, then parameters + MACs):")
-    lines += _table(p.kp, top) if p.kp else ["  none fits the budget"]
+    lines = [f"W {p.rows}x{p.cols}: {dense:,} weights, {dense:,} MACs dense, rank <= {min(p.rows, p.cols)}{budget}"]
+    if p.core is not None:
+        dense_instr = p.core.matrix_instructions(costmodel.MatrixShape(((p.rows, p.cols), (1, 1))))
+        lines.append(f"instr {p.core.board}: predicted instructions of one product W v on the {p.core.board} "
+                     f"({p.core.core}; dense: {dense_instr:,.0f}), kpgen.train.cost")
+    lines.append("")
+    then = "predicted instructions" if p.by == "instructions" else "parameters + MACs"
+    lines.append(f"Kronecker products ({p.num_factors} factors), best first (rank bound, then {then}):")
+    lines += _table(p.kp, top, p.core) if p.kp else ["  none fits the budget"]
     if p.budget is not None:
         lines += ["", "Hybrid KP (top rows dense, the rest Kronecker), best first (same order):"]
-        lines += _table(p.hkp, top) if p.hkp else ["  no dense row fits the budget"]
+        lines += _table(p.hkp, top, p.core) if p.hkp else ["  no dense row fits the budget"]
     return "\n".join(lines)
 
 
@@ -314,7 +391,8 @@ class MatrixChoice:
         params = spec_params(self.spec, self.rows, self.cols)
         what = describe_spec(self.spec)
         how = {"given": "as given", "method": "--method dense", "default": "the demo's default",
-               "planned": "planned: highest rank bound, then fewest parameters + MACs"}[self.source]
+               "planned": f"planned: highest rank bound, then fewest parameters + MACs or, at no more "
+                          f"parameters, fewest predicted {COST_BOARD} instructions"}[self.source]
         return (f"{self.name} {self.rows}x{self.cols}: {what}, {params:,} parameters "
                 f"({self.rows * self.cols / params:.2f}x), rank <= {spec_rank_bound(self.spec, self.rows, self.cols)} "
                 f"({how})")
@@ -334,8 +412,9 @@ def train_specs(
     """The Wx and Wh specs of a model `kpgen train` builds, checked; KpgenError (one line, with the fix) if bad.
 
     wx / wh: factor shapes as given (any number of factors), 'dense', or None: `preferred` (the demo's shapes)
-    where they make the matrix, else the planner's best unpadded 2-factor product (highest rank bound, then
-    fewest parameters + MACs). method: kp, hkp (dense_rows top rows dense, the factors make the rest) or dense.
+    where they make the matrix, else the planner's best unpadded 2-factor product (pick_kp: highest rank bound,
+    then fewest parameters + MACs, or fewer predicted instructions). method: kp, hkp (dense_rows top rows dense,
+    the factors make the rest) or dense.
     Layers after the first reuse Wh's spec for their input matrix (kpgen.train.nn.KPRNNClassifier), so checking the
     first layer's two matrices checks them all. context names the model in messages
     (" with --hidden 128 over the 28 inputs of mnist").
@@ -390,7 +469,7 @@ def train_specs(
         elif pref is not None and not r and _product(pref) == (rows, cols):
             shapes, source = pref, "default"
         else:
-            best = _best_or_none(rows - r, cols)
+            best = _pick_or_none(rows - r, cols)
             if best is None:
                 raise KpgenError(f"no 2-factor Kronecker product makes a {rows - r}x{cols} matrix ({what}); give "
                                  f"{opt} dense, use --method dense, or more hidden units")
@@ -409,6 +488,13 @@ def _product(shapes) -> tuple[int, int]:
 def _best_or_none(rows: int, cols: int) -> Candidate | None:
     try:
         return best_kp(rows, cols, None, num_factors=2, pad=0.0)
+    except ValueError:
+        return None
+
+
+def _pick_or_none(rows: int, cols: int) -> Candidate | None:
+    try:
+        return pick_kp(rows, cols, None, num_factors=2, pad=0.0)
     except ValueError:
         return None
 
@@ -502,12 +588,16 @@ def format_model_plan(
     num_factors: int = 2,
     pad: float = DEFAULT_PAD,
     top: int = 5,
+    core: costmodel.CoreCost | None = None,
+    by: str = "rank",
+    cell: tuple[str, int] | None = None,
 ) -> str:
     """What `kpgen plan CHECKPOINT` prints: a plan per matrix shape, then what the first candidates total.
 
     Budget: --ratio R gives every matrix at most rows*cols/R parameters; --max-params P is for all matrices
     together, shared in proportion to their dense sizes (the same as a ratio of total/P for each); both: the
-    smaller.
+    smaller. core: predict instructions (per product, and per time step with cell = (cell name, hidden size));
+    by: the candidates' order (ORDERS).
     """
     total = sum(m.rows * m.cols for m in matrices)
     now = sum(m.params for m in matrices)
@@ -525,10 +615,28 @@ def format_model_plan(
     firsts: dict[tuple[int, int], tuple[Candidate | None, Candidate | None]] = {}
     for (rows, cols), group in shapes.items():
         share = None if max_params is None else max(1, max_params * rows * cols // total)
-        p = plan(rows, cols, ratio, share, num_factors, pad)
+        p = plan(rows, cols, ratio, share, num_factors, pad, core, by)
         firsts[(rows, cols)] = (p.kp[0] if p.kp else None, p.hkp[0] if p.hkp else None)
         lines += [""] + [m.describe() for m in group] + [format_plan(p, top=top)]
     lines.append("")
+
+    def per_step(specs: list[tuple[int, int, object]]) -> str:
+        """'; predicted N instructions per step on m4' (matrices and, when the cell is known, its element-wise work)."""
+        if core is None:
+            return ""
+        try:
+            n = sum(core.matrix_instructions(costmodel.matrix_shape(r, c, s)) for r, c, s in specs)
+        except KpgenError:
+            return ""  # a kind the cost model does not cover (low rank)
+        what = "matrix instructions"
+        if cell is not None:
+            n += core.element_instructions(cell[0], cell[1], len(specs) // 2)
+            what = "instructions"
+        return f"; predicted {n:,.0f} {what} per step on the {core.board}"
+
+    if core is not None:
+        lines.append(f"now: {sum(m.params for m in matrices):,} parameters"
+                     + per_step([(m.rows, m.cols, m.spec) for m in matrices]))
     for label, idx in (("Kronecker", 0), ("hybrid KP", 1)):
         if idx == 1 and ratio is None and max_params is None:
             break
@@ -543,5 +651,6 @@ def format_model_plan(
         full = all(c.rank_bound == min(c.rows, c.cols) for c in chosen)
         lines.append(f"#1 {label} candidate of every matrix: {total:,} -> {kept:,} parameters "
                      f"({total / kept:.2f}x), {macs:,} MACs per step"
-                     + ("; every rank bound full" if full else "; some rank bounds below full"))
+                     + ("; every rank bound full" if full else "; some rank bounds below full")
+                     + per_step([(c.rows, c.cols, c.spec()) for c in chosen]))
     return "\n".join(lines)
