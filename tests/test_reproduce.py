@@ -16,7 +16,8 @@ from kpgen.train.compress import param_counts
 from kpgen.train.loop import model_from_checkpoint
 from kpgen.train.nn.matrix import spec_params
 
-EXPECTED_KEYS = ("dense", "kp", "hkp", "prune@kp", "lowrank@kp", "small@kp", "prune@hkp", "lowrank@hkp", "small@hkp")
+EXPECTED_KEYS = ("dense", "kp", "kp+qat", "hkp", "hkp+qat", "prune@kp", "lowrank@kp", "small@kp", "prune@hkp",
+                 "lowrank@hkp", "small@hkp")
 TABLE_COLUMNS = 10
 
 
@@ -25,8 +26,10 @@ def tiny_config() -> rp.Config:
     (FastRNN), one epoch each."""
     by_name = {b.name: b for b in rp.BENCHMARKS}
     bs = (
-        dataclasses.replace(by_name["mnist"], hidden=32, epochs=1, finetune_epochs=1, max_train=256, max_test=100),
-        dataclasses.replace(by_name["digits"], hidden=64, epochs=1, finetune_epochs=1, max_train=256, max_test=100),
+        dataclasses.replace(by_name["mnist"], hidden=32, epochs=1, finetune_epochs=1, max_train=256, max_test=100,
+                            qat_epochs=1),
+        dataclasses.replace(by_name["digits"], hidden=64, epochs=1, finetune_epochs=1, max_train=256, max_test=100,
+                            qat_epochs=1),
     )
     return rp.Config(benchmarks=bs, seeds=(0,), qemu=True, qemu_only=("kp", "lowrank"), qemu_samples=1,
                      jobs=1)
@@ -63,8 +66,8 @@ def test_reproduce_writes_the_table_and_the_plot(tiny_run):
     assert all(len(r) == TABLE_COLUMNS for r in rows)
     assert len(rows) == 2 * len(EXPECTED_KEYS)
     methods = [r[1].split(" [")[0] for r in rows[: len(EXPECTED_KEYS)]]
-    assert methods == ["dense", "KP", "HKP", "pruning (= KP size)", "low-rank (= KP size)", "small (= KP size)",
-                       "pruning (= HKP size)", "low-rank (= HKP size)", "small (= HKP size)"]
+    assert methods == ["dense", "KP", "KP+QAT", "HKP", "HKP+QAT", "pruning (= KP size)", "low-rank (= KP size)",
+                       "small (= KP size)", "pruning (= HKP size)", "low-rank (= HKP size)", "small (= HKP size)"]
     assert rows[0][0] == "MNIST rows" and rows[len(EXPECTED_KEYS)][0] == "8x8 digits (USPS stand-in)"
     # every "n/a" points at a note that says why
     notes = md.split("Notes:", 1)[1].split("## Targets", 1)[0]

@@ -59,6 +59,9 @@ class Cell:
     torch_mode: str | None = None  # the torch.nn.RNNBase mode whose state dict this cell reads (compress)
     torch_biases: Callable[..., None] | None = None  # (kpgen layer, b_ih, b_hh, H): torch's biases into the layer
     extra_limits: Callable[[Any], list[str]] = field(default=lambda layer: [])  # cell rules beyond the gate sums
+    # (integer layer, torch layer, gx, gh, h, c, ops) -> (h', c'): the golden step on the straight-through tensors
+    # of quantization-aware training (kpgen.train.qat); None: the cell cannot be trained with --qat
+    qat_step: Callable[..., tuple[Any, Any]] | None = None
 
     @property
     def c_title(self) -> str:

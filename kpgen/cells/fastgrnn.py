@@ -87,6 +87,15 @@ def kp_fastgrnn_step_s8(
     return h_new.astype(np.int8)
 
 
+def qat_step(q: FastGRNNLayerQ, t, gx, gh, h, c, ops):
+    """kp_fastgrnn_step_s8 on the straight-through tensors of kpgen.train.qat (see kpgen.cells.lstm.qat_step)."""
+    pre = gx + gh
+    z = ops.sigmoid(ops.sat(pre + ops.bias(q.bias_z, t.bias_z), 16))
+    ht = ops.tanh(ops.sat(pre + ops.bias(q.bias_h, t.bias_h), 16))
+    g = ops.rsr(ops.scalar(q.zeta, t.zeta) * (32768.0 - z), 15) + ops.scalar(q.nu, t.nu)
+    return ops.sat(ops.rsr(ops.rsr(g * ht, 8 + q.state_exp) + z * h, 15), 8), c
+
+
 CELL = Cell(
     name="fastgrnn",
     title="FastGRNN",
@@ -112,4 +121,5 @@ CELL = Cell(
     c_step="kp_fastgrnn_step_s8",
     train_class="KPFastGRNN",
     state_exp=True,
+    qat_step=qat_step,
 )

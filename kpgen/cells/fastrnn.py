@@ -81,6 +81,13 @@ def kp_fastrnn_step_s8(
     return h_new.astype(np.int8)
 
 
+def qat_step(q: FastRNNLayerQ, t, gx, gh, h, c, ops):
+    """kp_fastrnn_step_s8 on the straight-through tensors of kpgen.train.qat (see kpgen.cells.lstm.qat_step)."""
+    ht = ops.tanh(ops.sat(gx + gh + ops.bias(q.bias, t.bias), 16))
+    alpha, beta = ops.scalar(q.alpha, t.alpha), ops.scalar(q.beta, t.beta)
+    return ops.sat(ops.rsr(ops.rsr(alpha * ht, 8 + q.state_exp) + beta * h, 15), 8), c
+
+
 CELL = Cell(
     name="fastrnn",
     title="FastRNN",
@@ -106,4 +113,5 @@ CELL = Cell(
     train_class="KPFastRNN",
     state_exp=True,
     needs_sigmoid=False,
+    qat_step=qat_step,
 )

@@ -85,6 +85,17 @@ def kp_gru_step_s8(
     return h_new.astype(np.int8)
 
 
+def qat_step(q: GRULayerQ, t, gx, gh, h, c, ops):
+    """kp_gru_step_s8 on the straight-through tensors of kpgen.train.qat (see kpgen.cells.lstm.qat_step)."""
+    hs = q.hidden_size
+    b = ops.bias(q.bias, t.bias)
+    rz = ops.sat(gx[..., : 2 * hs] + gh[..., : 2 * hs] + b[: 2 * hs], 16)
+    r, z = ops.sigmoid(rz[..., :hs]), ops.sigmoid(rz[..., hs:])
+    hn = ops.sat(gh[..., 2 * hs :] + ops.bias(q.bias_hn, t.bias_hn), 16)
+    n = ops.tanh(ops.sat(gx[..., 2 * hs :] + b[2 * hs :] + ops.rsr(r * hn, 15), 16))
+    return ops.sat(ops.rsr(z * (h * 256.0) + (32768.0 - z) * n, 23), 8), c
+
+
 def gate_sums(layer: GRULayerQ, wx: int, wh: int) -> list[tuple[str, int]]:
     """r and z: bias + rq(Wx x) + rq(Wh h); n: bias_n + rq(Wx x) + |r * (...)| <= 32768; and the recurrent
     n term bias_hn + rq(Wh h)."""
@@ -124,4 +135,5 @@ CELL = Cell(
     train_class="KPGRU",
     torch_mode="GRU",
     torch_biases=_torch_biases,
+    qat_step=qat_step,
 )

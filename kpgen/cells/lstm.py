@@ -89,6 +89,19 @@ def kp_lstm_step_s8(
     return h_new.astype(np.int8), c_new.astype(np.int16)
 
 
+def qat_step(q: LSTMLayerQ, t, gx, gh, h, c, ops):
+    """kp_lstm_step_s8 on the straight-through tensors of kpgen.train.qat (gx, gh: requantized products; t: the
+    torch layer, whose float bias is the gradient's path to q.bias): the same integers forward, float gradients."""
+    hs = q.hidden_size
+    z = ops.sat(gx + gh + ops.bias(q.bias, t.bias), 16)
+    gi, gf = ops.sigmoid(z[..., 0:hs]), ops.sigmoid(z[..., hs : 2 * hs])
+    gg, go = ops.tanh(z[..., 2 * hs : 3 * hs]), ops.sigmoid(z[..., 3 * hs : 4 * hs])
+    cf = q.cell_frac
+    c_new = ops.sat(ops.rsr(gf * c, 15) + ops.rsr(gi * gg, 30 - cf), 16)
+    c12 = ops.rsr(c_new, cf - 12) if cf >= 12 else ops.sat(c_new * float(2 ** (12 - cf)), 16)
+    return ops.sat(ops.rsr(go * ops.tanh(c12), 23), 8), c_new
+
+
 def gate_sums(layer: LSTMLayerQ, wx: int, wh: int) -> list[tuple[str, int]]:
     """One int32 sum per gate: bias + rq(Wx x) + rq(Wh h)."""
     return [("the gate sum", limits.absmax(layer.bias) + wx + wh)]
@@ -122,4 +135,5 @@ CELL = Cell(
     gate_scratch=2,
     torch_mode="LSTM",
     torch_biases=_torch_biases,
+    qat_step=qat_step,
 )

@@ -105,6 +105,15 @@ def kp_rnn_step_s8(
     return h_new.astype(np.int8)
 
 
+def qat_step(q: RNNLayerQ, t, gx, gh, h, c, ops):
+    """kp_rnn_step_s8 on the straight-through tensors of kpgen.train.qat (see kpgen.cells.lstm.qat_step)."""
+    relu = is_relu(q)
+    s = gx + gh + ops.bias(q.bias, t.bias, 7 - q.state_exp + STATE_FRAC_EXTRA if relu else GATE_FRAC)
+    if relu:
+        return ops.sat(ops.rsr(ops.relu(s), STATE_FRAC_EXTRA), 8), c
+    return ops.sat(ops.rsr(ops.tanh(ops.sat(s, 16)), 8), 8), c
+
+
 def gate_sums(layer: RNNLayerQ, wx: int, wh: int) -> list[tuple[str, int]]:
     """bias + rq(Wx x) + rq(Wh h) in int32; relu also adds the rounding term 2**7 of rsr(., 8) unsaturated."""
     extra = 1 << (STATE_FRAC_EXTRA - 1) if is_relu(layer) else 0
@@ -148,6 +157,7 @@ def _cell(relu: bool) -> Cell:
         torch_mode="RNN_RELU" if relu else "RNN_TANH",
         torch_biases=_torch_biases,
         extra_limits=extra_limits,
+        qat_step=qat_step,
     )
 
 

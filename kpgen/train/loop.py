@@ -134,9 +134,9 @@ def spec_method(model: KPRNNClassifier) -> str:
 def make_checkpoint(model: KPRNNClassifier, calibration: dict, meta: dict, method: str | None = None) -> dict:
     """The plain-dict checkpoint documented in docs/checkpoint.md.
 
-    A unidirectional LSTM with 2-factor KP matrices gives format v1 exactly (what kpgen emit reads). Anything
-    else (other cells, bidirectional, k != 2 factors, HKP, low rank, dense, pruned) gives the training-side
-    variant with arch.method and per-layer matrix specs, which the loader names and refuses for emit.
+    A unidirectional LSTM with 2-factor KP matrices gives format v1 exactly. Anything else (other cells,
+    bidirectional, k != 2 factors, HKP, low rank, dense, pruned) gives the variant with arch.method and per-layer
+    matrix specs, which kpgen emit reads too; only low-rank and padded matrices are refused there (no kernel).
     method: what produced the model ('kp', 'hkp', 'prune', 'lowrank', 'small', 'dense'); default from the specs.
     """
     arch = {
@@ -202,6 +202,21 @@ def save_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:
         raise
 
 
+DISTILL_TEMPERATURE = 4.0  # softens the teacher's and the student's logits (Hinton et al. 2015)
+DISTILL_ALPHA = 0.5  # weight of the distillation term; 1 - alpha weighs the labels' cross-entropy
+
+
+def distill_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                 temperature: float = DISTILL_TEMPERATURE, alpha: float = DISTILL_ALPHA) -> torch.Tensor:
+    """Knowledge distillation: (1 - alpha) CE(labels) + alpha T^2 KL(softmax(teacher / T) || softmax(student / T));
+    the T^2 keeps the soft term's gradients on the scale of the hard one's."""
+    t = float(temperature)
+    soft = nn.functional.kl_div(nn.functional.log_softmax(logits / t, dim=-1),
+                                nn.functional.log_softmax(teacher_logits.to(logits.dtype) / t, dim=-1),
+                                reduction="batchmean", log_target=True)
+    return (1.0 - alpha) * nn.functional.cross_entropy(logits, labels) + alpha * t * t * soft
+
+
 def fit(
     model: nn.Module,
     x_tr: torch.Tensor,
@@ -217,13 +232,19 @@ def fit(
     weight_decay: float = 0.0,
     log: Callable[[str], None] = print,
     after_step: Callable[[int, int], None] | None = None,
+    teacher: nn.Module | None = None,
+    temperature: float = DISTILL_TEMPERATURE,
+    alpha: float = DISTILL_ALPHA,
 ) -> float:
     """AdamW with one epoch of warm-up then cosine decay, gradient clipping at 1; returns the test accuracy.
 
-    after_step(step, total_steps) runs after every optimizer step (magnitude pruning uses it).
+    after_step(step, total_steps) runs after every optimizer step (magnitude pruning uses it). teacher: distil
+    from it (distill_loss with temperature and alpha), on the same augmented batches.
     """
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     loss_fn = nn.CrossEntropyLoss()
+    if teacher is not None:
+        teacher.eval()
     gen = torch.Generator().manual_seed(seed)
     n = len(x_tr)
     per_epoch = math.ceil(n / batch_size)
@@ -237,7 +258,13 @@ def fit(
             idx = order[k : k + batch_size]
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, total, lr, warmup=per_epoch)
-            loss = loss_fn(model(random_shift(x_tr[idx], max_shift, gen)), y_tr[idx])
+            xb = random_shift(x_tr[idx], max_shift, gen)
+            if teacher is None:
+                loss = loss_fn(model(xb), y_tr[idx])
+            else:
+                with torch.no_grad():
+                    soft = teacher(xb)
+                loss = distill_loss(model(xb), soft, y_tr[idx], temperature, alpha)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -276,18 +303,27 @@ def train_model(
     log: Callable[[str], None] = print,
     cell: str = "lstm",
     bidirectional: bool = False,
+    split: datasets.Split | None = None,
+    qat_epochs: int = 0,
+    qat_lr: float | None = None,
 ) -> dict:
     """Train a classifier on `dataset`, calibrate on its training set, return the checkpoint dict.
+    split: the user's own data (kpgen.frontend.userdata.to_split) instead; `dataset` then names its file.
 
     wx_factors / wh_factors: one matrix spec (a factor list [[m1, n1], [m2, n2], ...], an HKP or low-rank dict,
     or 'dense'; kpgen.train.nn.matrix) or one per layer. cell: lstm, gru, fastrnn or fastgrnn. max_shift (random
     translation, in steps and features) applies to image datasets only, capped by datasets.MAX_SHIFT.
     max_train keeps only the first max_train training samples (for smoke tests). The checkpoint is format v1
     for a unidirectional 2-factor KP-LSTM, the training-side variant otherwise (docs/checkpoint.md).
+    qat_epochs > 0 adds a quantization-aware phase (kpgen.train.qat) at qat_lr (default lr * QAT_LR_FACTOR).
     """
     t0 = time.perf_counter()
     set_determinism(seed)
-    split, x_tr, y_tr, x_te, y_te = load_split(dataset, seed, max_train)
+    if split is None:
+        split, x_tr, y_tr, x_te, y_te = load_split(dataset, seed, max_train)
+    else:
+        x_tr, y_tr = torch.from_numpy(split.x_train)[:max_train], torch.from_numpy(split.y_train)[:max_train]
+        x_te, y_te = torch.from_numpy(split.x_test), torch.from_numpy(split.y_test)
     try:
         model = KPRNNClassifier(
             cell, split.num_features, hidden_size, split.num_classes, wx_factors, wh_factors,
@@ -300,6 +336,14 @@ def train_model(
         model, x_tr, y_tr, x_te, y_te, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
         max_shift=shift, weight_decay=weight_decay, log=log,
     )
+    qat_report = None
+    if qat_epochs > 0:
+        from kpgen.train import qat
+
+        qat_report = qat.finetune(model, x_tr, y_tr, x_te, y_te, epochs=qat_epochs, batch_size=batch_size,
+                                  lr=qat_lr if qat_lr is not None else lr * qat.QAT_LR_FACTOR, seed=seed,
+                                  max_shift=shift, log=log)
+        test_acc = accuracy(model, x_te, y_te)
     calibration = calibrate(model, x_tr)
     meta = {
         "dataset": dataset,
@@ -310,7 +354,11 @@ def train_model(
         "train_seconds": float(time.perf_counter() - t0),
         "torch_version": str(torch.__version__),
     }
+    if qat_report is not None:
+        meta["qat"] = qat_report
     log(f"float test accuracy {test_acc:.4f} on {len(x_te)} held-out samples, {meta['train_seconds']:.1f} s")
+    if qat_report is not None:
+        log(qat.Agreement(**{k: qat_report[k] for k in qat.Agreement.__dataclass_fields__}).line())
     return make_checkpoint(model, calibration, meta)
 
 
