@@ -38,6 +38,7 @@ SCRATCH_METHODS = ("kp", "hkp", "dense")  # what `kpgen train` builds
 # What `kpgen compress` builds and `kpgen emit` reads: low rank has no kernel, so it is left out
 FROM_METHODS = ("kp", "hkp", "prune", "small")
 DENSE_ROWS = (1, 2, 4, 8)
+QAT_METHODS = ("kp", "hkp")  # where the space has QAT on or off (kpgen.train.qat, as `kpgen train/compress --qat`)
 RATIOS = (2.0, 4.0, 8.0, 16.0, 32.0)
 LR_RANGE = (3e-3, 5e-2)
 STUDY = "tune"  # Ray Tune's study directory inside -o
@@ -106,8 +107,9 @@ def check_settings(s: Settings) -> Settings:
     from kpgen.frontend import datasets
     from kpgen.target.boards import load_board
 
-    if s.dataset not in datasets.LOADERS:
-        raise KpgenError(f"unknown dataset {escape(s.dataset)!r}; known datasets: {', '.join(datasets.LOADERS)}")
+    if not datasets.is_known(s.dataset):
+        raise KpgenError(f"unknown dataset {escape(s.dataset)!r}; known datasets: {', '.join(datasets.LOADERS)}, "
+                         "or your data file (.npz or .csv, docs/byom.md)")
     board = load_board(s.board)
     if not board.emulated:
         raise KpgenError(f"board {board.name} is real hardware that QEMU does not emulate; the search counts "
@@ -138,7 +140,8 @@ def space(s: Settings) -> dict:
     """Ray Tune's search space: architecture and method from scratch, or method and ratio for --from."""
     from ray import tune
 
-    common = {"lr": tune.loguniform(*LR_RANGE), "epochs": tune.choice(sorted({max(1, s.epochs // 2), s.epochs}))}
+    common = {"lr": tune.loguniform(*LR_RANGE), "epochs": tune.choice(sorted({max(1, s.epochs // 2), s.epochs})),
+              "qat": tune.choice([False, True])}  # read only where the method is in QAT_METHODS
     if s.source is not None:
         return {**common, "method": tune.choice(list(FROM_METHODS)), "ratio": tune.choice(list(RATIOS))}
     return {
@@ -151,12 +154,25 @@ def space(s: Settings) -> dict:
     }
 
 
+def uses_qat(config: dict) -> bool:
+    """Whether the trial adds a QAT phase: QAT on, and a method that has it (studies saved before QAT: off)."""
+    return bool(config.get("qat")) and config["method"] in QAT_METHODS
+
+
+def qat_epochs(epochs: int) -> int:
+    """The QAT phase after `epochs` of float training: a quarter of them, at least 1, at most kpgen's default 5."""
+    from kpgen.train.qat import QAT_EPOCHS
+
+    return min(QAT_EPOCHS, max(1, epochs // 4))
+
+
 def describe(config: dict, source: str | None) -> str:
-    """'fastgrnn H 64 x1, hkp 4 dense rows' or 'kp x8 of model.pt': one trial's model in words."""
+    """'fastgrnn H 64 x1, hkp 4 dense rows +QAT' or 'kp x8 of model.pt': one trial's model in words."""
+    qat = " +QAT" if uses_qat(config) else ""
     if source is not None:
-        return f"{config['method']} x{config['ratio']:g} of {Path(source).name}"
+        return f"{config['method']} x{config['ratio']:g} of {Path(source).name}{qat}"
     what = f"{config['cell']} H {config['hidden']} x{config['layers']}, {config['method']}"
-    return what + (f" {config['dense_rows']} dense rows" if config["method"] == "hkp" else "")
+    return what + (f" {config['dense_rows']} dense rows" if config["method"] == "hkp" else "") + qat
 
 
 # ------------------------------------------------------------------------------------------- one trial
@@ -302,6 +318,14 @@ def run_trial(config: dict, settings: dict) -> None:
         pruner.prune_to(pruner.final)
         pruner.apply()
         float_acc = accuracy(model, x_te, y_te)
+    if uses_qat(config):  # no reports in this phase: ASHA has judged the float epochs already
+        from kpgen.train import qat
+
+        meta["qat"] = qat.finetune(model, x_tr, y_tr, x_te, y_te, epochs=qat_epochs(epochs), batch_size=128,
+                                   lr=float(config["lr"]) * qat.QAT_LR_FACTOR, seed=s.seed,
+                                   max_shift=datasets.MAX_SHIFT.get(s.dataset, 0), method=method,
+                                   log=lambda msg: None)
+        float_acc = accuracy(model, x_te, y_te)
     meta["float_test_accuracy"] = float(float_acc)
     if s.source is not None:
         meta.update(method=method, ratio=float(config["ratio"]), compressed_from=Path(s.source).name)
@@ -427,8 +451,9 @@ def collect(results, s: Settings) -> list[Trial]:
     return sorted(out, key=lambda t: t.trial_id)
 
 
-def _ray_env() -> None:
-    """Quiet, local Ray: no usage stats, the old progress output off, no auth token (platform.md)."""
+def ray_env() -> None:
+    """Quiet, local Ray: no usage stats, the old progress output off, no auth token (platform.md). Also used by
+    `make reproduce` (kpgen.studies.reproduce)."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -436,8 +461,9 @@ def _ray_env() -> None:
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
 
 
-def _init_ray(address: str | None, workers: int) -> bool:
-    """Attach to the cluster at address, or start one in this process with `workers` CPUs; True if we started it."""
+def init_ray(address: str | None, workers: int, log_to_driver: bool = False) -> bool:
+    """Attach to the cluster at address, or start one in this process with `workers` CPUs; True if we started it
+    (then the caller shuts it down). log_to_driver: print the workers' output here (make reproduce's progress)."""
     import ray
 
     if ray.is_initialized():
@@ -449,15 +475,15 @@ def _init_ray(address: str | None, workers: int) -> bool:
                 socket.create_connection((m.group(1), int(m.group(2))), timeout=5).close()
             except OSError as e:
                 raise KpgenError(f"cannot attach to the Ray cluster at {escape(address)} ({e.strerror or e}); start "
-                                 "it with `ray start --head` or drop --address to search on this machine") from None
+                                 "it with `ray start --head` or drop --address to run on this machine") from None
         try:
-            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+            ray.init(address=address, log_to_driver=log_to_driver, logging_level=logging.ERROR)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise KpgenError(f"cannot attach to the Ray cluster at {escape(address)} "
                              f"({escape(str(e).splitlines()[0])[:120]}); start it with `ray start --head` or drop "
-                             "--address to search on this machine") from None
+                             "--address to run on this machine") from None
         return True
-    ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=log_to_driver,
              logging_level=logging.ERROR, object_store_memory=256 << 20)
     return True
 
@@ -525,12 +551,12 @@ def run_search(s: Settings, *, address: str | None = None, resume: bool = False,
         s = check_settings(s)
         out.mkdir(parents=True, exist_ok=True)
         _write_atomic(settings_path, json.dumps(asdict(s), indent=2) + "\n")
-    _ray_env()
+    ray_env()
     import ray
 
     t0 = time.perf_counter()
     with _interruptible() as interrupted:  # before Ray starts: it saves and restores the handler it finds
-        started = _init_ray(address, s.workers or os.cpu_count() or 1)
+        started = init_ray(address, s.workers or os.cpu_count() or 1)
         ray_start = time.perf_counter() - t0
         try:
             if not s.workers:
