@@ -14,7 +14,7 @@ QEMU_BOARDS := $(notdir $(patsubst %/board.toml,%,$(shell grep -l '^\[qemu\]' bo
 EXAMPLE := examples/mnist-kplstm.pt
 EXAMPLES := $(sort $(wildcard examples/*.pt))
 
-.PHONY: all setup tools venv demo lint test wheel-test qemu-test bench bench-emit reproduce soak clean
+.PHONY: all setup tools venv demo lint test wheel-test qemu-test bench bench-emit costmodel reproduce soak clean
 
 all: test
 
@@ -44,7 +44,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PIN)
-	$(PY) -m pip install -q -e '.[dev,train,studies,search,serial,flash]'
+	$(PY) -m pip install -q -e '.[dev,train,studies,search,serial,flash,onnx]'
 	touch $@
 
 # The main job end to end: train on real MNIST digits, emit for the Cortex-M4, build, run under QEMU, report.
@@ -90,6 +90,13 @@ bench: setup
 	$(PY) -m kpgen.studies.bench
 	$(PY) -m kpgen.studies.bench_emit
 
+# The planner's instruction cost model: a grid of small models emitted, built and counted under QEMU on the M0,
+# M4, M7 and M55 (one step = I(T=2) - I(T=1)), coefficients fitted by least squares and written with the commit and
+# date to kpgen/train/costmodel.json; the shipped examples are checked against it (docs/cycle-model.md; about 5
+# minutes on 2 idle cores). Run it again after a kernel changes.
+costmodel: setup
+	$(PY) -m kpgen.studies.costfit
+
 # `kpgen emit` of the example (accuracy over 1,000 test digits included) against `import torch`, best of 3 each,
 # side by side in one run; the target is at most 3x (kpgen/studies/bench_emit.py; under a minute).
 bench-emit: setup
@@ -99,7 +106,9 @@ bench-emit: setup
 # shipped data, 3 seeds: float and int8 accuracy, sizes, M4 instructions under QEMU. Writes docs/results.md and
 # docs/results.png, prints the targets (under 45 minutes on 2 cores; not part of `make test`, whose
 # tests/test_reproduce.py runs a miniature of it). Checkpoints stay in build/reproduce: `$(PY) -m kpgen.studies.reproduce
-# --reuse` re-evaluates them without retraining.
+# --reuse` re-evaluates them without retraining. Its jobs (one per benchmark and seed) are Ray tasks of one CPU, two
+# at a time, on a Ray started inside the command, or with RAY_ADDRESS=HOST:PORT on that cluster (more at a time:
+# `$(PY) -m kpgen.studies.reproduce --jobs N`; docs/search.md).
 reproduce: setup
 	$(PY) -m kpgen.studies.reproduce
 

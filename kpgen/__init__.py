@@ -12,3 +12,16 @@ def escape(text: str) -> str:
     (and undecodable bytes of file names) shown as Python escapes, so they cannot forge lines or drive a terminal."""
     return "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
                    for c in str(text))
+
+
+_API = ("from_torch", "compress", "emit", "run", "format_report")
+
+
+def __getattr__(name: str):
+    """kpgen.from_torch, kpgen.compress, kpgen.emit, kpgen.run, kpgen.format_report: kpgen.api's functions,
+    imported on first use so that `import kpgen` stays light (no torch)."""
+    if name in _API:
+        from kpgen import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'kpgen' has no attribute {name!r}")

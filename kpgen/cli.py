@@ -179,10 +179,26 @@ _FACTOR_HELP = ("any number of factors, F1 first, or 'dense'. Default: the demo'
                 "else the planner's first 2-factor choice: highest rank bound, then cheapest (`kpgen plan`)")
 
 
+def _qat_options(f):
+    """--qat, --qat-epochs, --qat-lr: the quantization-aware phase after float training (kpgen.train.qat)."""
+    f = click.option("--qat-lr", type=click.FloatRange(0, min_open=True), default=None,
+                     help="Peak learning rate of the QAT phase  [default: --lr / 10]")(f)
+    f = click.option("--qat-epochs", type=click.IntRange(1), default=5, show_default=True,
+                     help="Epochs of the QAT phase (with --qat).")(f)
+    return click.option("--qat", is_flag=True,
+                        help="Then fine-tune with quantization-aware training: the forward pass computes kpgen's "
+                             "integer model exactly (docs/quantization.md); prints how often it and the golden "
+                             "int8 model disagree on the test split.")(f)
+
+
 @main.command()
 @click.option("-o", "--out", "out", type=_path(), default=Path("model.pt"), show_default=True,
               help="Checkpoint to write.")
 @click.option("--dataset", default="mnist", show_default=True, help="Training data (shipped inside packages).")
+@click.option("--data", "data_file", type=_path(), default=None,
+              help="Your own training data instead (.npz or .csv: x [samples, steps, features], y; docs/byom.md).")
+@click.option("--test", "test_file", type=_path(), default=None,
+              help="Held-out data for --data (same format)  [default: a seeded 20% of --data]")
 @click.option("--cell", type=click.Choice(list(CELL_NAMES)), default="lstm", show_default=True,
               help="Recurrent cell; Wx and Wh have G*H rows, G = 4 (lstm), 3 (gru), 1 (fastrnn, fastgrnn, rnn, "
                    "rnn-relu). rnn and rnn-relu: torch.nn.RNN with tanh or relu.")
@@ -206,8 +222,10 @@ _FACTOR_HELP = ("any number of factors, F1 first, or 'dense'. Default: the demo'
               help="Peak learning rate (AdamW, warm-up then cosine decay).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (data split and weights).")
 @click.option("--force", is_flag=True, help="Replace an existing checkpoint.")
+@_qat_options
 @click.pass_context
-def train(ctx: click.Context, out: Path, force: bool, method: str, dense_rows: int | None, **cfg) -> None:
+def train(ctx: click.Context, out: Path, force: bool, method: str, dense_rows: int | None, data_file: Path | None,
+          test_file: Path | None, qat: bool, **cfg) -> None:
     """Train a recurrent classifier on DATASET, calibrate it, and write a checkpoint (docs/checkpoint.md).
 
     The defaults are the demo's KP-LSTM: about 1.5 minutes on 2 CPU cores. Any other cell, bidirectional
@@ -224,7 +242,19 @@ def train(ctx: click.Context, out: Path, force: bool, method: str, dense_rows: i
         raise KpgenError(f"{out} exists; remove it or pass --force to replace it")
     given = {k: None if ctx.get_parameter_source(k) == ParameterSource.DEFAULT else cfg[k]
              for k in ("wx_factors", "wh_factors")}
-    inputs = datasets.load(cfg["dataset"], seed=cfg["seed"]).num_features
+    if test_file is not None and data_file is None:
+        raise KpgenError("--test goes with --data (your own training data); give both, or neither")
+    if data_file is not None:
+        if ctx.get_parameter_source("dataset") != ParameterSource.DEFAULT:
+            raise KpgenError("give --dataset NAME or --data FILE, not both")
+        from kpgen.frontend.userdata import load_user_data, to_split
+
+        held = None if test_file is None else load_user_data(test_file)
+        cfg["split"] = to_split(load_user_data(data_file), held, cfg["seed"])
+        cfg["dataset"] = data_file.name
+        inputs = cfg["split"].num_features
+    else:
+        inputs = datasets.load(cfg["dataset"], seed=cfg["seed"]).num_features
     wx, wh = train_specs(
         cfg["cell"], inputs, cfg["hidden_size"], method, given["wx_factors"], given["wh_factors"], dense_rows,
         preferred=(DEFAULT_CONFIG["wx_factors"], DEFAULT_CONFIG["wh_factors"]),
@@ -234,7 +264,11 @@ def train(ctx: click.Context, out: Path, force: bool, method: str, dense_rows: i
     for choice in (wx, wh):
         log(choice.describe())
     cfg.update(wx_factors=wx.spec, wh_factors=wh.spec)
+    if not qat:
+        cfg["qat_epochs"] = 0
     ckpt = train_model(**cfg, log=log)
+    if data_file is not None:  # not a built-in dataset: emit takes the data with --data / --test
+        ckpt["meta"]["data_file"] = ckpt["meta"].pop("dataset")
     save_checkpoint(ckpt, out)
     arch, meta = ckpt["arch"], ckpt["meta"]
     specs = [arch.get("wx_specs", arch.get("wx_factors")), arch.get("wh_specs", arch.get("wh_factors"))]
@@ -258,6 +292,12 @@ def train(ctx: click.Context, out: Path, force: bool, method: str, dense_rows: i
 @click.option("--vectors", type=_path(), default=None,
               help="Test inputs as .npz: x [samples, steps, features] float, optional y labels. "
                    "Default: the test split of the checkpoint's dataset.")
+@click.option("--data", "data_file", type=_path(), default=None,
+              help="Your data (.npz or .csv; docs/byom.md): calibrates a plain PyTorch state dict CHECKPOINT, and "
+                   "its logits (your model's outputs) are checked against kpgen's reading before anything is written.")
+@click.option("--test", "test_file", type=_path(), default=None,
+              help="Held-out data (same format) for the accuracy and the test vectors  [default: --vectors, else "
+                   "--data, else the checkpoint's dataset]")
 @click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
 @click.option("--target", type=click.Choice(["firmware", "lib", "validate"]), default="firmware", show_default=True,
               help="firmware: the self-checking test firmware; lib: the model as a static library (no main); "
@@ -265,19 +305,31 @@ def train(ctx: click.Context, out: Path, force: bool, method: str, dense_rows: i
 @click.option("--console", type=click.Choice(["uart", "semihosting"]), default=None,
               help="Where the firmware's output goes: the board's UART (no debugger needed; docs/validate.md) or "
                    "semihosting (through QEMU or an attached debugger).  [default: uart where the board has one]")
+@click.option("--act-table", type=click.Choice(["full", "interp", "interp128"]), default=None,
+              help="Sigmoid and tanh tables: full (1024 entries, one look-up), interp (257 knots, linear "
+                   "interpolation: 4x smaller, 20-30x more accurate, about 6 instructions more per value) or "
+                   "interp128 (129 knots: 8x smaller, 5-9x more accurate).  "
+                   "[default: the board's act_table, else full]")
+@click.option("--max-steps", type=click.IntRange(1, 1 << 20), default=None,
+              help="Longest sequence a model with a bidirectional layer accepts (MODEL_MAX_STEPS; its arena keeps "
+                   "every step)  [default: the training length or the test vectors' length, whichever is larger]")
 def emit(checkpoint: Path, board: str, out: Path | None, name: str, samples: int, vectors: Path | None,
-         force: bool, target: str, console: str | None) -> None:
-    """Quantize CHECKPOINT to int8 and write C sources, Makefile and CMakeLists.txt for BOARD."""
+         force: bool, target: str, console: str | None, act_table: str | None, data_file: Path | None = None,
+         test_file: Path | None = None, max_steps: int | None = None) -> None:
+    """Quantize CHECKPOINT (a kpgen checkpoint, or a PyTorch state dict with --data) to int8 and write C sources,
+    Makefile and CMakeLists.txt for BOARD."""
     from kpgen.pipeline import emit_project
 
     out = out if out is not None else Path("build") / board
     m = emit_project(checkpoint, board, out, name=name, samples=samples, vectors=vectors, force=force,
-                     target=target, console=console)
+                     target=target, console=console, act_table=act_table, data_file=data_file, test_file=test_file,
+                     max_steps=max_steps)
     md = m["model"]
+    fewer = f"{md['param_compression']}x fewer than dense" if md["params"] < md["dense_params"] else "same as dense"
     what = {"firmware": f"{m['vectors']['samples']} test sequences", "lib": f"library lib{name}.a",
             "validate": "validation firmware (check it with `kpgen validate`)"}[target]
     click.echo(
-        f"wrote {escape(str(out))}: {md['params']} parameters ({md['param_compression']}x fewer than dense), "
+        f"wrote {escape(str(out))}: {md['params']} parameters ({fewer}), "
         f"{md['weight_bytes_int8']} weight bytes, arena {m['arena_bytes']} bytes, {what}"
     )
     fe = m["fit_estimate"]
@@ -286,6 +338,14 @@ def emit(checkpoint: Path, board: str, out: Path | None, name: str, samples: int
         f"(model data {fe['model_flash']:,}), RAM at least {fe['ram_at_least']:,} of {fe['ram_available']:,} bytes "
         "(estimate before linking; the linker checks exactly)"
     )
+    clip = m.get("input_clipping")
+    if clip:
+        line = (f"{clip['samples']:,} of {clip['of']:,} test inputs have values beyond the calibrated input range "
+                f"+-{clip['input_absmax']:.4g} ({clip['values']:,} values clipped to it)")
+        click.echo(line)
+        if clip["warn"]:
+            click.echo(f"warning: {100 * clip['samples'] / clip['of']:.1f}% of the test inputs are clipped: the "
+                       "calibration data does not cover them; calibrate on data like them (--data)", err=True)
 
 
 @main.command()
@@ -339,7 +399,7 @@ def validate(project: Path, port: str | None, baud: int | None, vectors: Path | 
     where = f"QEMU {b.qemu_machine}" if rep.outcome.emulated else rep.outcome.link
     title = f"kpgen validate: {rep.manifest['checkpoint']} on {b.name} ({b.core}, {where}, UART console)"
     click.echo(format_outcome(rep.outcome, title=title, instructions=rep.instructions,
-                              clock_hz=b.flash.reset_clock_hz))
+                              clock_hz=b.clock_hz))
     if not rep.passed:
         sys.exit(1)
 
@@ -358,27 +418,38 @@ def boards() -> None:
 @click.option("--probe", type=click.Choice(["openocd", "pyocd", "qemu"]), default=None,
               help="openocd or pyocd for a real board (default openocd); qemu for an emulated one (its default).")
 @click.option("--dry-run", is_flag=True, help="Print the exact commands (and pyOCD API calls) without running them.")
+@click.option("--port", default=None, metavar="DEV",
+              help="Read the firmware's report from this serial port (e.g. /dev/ttyACM0) after flashing a "
+                   "UART-console image to a real board (pyserial).")
+@click.option("--baud", type=click.IntRange(1), default=None, help="Baud rate for --port  [default: the board's]")
 @click.option("--timeout", type=_Seconds(), default=300.0, show_default=True,
               help="Seconds before a firmware that does not exit is stopped.")
-def flash(project: Path, board: str | None, probe: str | None, dry_run: bool, timeout: float) -> None:
+def flash(project: Path, board: str | None, probe: str | None, dry_run: bool, port: str | None, baud: int | None,
+          timeout: float) -> None:
     """Build PROJECT (from `kpgen emit`), write it into its board and show what the firmware prints.
 
-    Real boards go through their debug probe (console: semihosting, the debugger stays attached); emulated
-    boards through QEMU's GDB server, loaded with gdb-multiarch. Exit status: the check's (0 when every test
-    sequence matched), 2 on a usage error.
+    Real boards go through their debug probe. A UART-console image (the default) runs on its own once loaded:
+    --port DEV reads its report from the board's serial line (the probe only writes and starts it). A --console
+    semihosting image prints through the debugger, which stays attached. Emulated boards go through QEMU's GDB
+    server, loaded with gdb-multiarch. Exit status: the check's (0 when every test sequence matched), 2 on a
+    usage error.
     """
     from kpgen.pipeline import read_manifest
+    from kpgen.target import cycles, proc
     from kpgen.target import flash as flashing
-    from kpgen.target import proc
     from kpgen.target.verify import verify_output
 
-    plan = flashing.plan(project, board, probe)
+    plan = flashing.plan(project, board, probe, port=port)
+    flashing.check_port(plan, port)
     if dry_run:
         click.echo(plan.describe())
+        if port is not None:
+            rate = baud or (plan.board.uart.baud if plan.board.uart else 115200)
+            click.echo(f"then: read the report from {port} at {rate} baud until its KPGEN-EXIT line")
         return
     echo = (lambda text: click.echo(text, nl=False)) if plan.probe != "qemu" else (lambda text: None)
     with _stoppable("kpgen flash"):
-        res = flashing.flash(plan, timeout=timeout, echo=echo)
+        res = flashing.flash(plan, timeout=timeout, echo=echo, port=port, baud=baud)
     if plan.probe == "qemu":
         click.echo(res.output, nl=False)
         if res.before_load and res.after_load:
@@ -392,7 +463,10 @@ def flash(project: Path, board: str | None, probe: str | None, dry_run: bool, ti
     ver = verify_output(res.output, read_manifest(plan.project)["vectors"])
     status = (f"printed more than {proc.OUTPUT_CAP:,} bytes and was stopped" if res.overflowed
               else "timed out" if res.timed_out else f"exit status {res.exit_code}")
-    click.echo(f"{plan.board.name} via {plan.probe}: {status}; bit-exact samples {ver.exact}/{ver.samples}")
+    via = f"{plan.probe} and {port}" if port else plan.probe
+    measured = cycles.describe_measured(cycles.measured_cycles(res.output), plan.probe == "qemu", plan.board.clock_hz)
+    click.echo(f"measured cycles per inference: {measured}")
+    click.echo(f"{plan.board.name} via {via}: {status}; bit-exact samples {ver.exact}/{ver.samples}")
     if not (ver.passed and res.exit_code == 0):
         sys.exit(1)
 
@@ -408,13 +482,22 @@ def flash(project: Path, board: str | None, probe: str | None, dry_run: bool, ti
               help="At most this many parameters (for a CHECKPOINT: all its matrices together, shared in "
                    "proportion to their sizes).")
 @click.option("--factors", "num_factors", type=click.IntRange(1, 4), default=2, show_default=True,
-              help="Kronecker factors per matrix (the C side supports 2).")
+              help="Kronecker factors per matrix (the C kernels run any number; 2 is the cheapest to run).")
 @click.option("--pad", type=click.FloatRange(0), default=0.125, show_default=True,
               help="Largest padding of an awkward dimension, as a fraction (0: never pad).")
 @click.option("--top", type=click.IntRange(1), default=None,
               help="Candidates to list  [default: 10; 5 per matrix shape for a CHECKPOINT]")
+@click.option("--board", default=None,
+              help="Also predict the instructions of each product (and of a CHECKPOINT's time step) on this board's "
+                   "core, from the fitted cost model (docs/cycle-model.md).")
+@click.option("--by", type=click.Choice(["rank", "instructions"]), default="rank", show_default=True,
+              help="Order: rank bound, then parameters + MACs; or rank bound, then predicted instructions "
+                   "(needs --board).")
+@click.option("--cost-model", type=_path(), default=None,
+              help="Cost model file  [default: the package's kpgen/train/costmodel.json, from `make costmodel`]")
 def plan_cmd(checkpoint: Path | None, rows: int | None, cols: int | None, ratio: float | None,
-             max_params: int | None, num_factors: int, pad: float, top: int | None) -> None:
+             max_params: int | None, num_factors: int, pad: float, top: int | None, board: str | None, by: str,
+             cost_model: Path | None) -> None:
     """List Kronecker factorizations of a ROWS x COLS matrix, or of every recurrent matrix of CHECKPOINT, best
     first, and hybrid-KP ones for a budget.
 
@@ -422,47 +505,86 @@ def plan_cmd(checkpoint: Path | None, rows: int | None, cols: int | None, ratio:
     HKP, low rank, dense, pruned) or a torch LSTM/GRU + Linear state dict, as `kpgen compress` reads them.
     Rules (rank bound, MACs, padding): docs/compression.md.
     """
+    from kpgen.train import cost
     from kpgen.train.plan import format_plan, plan
 
+    if by == "instructions" and board is None:
+        raise KpgenError("--by instructions needs --board (the core to predict for), e.g. --board m4")
+    core = cost.load(cost_model).for_board(board) if board is not None else None
     if checkpoint is not None:
         if rows is not None or cols is not None:
             raise KpgenError("give a CHECKPOINT or --rows and --cols, not both; see `kpgen plan --help`")
         from kpgen.train.compress import read_source
         from kpgen.train.plan import describe_model, format_model_plan, model_matrices
 
-        model, _ = read_source(checkpoint)
+        model, _ = read_source(checkpoint, any_reading=True)  # shapes only: an nn.RNN's tanh or relu does not matter
         click.echo(format_model_plan(f"{checkpoint} ({describe_model(model)})", model_matrices(model), ratio,
-                                     max_params, num_factors, pad, top=top or 5))
+                                     max_params, num_factors, pad, top=top or 5, core=core, by=by,
+                                     cell=(model.cell, model.hidden_size)))
         return
     if rows is None or cols is None:
         raise KpgenError("give --rows M and --cols N for one matrix, or a CHECKPOINT for every matrix of a model; "
                          "see `kpgen plan --help`")
-    click.echo(format_plan(plan(rows, cols, ratio, max_params, num_factors, pad), top=top or 10))
+    click.echo(format_plan(plan(rows, cols, ratio, max_params, num_factors, pad, core, by), top=top or 10))
 
 
 @main.command()
 @click.argument("source", type=_path())
 @click.option("--method", type=click.Choice(["kp", "hkp", "prune", "lowrank", "small"]), required=True,
               help="How to compress (docs/compression.md).")
-@click.option("--ratio", type=click.FloatRange(1), required=True, help="Target compression of the recurrent matrices.")
+@click.option("--ratio", type=click.FloatRange(1), default=None,
+              help="Target compression of every recurrent matrix (needed unless --wx-*/--wh-* cover both).")
+@click.option("--wx-factors", callback=_factors, default=None,
+              help="kp/hkp: shapes of Wx's factors (e.g. 16x1,8x2, any number of factors, or 'dense'), for every "
+                   "Wx they make.")
+@click.option("--wh-factors", callback=_factors, default=None, help="kp/hkp: shapes of Wh's factors (as --wx-factors).")
+@click.option("--keep-dense", type=click.Choice(["wx", "wh"]), multiple=True,
+              help="kp/hkp: keep every Wx (or Wh) dense, e.g. Wx over 1 input feature. Repeatable.")
+@click.option("--wx-ratio", type=click.FloatRange(1), default=None,
+              help="kp/hkp: compression of Wx  [default: --ratio]")
+@click.option("--wh-ratio", type=click.FloatRange(1), default=None,
+              help="kp/hkp: compression of Wh  [default: --ratio]")
 @click.option("-o", "--out", "out", type=_path(), required=True, help="Checkpoint to write.")
 @click.option("--dataset", default=None,
-              help="Fine-tuning data  [default: the checkpoint's; needed for torch state dicts]")
+              help="Fine-tuning data, a built-in dataset  [default: the checkpoint's]")
+@click.option("--data", type=_path(), default=None,
+              help="Your own fine-tuning data (.npz or .csv; docs/byom.md); its logits, if any, check a state "
+                   "dict's reading first.")
+@click.option("--test", type=_path(), default=None,
+              help="Held-out data for --data  [default: a seeded 20% of --data]")
 @click.option("--epochs", type=click.IntRange(1), default=20, show_default=True, help="Fine-tuning epochs.")
 @click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.02, show_default=True,
               help="Peak learning rate.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Replace an existing checkpoint.")
-def compress(source: Path, out: Path, force: bool, **cfg) -> None:
-    """Compress the dense RNN in SOURCE (a torch LSTM/GRU + Linear state dict, or a kpgen checkpoint),
+@click.option("--distill", is_flag=True,
+              help="Fine-tune against the dense source model's soft outputs as well as the labels (knowledge "
+                   "distillation; every method alike).")
+@click.option("--distill-temperature", "temperature", type=click.FloatRange(0, min_open=True), default=4.0,
+              show_default=True, help="Softmax temperature of --distill.")
+@click.option("--distill-alpha", "alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Weight of the distillation term (1 - alpha: the labels).")
+@_qat_options
+def compress(source: Path, out: Path, force: bool, wx_factors, wh_factors, keep_dense: tuple[str, ...],
+             wx_ratio: float | None, wh_ratio: float | None, qat: bool, **cfg) -> None:
+    """Compress the dense RNN in SOURCE (a torch LSTM/GRU/RNN + Linear state dict, or a kpgen checkpoint),
     fine-tune it and write a checkpoint (--method kp on an LSTM: format v1, ready for `kpgen emit`)."""
     from kpgen.train import save_checkpoint
-    from kpgen.train.compress import compress_checkpoint
+    from kpgen.train.compress import MatrixControl, compress_checkpoint
 
     if out.exists() and not force:
         raise KpgenError(f"{out} exists; remove it or pass --force to replace it")
-    ckpt = compress_checkpoint(source, **cfg, log=lambda msg: click.echo(msg, err=True))
+    for name, given in (("wx", wx_factors), ("wh", wh_factors)):
+        if name in keep_dense and given is not None:
+            raise KpgenError(f"--keep-dense {name} and --{name}-factors contradict each other; give one of them")
+    if cfg["test"] is not None and cfg["data"] is None:
+        raise KpgenError("--test goes with --data (your own fine-tuning data); give both, or neither")
+    control = MatrixControl("dense" if "wx" in keep_dense else wx_factors,
+                            "dense" if "wh" in keep_dense else wh_factors, wx_ratio, wh_ratio)
+    if not qat:
+        cfg["qat_epochs"] = 0
+    ckpt = compress_checkpoint(source, **cfg, control=control, log=lambda msg: click.echo(msg, err=True))
     save_checkpoint(ckpt, out)
     m = ckpt["meta"]
     click.echo(f"wrote {escape(str(out))} ({cfg['method']}: matrices {m['matrix_compression']}x smaller, "
@@ -471,7 +593,8 @@ def compress(source: Path, out: Path, force: bool, **cfg) -> None:
 
 @main.command()
 @click.option("--dataset", required=True, help="The task: a built-in dataset (mnist, digits, basicmotions, "
-                                                "japanesevowels, daphnet).")
+                                                "japanesevowels, daphnet) or your data file (.npz or .csv, "
+                                                "docs/byom.md; 20% held out).")
 @click.option("--board", required=True, help="Board whose budgets and core count (an emulated one, `kpgen boards`).")
 @click.option("--from", "source", type=_path(exists=True, dir_okay=False), default=None,
               help="Search compressions (kp, hkp, prune, small) of this dense checkpoint instead of training "
@@ -506,7 +629,8 @@ def search(dataset: str, board: str, source: Path | None, max_flash: str | None,
     from kpgen.studies import search as study
 
     s = study.Settings(
-        dataset=dataset, board=board, out=str(out.resolve()), source=str(source.resolve()) if source else None,
+        dataset=str(Path(dataset).resolve()) if dataset.lower().endswith((".npz", ".csv")) else dataset,
+        board=board, out=str(out.resolve()), source=str(source.resolve()) if source else None,
         max_flash=study.parse_size(max_flash, "--max-flash") if max_flash is not None else None,
         max_ram=study.parse_size(max_ram, "--max-ram") if max_ram is not None else None,
         max_instructions=max_instructions,

@@ -162,11 +162,28 @@ class Calibration:
     input_absmax: float  # max |x| over the calibration inputs
     cell_absmax: tuple[float, ...]  # max |c_t| per layer
     gate_absmax: tuple[float, ...] = ()  # max |z_t| (pre-activation) per layer, for reports
+    hidden_absmax: float = 0.0  # max ReLU output of an MLP head's hidden layer (0: the model has none)
+
+
+# What the head reads of the last layer's outputs (docs/quantization.md, "Heads"): "last", the final states
+# (PyTorch's h_n: forward h_T, and a bidirectional layer's backward h after the whole sequence); "last_output",
+# the outputs at the last step (out[:, -1]: for a bidirectional layer the backward half has read one step only);
+# "mean" and "max" over every step.
+POOLS = ("last", "last_output", "mean", "max")
+
+
+def check_pool(pool: str) -> str:
+    """pool if it is one of POOLS; a ValueError otherwise (the front ends name the user's mistake first)."""
+    if pool not in POOLS:
+        raise ValueError(f"unknown head pool {pool!r}: expected one of {', '.join(POOLS)}")
+    return pool
 
 
 @dataclass(frozen=True)
 class ModelF:
-    """A float model: stacked KP-LSTM layers over a sequence, then a dense head on the last hidden state."""
+    """A float model: stacked layers over a sequence, then the head: `pool` reads the last layer's outputs (the
+    last step, or the mean or max over time), an optional `hidden` Linear + ReLU, then the Linear `head`.
+    The defaults (last step, no hidden layer) are the models kpgen has always read."""
 
     input_size: int
     num_classes: int
@@ -174,13 +191,22 @@ class ModelF:
     head: DenseF
     calibration: Calibration
     meta: dict = field(default_factory=dict)  # dataset name, sequence length, training report
+    pool: str = "last"  # one of POOLS
+    hidden: DenseF | None = None  # an MLP head's first Linear (K, F), followed by ReLU; head is then (C, K)
+
+    def __post_init__(self) -> None:
+        check_pool(self.pool)
+
+    def _head_params(self) -> int:
+        extra = 0 if self.hidden is None else self.hidden.weight.size + self.hidden.bias.size
+        return int(self.head.weight.size + self.head.bias.size + extra)
 
     @property
     def params(self) -> int:
         n = 0
         for l in self.layers:
             n += sum(m.params for m in matrices(l)) + sum(v.size for v in vectors(l)) + scalars(l)
-        return int(n + self.head.weight.size + self.head.bias.size)
+        return int(n + self._head_params())
 
     @property
     def dense_params(self) -> int:
@@ -188,7 +214,7 @@ class ModelF:
         n = 0
         for l in self.layers:
             n += sum(m.shape[0] * m.shape[1] for m in matrices(l)) + sum(v.size for v in vectors(l)) + scalars(l)
-        return int(n + self.head.weight.size + self.head.bias.size)
+        return int(n + self._head_params())
 
 
 # ------------------------------------------------------------------------------------------- integer IR
@@ -322,6 +348,17 @@ class DenseQ:
 
 
 @dataclass(frozen=True)
+class HiddenQ:
+    """An MLP head's hidden layer: acc = bias + W f (int32), h = min(rsr(max(acc, 0) * rq.mult, rq.shift), 127)
+    as int8 (golden.kp_fc_relu_s8), one step worth out_scale."""
+
+    weight: np.ndarray  # int8 (K, F)
+    bias: np.ndarray  # int32 (K,), in units of the accumulator (weight scale x feature scale)
+    rq: Requant  # accumulator unit / out_scale
+    out_scale: float  # real value of one step of the int8 hidden output
+
+
+@dataclass(frozen=True)
 class ModelQ:
     input_size: int
     num_classes: int
@@ -331,6 +368,11 @@ class ModelQ:
     sigmoid_table: np.ndarray  # int16 (1024,): kpgen.reference.golden.make_table
     tanh_table: np.ndarray  # int16 (1024,)
     meta: dict = field(default_factory=dict)
+    pool: str = "last"  # one of POOLS (ModelF.pool)
+    hidden: HiddenQ | None = None  # an MLP head's hidden layer (ModelF.hidden)
+
+    def __post_init__(self) -> None:
+        check_pool(self.pool)
 
     @property
     def weight_bytes(self) -> int:
@@ -338,4 +380,6 @@ class ModelQ:
         n = 0
         for l in self.layers:
             n += sum(m.nbytes for m in matrices(l)) + 4 * sum(v.size for v in vectors(l)) + 2 * scalars(l)
+        if self.hidden is not None:
+            n += self.hidden.weight.size + 4 * self.hidden.bias.size
         return int(n + self.head.weight.size + 4 * self.head.bias.size)

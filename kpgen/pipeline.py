@@ -16,15 +16,17 @@ import numpy as np
 from kpgen import KpgenError, __version__, escape
 from kpgen.codegen import fit
 from kpgen.codegen.emit import MANIFEST, arena_bytes, render_sources, write_tree
+from kpgen.codegen.emit import max_steps as max_steps_for
 from kpgen.frontend import datasets
-from kpgen.frontend.load import load_checkpoint
+from kpgen.frontend.load import load_model
+from kpgen.frontend.userdata import load_user_data
 from kpgen.ir import ModelF, ModelQ, cell_of, directions, matrices, sublayers
 from kpgen.quant import quantize
 from kpgen.reference import floatmodel, golden
-from kpgen.reference.vectors import check_shape, expected_from_trace, first_samples
+from kpgen.reference.vectors import check_shape, clipping, expected_from_trace, first_samples
 from kpgen.target import cycles, qemu, toolchain
 from kpgen.target.boards import Board, check_console, load_board
-from kpgen.target.cycles import CycleEstimate
+from kpgen.target.cycles import CycleEstimate, MeasuredCycles
 from kpgen.target.verify import Verification, verify_output
 
 if TYPE_CHECKING:  # kpgen.target.validate is imported only when `kpgen validate` runs
@@ -39,6 +41,7 @@ class TestSet:
     x: np.ndarray  # float [N, T, I]
     y: np.ndarray | None  # int [N] or None
     source: str
+    user_logits: np.ndarray | None = None  # the user's own model's outputs for x, when the data file has them
 
 
 MAX_VECTOR_ELEMENTS = 1 << 26  # test inputs: 64 Mi numbers (512 MB as float64) is far beyond any firmware's vectors
@@ -142,7 +145,8 @@ def test_set(model: ModelF, vectors: Path | None, seed: int = 0) -> TestSet:
         return TestSet(x=x, y=y, source=Path(vectors).name)
     name = model.meta.get("dataset")
     if not isinstance(name, str) or not name:
-        raise KpgenError("the checkpoint names no dataset; pass test inputs with --vectors FILE.npz")
+        raise KpgenError("the checkpoint names no dataset; pass test inputs with --test FILE (docs/byom.md) or "
+                         "--vectors FILE.npz")
     split = datasets.load(name, seed=seed)
     if split.x_test.ndim != 3 or split.x_test.shape[2] != model.input_size:
         raise KpgenError(f"the checkpoint's meta.dataset {name!r} has {split.x_test.shape[-1]} features per step "
@@ -151,6 +155,13 @@ def test_set(model: ModelF, vectors: Path | None, seed: int = 0) -> TestSet:
     y = check_labels(np.asarray(split.y_test), len(split.x_test), model.num_classes, f"dataset {name}",
                      "fix meta.dataset or pass test inputs with --vectors FILE.npz")
     return TestSet(x=split.x_test.astype(np.float64), y=y, source=f"{name} test split")
+
+
+def user_test_set(model: ModelF, path: Path, held_out: bool = True) -> TestSet:
+    """Held-out data from the user's data file (docs/byom.md: npz or CSV, with optional logits)."""
+    user = load_user_data(path, input_size=model.input_size, num_classes=model.num_classes, need_labels=False)
+    source = user.source if held_out else f"{user.source} (the --data file; no held-out --test given)"
+    return TestSet(x=user.x.astype(np.float64), y=user.y, source=source, user_logits=user.logits)
 
 
 def _matrix_summary(m) -> dict:
@@ -257,6 +268,15 @@ def project_manifest(
     return manifest
 
 
+def check_act_table(board, act_table: str | None) -> str:
+    """The activation table variant to emit: act_table, or the board's default; a user error if unknown."""
+    act = board.act_table if act_table is None else act_table
+    if act not in golden.ACT_TABLES:
+        where = f"board {board.name}'s act_table" if act_table is None else "--act-table"
+        raise KpgenError(f"{where} {act!r} is no activation table variant; use one of: {', '.join(golden.ACT_TABLES)}")
+    return act
+
+
 def emit_project(
     checkpoint: Path,
     board_name: str,
@@ -268,29 +288,54 @@ def emit_project(
     force: bool = False,
     target: str = "firmware",
     console: str | None = None,
+    act_table: str | None = None,
+    data_file: Path | None = None,
+    test_file: Path | None = None,
+    max_steps: int | None = None,
 ) -> dict:
     """Load, quantize, pick test vectors, check the model fits the board, render and write the project;
     returns the manifest. target: "firmware" (the test firmware) or "lib" (a static library, no main).
-    console: "uart" or "semihosting" (None: the board's default, the UART where it has one)."""
+    console: "uart" or "semihosting" (None: the board's default, the UART where it has one).
+    act_table: the activation tables' variant (golden.ACT_TABLES; None: the board's act_table, else "full").
+    data_file: the user's data (docs/byom.md), which calibrates a plain PyTorch state dict and checks it against
+    the data's logits; test_file: held-out data for the accuracy and the test vectors (else vectors, else
+    data_file, else the checkpoint's dataset). A "lib" target given none of these embeds no vectors and reads no
+    data. max_steps: the longest sequence a bidirectional model accepts (MODEL_MAX_STEPS; None: the training
+    length or the test vectors' length, whichever is larger)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
         raise KpgenError(f"output directory {out_dir} exists; remove it or pass --force to replace it")
-    check_replaceable(out_dir, [Path(checkpoint)] + ([Path(vectors)] if vectors is not None else []))
+    inputs = [Path(checkpoint)] + [Path(f) for f in (vectors, data_file, test_file) if f is not None]
+    check_replaceable(out_dir, inputs)
     if samples < 1:
         raise KpgenError(f"--samples must be at least 1, got {samples}")
+    if max_steps is not None and not 1 <= max_steps <= MAX_STEPS_LIMIT:
+        raise KpgenError(f"--max-steps must be from 1 to {MAX_STEPS_LIMIT:,}, got {max_steps}")
     board = load_board(board_name)
     console = check_console(board, console)
-    model = load_checkpoint(checkpoint)
+    act = check_act_table(board, act_table)
+    model = load_model(checkpoint, data_file)
     try:
-        qmodel = quantize.quantize_model(model)
+        qmodel = golden.with_act_tables(quantize.quantize_model(model), act)
     except KpgenError as e:
         raise KpgenError(f"{checkpoint}: {e}") from None
-    data = test_set(model, vectors)
+    user_file = test_file or (data_file if vectors is None else None)
+    if target == "lib" and user_file is None and vectors is None:  # a library embeds no vectors: no data needed
+        return _emit_lib(checkpoint, board, out_dir, model, qmodel, name=name, console=console, force=force,
+                         act=act, max_steps=max_steps)
+    if user_file is not None:
+        data = user_test_set(model, user_file, held_out=test_file is not None)
+    else:
+        data = test_set(model, vectors)
     xq_all = golden.quantize_input(data.x, qmodel.input_scale)
+    steps = max_steps
+    if steps is not None and int(xq_all.shape[1]) > steps and not golden.is_streaming(qmodel):
+        raise KpgenError(f"the test sequences have {xq_all.shape[1]} steps, more than --max-steps {max_steps}; "
+                         "raise --max-steps or give shorter test sequences")
     n = min(samples, len(xq_all))
     # a validate firmware embeds one sample (for its profile run) and receives the rest: sized as a test firmware
     est = fit.estimate(qmodel, board, "firmware" if target == "validate" else target,
-                       vector_samples=1 if target == "validate" else n, steps=int(xq_all.shape[1]))
+                       vector_samples=1 if target == "validate" else n, steps=int(xq_all.shape[1]), max_steps=steps)
     fit.check_fits(est)
     check_shape(qmodel, xq_all)
     float_acc = golden_acc = None
@@ -304,7 +349,7 @@ def emit_project(
     labels = None if data.y is None else data.y[:n]
     expected = expected_from_trace(trace, xq_all[:n], labels)
     source = Path(checkpoint).name
-    files = render_sources(qmodel, board, expected, name, source, target=target, console=console)
+    files = render_sources(qmodel, board, expected, name, source, target=target, console=console, steps=steps)
     fit_estimate = {
         "model_flash": est.model_flash,
         "flash_at_least": est.flash,
@@ -314,13 +359,48 @@ def emit_project(
     }
     accuracy = {"test_set": data.source, "test_samples": int(len(data.x)), "float": float_acc,
                 "int8_golden": golden_acc}
+    if data.user_logits is not None and data.y is not None:  # the user's own model on the same samples
+        accuracy["user_float"] = floatmodel.accuracy(data.user_logits, data.y)
     manifest = project_manifest(model, qmodel, board, expected, name=name, source=source, target=target,
                                 accuracy=accuracy, fit_estimate=fit_estimate)
     manifest["console"] = console
+    manifest["act_table"] = act
+    clip = clipping(data.x, qmodel.input_scale)
+    manifest["input_clipping"] = {"samples": clip.samples, "of": clip.total, "values": clip.values,
+                                  "input_absmax": model.calibration.input_absmax, "warn": clip.warn}
+    if steps is not None:
+        manifest["arena_bytes"] = arena_bytes(qmodel, steps, exact=True)
     if target == "validate":  # `kpgen validate` re-reads the model for the golden results: remember which one
         manifest["checkpoint_path"] = str(Path(checkpoint).resolve())
         manifest["checkpoint_sha256"] = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
+        if data_file is not None:  # a state dict's calibration comes from the data: validate re-reads both
+            manifest["data_path"] = str(Path(data_file).resolve())
     write_tree(out_dir, files, manifest, force, with_board=target != "lib")
+    return manifest
+
+
+MAX_STEPS_LIMIT = 1 << 20  # --max-steps: the longest sequence a bidirectional model's arena is sized for
+
+
+def _emit_lib(checkpoint: Path, board, out_dir: Path, model: ModelF, qmodel: ModelQ, *, name: str,
+              console: str | None, force: bool, act: str, max_steps: int | None) -> dict:
+    """emit_project for --target lib without test data: the model's sources, sized for max_steps."""
+    steps = max_steps if max_steps is not None else max_steps_for(qmodel, 0)
+    est = fit.estimate(qmodel, board, "lib", vector_samples=0, steps=steps, max_steps=steps)
+    fit.check_fits(est)
+    source = Path(checkpoint).name
+    files = render_sources(qmodel, board, None, name, source, target="lib", console=console, steps=steps)
+    manifest = {
+        "kpgen_version": __version__, "board": board.name, "target": "lib", "name": name, "checkpoint": source,
+        "model": model_summary(model, qmodel), "arena_bytes": arena_bytes(qmodel, steps, exact=True),
+        "fit_estimate": {"model_flash": est.model_flash, "flash_at_least": est.flash,
+                         "flash_available": est.flash_available, "ram_at_least": est.ram,
+                         "ram_available": board.ram_size},
+        "accuracy": {"test_set": None, "test_samples": 0, "float": None, "int8_golden": None},
+        "vectors": {"samples": 0, "steps": 0, "labels": [], "scores": [], "final_digests": []},
+        "console": console, "act_table": act,
+    }  # fmt: skip
+    write_tree(out_dir, files, manifest, force, with_board=False)
     return manifest
 
 
@@ -343,6 +423,7 @@ class RunReport:
     profile: qemu.Profile | None = None  # behind instructions, per_function and cycles
     stack_check: toolchain.StackCheck | None = None  # the model's deepest call chain vs the board
     problem: str | None = None  # a firmware failure in words (hang, fault, lockup, runaway output), from either run
+    measured_cycles: MeasuredCycles | None = None  # the firmware's KPGEN-CYCLES line (labelled by the report)
 
     @property
     def passed(self) -> bool:
@@ -377,6 +458,8 @@ def manifest_problem(m: object) -> str | None:
         return "'target' is not 'firmware', 'lib' or 'validate'"
     if m.get("console", "semihosting") not in ("uart", "semihosting"):
         return "'console' is neither 'uart' nor 'semihosting'"
+    if m.get("act_table", "full") not in golden.ACT_TABLES:
+        return "'act_table' is not " + ", ".join(f"'{v}'" for v in golden.ACT_TABLES)
     if not _is_int(m.get("arena_bytes")):
         return "'arena_bytes' is missing or not a count"
     md = m.get("model")
@@ -390,7 +473,7 @@ def manifest_problem(m: object) -> str | None:
             return "'model.layers' holds a layer without its matrix counts"
     acc = m.get("accuracy")
     if not (isinstance(acc, dict) and _is_int(acc.get("test_samples")) and isinstance(acc.get("test_set"), str)
-            and _is_rate(acc.get("float")) and _is_rate(acc.get("int8_golden"))):
+            and _is_rate(acc.get("float")) and _is_rate(acc.get("int8_golden")) and _is_rate(acc.get("user_float"))):
         return "'accuracy' is missing or malformed"
     v = m.get("vectors")
     if not isinstance(v, dict) or not _is_int(v.get("samples"), 1) or not _is_int(v.get("steps"), 1):
@@ -488,6 +571,7 @@ def run_project(project: Path, *, timeout: float = 300.0, profile: bool = True) 
         profile=prof,
         stack_check=stack_check,
         problem=problem,
+        measured_cycles=cycles.measured_cycles(res.stdout),
     )
 
 
@@ -539,8 +623,9 @@ def validate_project(
     if checkpoint is None and hashlib.sha256(ckpt.read_bytes()).hexdigest() != manifest.get("checkpoint_sha256"):
         raise KpgenError(f"{ckpt} changed since {project} was emitted from it; emit the project again (or pass "
                          "the original with --checkpoint)")
-    model = load_checkpoint(ckpt)
-    qmodel = quantize.quantize_model(model)
+    data_path = manifest.get("data_path")
+    model = load_model(ckpt, data_path if isinstance(data_path, str) else None)
+    qmodel = golden.with_act_tables(quantize.quantize_model(model), str(manifest.get("act_table", "full")))
     data = test_set(model, vectors)
     xq = golden.quantize_input(data.x, qmodel.input_scale)
     check_shape(qmodel, xq)

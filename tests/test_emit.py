@@ -34,7 +34,8 @@ def test_render_is_deterministic() -> None:
     b = render_sources(m, load_board("m4"), exp, "model", "x.pt")
     assert a == b
     assert set(a) == {"model.h", "model.c", "main.c", "vectors.h", "vectors.c", "link.ld", "Makefile",
-                      "CMakeLists.txt", "arm-none-eabi.cmake", "kpgen_size.cmake", "board/kpgen_console.h"}
+                      "CMakeLists.txt", "arm-none-eabi.cmake", "kpgen_size.cmake", "board/kpgen_console.h",
+                      "board/kpgen_chip.h"}
     lib = render_sources(m, load_board("m4"), exp, "model", "x.pt", target="lib")
     assert set(lib) == {"model.h", "model.c", "Makefile", "CMakeLists.txt", "arm-none-eabi.cmake", "kpgen_size.cmake"}
     assert lib["model.c"] == a["model.c"] and "libmodel.a" in lib["Makefile"]

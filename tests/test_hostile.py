@@ -628,3 +628,38 @@ def test_the_makefiles_ignore_every_knob_from_the_environment(tmp_path, target):
     given = subprocess.run(["make", "-n", "-C", str(out), "EXTRA_CFLAGS=-DFROM_COMMAND_LINE"], capture_output=True,
                            text=True, env={**os.environ, **hostile}, check=True).stdout
     assert "-DFROM_COMMAND_LINE" in given and "evil" not in given.lower()
+
+
+class _TouchesMarker:
+    """A pickled object that would run a shell command when unpickled."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("command", ["emit", "compress", "train", "emit-test"])
+def test_a_data_file_with_a_pickle_runs_no_code(tmp_path, command):
+    """--data and --test read arrays only (allow_pickle=False: the dtype in the header is refused before any
+    data is read), so an object array whose pickle would run a command is one line, and the command never runs."""
+    marker = tmp_path / "ran"
+    x = np.empty((2, 3, 1), dtype=object)
+    x[...] = _TouchesMarker(marker)
+    np.savez(tmp_path / "evil.npz", allow_pickle=True, x=x, y=np.array([0, 1]))
+    sd = torch.nn.LSTM(1, 4).state_dict() | {f"fc.{k}": v for k, v in torch.nn.Linear(4, 2).state_dict().items()}
+    torch.save(sd, tmp_path / "sd.pt")
+    np.savez(tmp_path / "good.npz", x=np.ones((4, 3, 1), np.float32), y=np.array([0, 1, 0, 1]))
+    evil = str(tmp_path / "evil.npz")
+    args = {
+        "emit": ["emit", str(tmp_path / "sd.pt"), "--board", "m4", "-o", str(tmp_path / "o"), "--data", evil],
+        "emit-test": ["emit", str(tmp_path / "sd.pt"), "--board", "m4", "-o", str(tmp_path / "o"), "--data",
+                      str(tmp_path / "good.npz"), "--test", evil],
+        "compress": ["compress", str(tmp_path / "sd.pt"), "--method", "kp", "--ratio", "2", "--keep-dense", "wx",
+                     "-o", str(tmp_path / "c.pt"), "--data", evil],
+        "train": ["train", "-o", str(tmp_path / "t.pt"), "--hidden", "4", "--data", evil],
+    }[command]
+    one_line(invoke(*args), "evil.npz: x has dtype object", "kpgen reads no pickled objects")
+    assert not marker.exists()
+    assert not any((tmp_path / n).exists() for n in ("o", "c.pt", "t.pt"))

@@ -6,6 +6,7 @@ import ctypes
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -43,14 +44,17 @@ class ArenaField:
 
 
 
-def max_steps(model: ModelQ, steps: int = 0) -> int:
+def max_steps(model: ModelQ, steps: int = 0, exact: bool = False) -> int:
     """Longest sequence a model with a bidirectional layer is emitted for: the training length (meta seq_len)
-    or `steps`, whichever is larger (streaming models have no limit; they do not store sequences)."""
+    or `steps`, whichever is larger; exactly `steps` when exact (`kpgen emit --max-steps`). Streaming models have
+    no limit: they do not store sequences."""
+    if exact:
+        return max(1, int(steps))
     seq_len = model.meta.get("seq_len")
     return max(int(seq_len) if isinstance(seq_len, int) and seq_len > 0 else 1, int(steps))
 
 
-def arena_fields(model: ModelQ, steps: int = 0) -> list[ArenaField]:
+def arena_fields(model: ModelQ, steps: int = 0, exact: bool = False) -> list[ArenaField]:
     """Every byte of state and scratch, widest type first so the struct has no inner padding.
 
     acc_x, acc_h: the two mat-vec results (G*H int32, G the cell's gates: kpgen.cells); tv: kp_matvec_s8's
@@ -66,18 +70,29 @@ def arena_fields(model: ModelQ, steps: int = 0) -> list[ArenaField]:
     fields.append(ArenaField("tv", "int32_t", scratch))
     gates = max((cells.of(s).gate_scratch * s.hidden_size for s in subs if cells.of(s).gate_scratch), default=1)
     fields.append(ArenaField("gates", "int32_t", gates))
+    streaming, feat = golden.is_streaming(model), out_size(model.layers[-1])
+    if model.pool == "mean":  # the int32 sums over time (kp_pool_sum_s8)
+        fields.append(ArenaField("pool", "int32_t", feat))
+    if streaming and model.pool != "last":  # steps summed since the reset
+        fields.append(ArenaField("pool_n", "int32_t", 1))
     fields += [ArenaField(f"c{i}", "int16_t", l.hidden_size)
                for i, l in enumerate(model.layers) if cells.of(l).cell_state]
     fields += [ArenaField(f"h{i}", "int8_t", l.hidden_size) for i, l in enumerate(model.layers)]
-    if not golden.is_streaming(model):
-        t = max_steps(model, steps)
+    if not streaming:
+        t = max_steps(model, steps, exact)
         fields += [ArenaField(f"out{i}", "int8_t", t * out_size(l)) for i, l in enumerate(model.layers)]
-        fields.append(ArenaField("feat", "int8_t", out_size(model.layers[-1])))
+        fields.append(ArenaField("feat", "int8_t", feat))
+    elif model.pool != "last":  # the running maximum (kp_pool_max_s8), and the head's input
+        if model.pool == "max":
+            fields.append(ArenaField("poolmax", "int8_t", feat))
+        fields.append(ArenaField("feat", "int8_t", feat))
+    if model.hidden is not None:  # the MLP head's hidden outputs
+        fields.append(ArenaField("hid", "int8_t", int(model.hidden.weight.shape[0])))
     return fields
 
 
-def arena_bytes(model: ModelQ, steps: int = 0) -> int:
-    raw = sum(f.nbytes for f in arena_fields(model, steps))
+def arena_bytes(model: ModelQ, steps: int = 0, exact: bool = False) -> int:
+    raw = sum(f.nbytes for f in arena_fields(model, steps, exact))
     return (raw + 3) // 4 * 4
 
 
@@ -90,8 +105,8 @@ def c_array(values: np.ndarray, per_line: int = 16, indent: str = "    ") -> str
     return ",\n".join(indent + line for line in lines)
 
 
-def _matrix_context(m) -> dict:
-    ctx = dict(layout.matrix_context(m))
+def _matrix_context(m, biased: bool = False, b16: bool = False) -> dict:
+    ctx = dict(layout.matrix_context(m, biased, b16))
     rows, cols = m.shape
     ctx.update({
         "rows": rows,
@@ -104,9 +119,10 @@ def _matrix_context(m) -> dict:
     return ctx
 
 
-def _sublayer_context(layer: LayerQ, lid: str, direction: str) -> dict:
-    """One direction of one layer: matrices (packed by kpgen.codegen.layout, rendered by templates/kp_matrix.j2),
-    requantizers, bias vectors and the cell's params initialiser fields (kpgen.cells: Cell.c_fields)."""
+def _sublayer_context(layer: LayerQ, lid: str, direction: str, biased: bool = False, b16: bool = False) -> dict:
+    """One direction of one layer: matrices (packed by kpgen.codegen.layout, rendered by templates/kp_matrix.j2;
+    biased: for Armv6-M cores; b16: B in int16 for DSP cores), requantizers, bias vectors and the cell's params
+    initialiser fields (kpgen.cells: Cell.c_fields)."""
     problems = [] if limits.is_checked(layer) else limits.kernel_limits(layer)  # the quantizer's layers: checked
     if problems:
         raise KpgenError(f"layer {lid}: {problems[0]}; "
@@ -121,8 +137,8 @@ def _sublayer_context(layer: LayerQ, lid: str, direction: str) -> dict:
         "step": cell.c_step,
         "input_size": layer.input_size,
         "hidden_size": layer.hidden_size,
-        "wx": _matrix_context(layer.wx),
-        "wh": _matrix_context(layer.wh),
+        "wx": _matrix_context(layer.wx, biased, b16),
+        "wh": _matrix_context(layer.wh, biased, b16),
         "mult_x": layer.rq_x.mult,
         "shift_x": layer.rq_x.shift,
         "mult_h": layer.rq_h.mult,
@@ -133,13 +149,27 @@ def _sublayer_context(layer: LayerQ, lid: str, direction: str) -> dict:
     }
 
 
-def _layer_context(layer, index: int) -> dict:
+def number_fixed_kernels(layers: list[dict], name: str) -> list[dict]:
+    """Kernel selection: number (1, 2, ...) the matrices that get a kernel specialised to their shapes
+    (layout.specialised) in the layer contexts, and list them (id, C prefix) for kp_matvec_fixed_s8."""
+    kernels: list[dict] = []
+    for L in layers:
+        for S in L["subs"]:
+            for mname in ("wx", "wh"):
+                M = S[mname]
+                if M["fixed"]:
+                    M["fixed_id"] = len(kernels) + 1
+                    kernels.append({"id": M["fixed_id"], "prefix": f"{name}_{S['id']}_{mname}"})
+    return kernels
+
+
+def _layer_context(layer, index: int, biased: bool = False, b16: bool = False) -> dict:
     subs = sublayers(layer)
     if len(subs) == 1:
-        parts = [_sublayer_context(subs[0], f"l{index}", "")]
+        parts = [_sublayer_context(subs[0], f"l{index}", "", biased, b16)]
     else:
-        parts = [_sublayer_context(subs[0], f"l{index}f", "forward"),
-                 _sublayer_context(subs[1], f"l{index}b", "backward (reads the sequence reversed)")]
+        parts = [_sublayer_context(subs[0], f"l{index}f", "forward", biased, b16),
+                 _sublayer_context(subs[1], f"l{index}b", "backward (reads the sequence reversed)", biased, b16)]
     return {
         "index": index,
         "cell": cells.of(layer).name,
@@ -159,20 +189,65 @@ def _hex_lines(words: np.ndarray, per_line: int = 6) -> str:
 
 TARGETS = ("firmware", "lib", "validate")
 
-_BOOT2_PLACEHOLDER = """/* boot2_placeholder.c: {size} zero bytes where the boot ROM looks for its second-stage
- * boot loader (boot2). Generated by kpgen {version}. With these the chip does NOT boot from flash: build with the
- * Pico SDK's boot2 instead (make BOOT2=.../bs2_default_padded_checksummed.S, or cmake -DKPGEN_BOOT2=...). kpgen
- * ships no boot2.
- */
-__attribute__((section(".boot2"), used)) const unsigned char kpgen_boot2_placeholder[{size}] = {{0}};
-"""
+
+def header_context(model: ModelQ) -> dict:
+    """The scales and the input quantizers of model.h: INPUT_SCALE and OUTPUT_SCALE as doubles that read back
+    exactly (17 significant digits), and the integer-only quantizer's multiplier (quantize.input_fixed_requant;
+    None when the input range is too extreme for it)."""
+    from kpgen.quant import quantize
+
+    fixed = quantize.input_fixed_requant(model.input_scale)
+    return {
+        "input_scale_c": f"{model.input_scale:.17g}",
+        "output_scale_c": f"{model.head.out_scale:.17g}",
+        "input_frac_bits": quantize.INPUT_FRAC_BITS,
+        "input_fixed": None if fixed is None else {"mult": fixed.mult, "shift": fixed.shift},
+    }
+
+
+
+# The head kernels a model calls only with its pooling or its MLP head: the other files are left out of the
+# project, as the other cells' step files are (they would be compiled, and counted in a library's size.txt).
+HEAD_RUNTIME = {"kp_pool_sum_s8.c": ("mean",), "kp_pool_mean_s8.c": ("mean",), "kp_pool_max_s8.c": ("max",)}
+HIDDEN_RUNTIME = "kp_fc_relu_s8.c"
+
+
+def linked_runtime_sources(model: ModelQ) -> list[str]:
+    """The runtime_c/*.c files a model's project compiles: every shared kernel, its cells' step files, the pooling
+    kernels of its pool and the MLP head's kernel only when it has a hidden layer."""
+    unused = {f"{c.c_step}.c" for c in cells.REGISTRY.values()} - {f"{cells.of(l).c_step}.c" for l in model.layers}
+    unused |= {f for f, pools in HEAD_RUNTIME.items() if model.pool not in pools}
+    if model.hidden is None:
+        unused.add(HIDDEN_RUNTIME)
+    return sorted(p.name for p in RUNTIME.glob("*.c") if p.name not in unused)
+
+
+# A runtime function's prototype in runtime_c/*.h: a line starting with its return type (not static or inline).
+_PROTOTYPE = re.compile(r"^(?!static\b|KP_INLINE\b)[A-Za-z_][\w \t*]*?\b(kp_\w+)\s*\(", re.M)
+
+
+def runtime_symbols() -> list[str]:
+    """The runtime's external functions (kp_*, declared in runtime_c/*.h, kp_matvec_fixed_s8 included)."""
+    names = {m.group(1) for h in RUNTIME.glob("*.h") for m in _PROTOTYPE.finditer(h.read_text(encoding="utf-8"))}
+    return sorted(names)
+
+
+def library_renames(name: str) -> list[str]:
+    """Defines that give a library's runtime its model's prefix (kp_matvec_s8 -> <name>_kp_matvec_s8): each
+    library carries a runtime built for its own model (its defines: KP_FIXED_KERNELS, KP_NO_KRON_EXT, the tables'
+    variant) and its own kp_matvec_fixed_s8, so two models emitted with different names link into one firmware.
+    Renaming costs no instruction; each model keeps its own copy of the kernels it calls."""
+    return [f"{sym}={name}_{sym}" for sym in runtime_symbols()]
 
 
 def render_sources(
-    model: ModelQ, board: Board, expected: Expected, name: str, source: str, target: str = "firmware",
-    console: str | None = None,
+    model: ModelQ, board: Board, expected: Expected | None, name: str, source: str, target: str = "firmware",
+    console: str | None = None, steps: int | None = None,
 ) -> dict[str, str]:
     """File name -> text of every generated file (not the copied runtime).
+
+    expected: the test vectors (None only for target "lib", which embeds none). steps: the longest sequence a
+    bidirectional model is emitted for (MODEL_MAX_STEPS; None: max_steps of the vectors' length).
 
     target "firmware": the test firmware (main, embedded vectors, start-up, linker script) built by make or CMake;
     "lib": only the model, for a static library (make or CMake) that an existing firmware links.
@@ -185,10 +260,16 @@ def render_sources(
     if not name.isidentifier() or not name.isascii():
         raise KpgenError(f"model name {name!r} is not a C identifier; use letters, digits and underscores")
     env = template_env()
-    steps = max_steps(model, expected.inputs.shape[1])
+    if expected is None and target != "lib":
+        raise ValueError(f"render_sources: target {target} embeds test vectors; pass them")
+    exact = steps is not None
+    steps = steps if steps is not None else max_steps(model, 0 if expected is None else expected.inputs.shape[1])
     kron_ext = any(m.rest or m.top is not None for l in model.layers for m in matrices(l))
     # plain two-factor (or dense) matrices only: the runtime leaves out the k-factor / HKP path (kp_matvec_s8.c)
     model_defines = [] if kron_ext else ["KP_NO_KRON_EXT"]
+    act_shift = golden.table_interp_shift(model.tanh_table)  # the tables' variant: the runtime's look-up must match
+    if act_shift:
+        model_defines.append(f"KP_ACT_INTERP_SHIFT={act_shift}")
     ctx = {
         "version": __version__,
         "name": name,
@@ -201,8 +282,8 @@ def render_sources(
         "hidden_sizes": [l.hidden_size for l in model.layers],
         "input_scale": model.input_scale,
         "out_scale": model.head.out_scale,
-        "arena_bytes": arena_bytes(model, steps),
-        "arena_fields": arena_fields(model, steps),
+        "arena_bytes": arena_bytes(model, steps, exact),
+        "arena_fields": arena_fields(model, steps, exact),
         "streaming": golden.is_streaming(model),
         "kron_ext": kron_ext,
         "max_steps": steps,
@@ -210,19 +291,41 @@ def render_sources(
         "sigmoid": any(cells.of(l).needs_sigmoid for l in model.layers),
         "sigmoid_table": c_array(model.sigmoid_table),
         "tanh_table": c_array(model.tanh_table),
-        "table_size": golden.TABLE_SIZE,
-        "layers": [_layer_context(l, i) for i, l in enumerate(model.layers)],
+        "table_size": int(model.tanh_table.size),
+        "act_shift": act_shift,
+        "layers": [_layer_context(l, i, layout.biased_for(board.core), layout.b16_for(board.has_dsp, board.has_mve))
+                   for i, l in enumerate(model.layers)],
+        "biased_blocks": layout.biased_for(board.core),
+        "pool": model.pool,
+        "feat_size": out_size(model.layers[-1]),
+        "hidden": None if model.hidden is None else {
+            "rows": int(model.hidden.weight.shape[0]), "cols": int(model.hidden.weight.shape[1]),
+            "w": c_array(model.hidden.weight), "b": c_array(model.hidden.bias, per_line=8),
+            "mult": model.hidden.rq.mult, "shift": model.hidden.rq.shift},
+        "pool_max_steps": golden.POOL_MAX_STEPS,
         "head_rows": model.head.weight.shape[0],
         "head_cols": model.head.weight.shape[1],
         "head_w": c_array(model.head.weight),
         "head_b": c_array(model.head.bias, per_line=8),
-        "num_samples": len(expected.inputs),
-        "steps": expected.inputs.shape[1],
-        "inputs": [c_array(x, per_line=model.input_size, indent="        ") for x in expected.inputs],
-        "scores": [", ".join(str(int(v)) for v in s) for s in expected.scores],
-        "digests": [_hex_lines(s) for s in expected.digests],
+        **header_context(model),
     }
-    runtime_sources = sorted(p.name for p in RUNTIME.glob("*.c"))
+    if expected is not None:
+        ctx.update({
+            "num_samples": len(expected.inputs),
+            "steps": expected.inputs.shape[1],
+            "inputs": [c_array(x, per_line=model.input_size, indent="        ") for x in expected.inputs],
+            "scores": [", ".join(str(int(v)) for v in s) for s in expected.scores],
+            "digests": [_hex_lines(s) for s in expected.digests],
+        })  # fmt: skip
+    ctx["fixed_kernels"] = number_fixed_kernels(ctx["layers"], name)
+    if ctx["fixed_kernels"]:
+        model_defines.append("KP_FIXED_KERNELS")  # kp_matvec_s8 calls the model's kp_matvec_fixed_s8
+    ctx["only_fixed"] = len(ctx["fixed_kernels"]) == sum(2 * len(L["subs"]) for L in ctx["layers"])
+    if ctx["only_fixed"]:
+        model_defines.append("KP_ONLY_FIXED")  # the generic matrix stages are not linked
+    # Other cells' step kernels are left out of the project: nothing calls them, and a library holding them
+    # would count them in its size.txt (`size -t` totals every object of the archive).
+    runtime_sources = linked_runtime_sources(model)
     lib_sources = [f"{name}.c"] + [f"runtime/{f}" for f in runtime_sources]
     if target == "validate" and console != "uart":
         has = "one" if board.uart else "none: add a [uart] table to its board.toml"
@@ -234,7 +337,7 @@ def render_sources(
         f"{name}.h": env.get_template("model.h.j2").render(ctx),
         f"{name}.c": env.get_template("model.c.j2").render(ctx),
     }
-    defines = list(board.defines) + model_defines
+    defines = list(board.defines) + model_defines + (library_renames(name) if target == "lib" else [])
     build = {"board": board, "name": name, "version": __version__, "target": target, "defines": defines,
              "console": console}
     if target in ("firmware", "validate"):
@@ -249,6 +352,7 @@ def render_sources(
                 "vectors.c": env.get_template("vectors.c.j2").render(ctx),
             })
         else:  # sample 0 stays on board for the "profile" run: one inference's instruction count
+            assert expected is not None
             files["main.c"] = env.get_template("validate_main.c.j2").render(
                 ctx, profile_input=c_array(expected.inputs[0], per_line=model.input_size),
                 profile_steps=int(expected.inputs.shape[1]))
@@ -257,8 +361,6 @@ def render_sources(
             "Makefile": render_makefile(board, sources, [".", "runtime", "board"], defines + console_defines,
                                         console),
         })
-        if board.boot2_size:
-            files["board/boot2_placeholder.c"] = _BOOT2_PLACEHOLDER.format(size=board.boot2_size, version=__version__)
     else:
         files["Makefile"] = env.get_template("lib.Makefile.j2").render(build, sources=lib_sources)
     files["CMakeLists.txt"] = env.get_template("CMakeLists.txt.j2").render(

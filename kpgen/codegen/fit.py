@@ -52,10 +52,13 @@ class Estimate:
 
 def model_flash_bytes(model: ModelQ) -> int:
     """Bytes of constant model data: KP factors, biases, head, activation tables, layer records."""
-    return model.weight_bytes + TABLE_BYTES + LAYER_RECORD_BYTES * len(model.layers)
+    tables = int(model.sigmoid_table.nbytes + model.tanh_table.nbytes)  # TABLE_BYTES, or less when interpolated
+    return model.weight_bytes + tables + LAYER_RECORD_BYTES * len(model.layers)
 
 
-def estimate(model: ModelQ, board: Board, target: str, vector_samples: int = 0, steps: int = 0) -> Estimate:
+def estimate(model: ModelQ, board: Board, target: str, vector_samples: int = 0, steps: int = 0,
+             max_steps: int | None = None) -> Estimate:
+    """max_steps: the bidirectional bound given with `kpgen emit --max-steps` (None: from steps and the model)."""
     from kpgen.codegen.emit import arena_bytes
 
     if target == "firmware":
@@ -65,7 +68,8 @@ def estimate(model: ModelQ, board: Board, target: str, vector_samples: int = 0, 
         reserved = board.stack_size + board.heap_size + RAM_FIRMWARE_STATIC_BYTES
     else:
         vector_flash, code, reserved = 0, CODE_LIB_BYTES, 0
-    return Estimate(board, target, model_flash_bytes(model), vector_flash, code, arena_bytes(model, steps), reserved)
+    arena = arena_bytes(model, steps) if max_steps is None else arena_bytes(model, max_steps, exact=True)
+    return Estimate(board, target, model_flash_bytes(model), vector_flash, code, arena, reserved)
 
 
 def check_fits(e: Estimate) -> None:

@@ -220,13 +220,28 @@ LOADERS: dict[str, Callable[[int], Split]] = {
 }
 
 
+def is_data_file(name: str) -> bool:
+    """True when `name` is the user's own data file (.npz or .csv; docs/byom.md), not a built-in dataset."""
+    return name.lower().endswith((".npz", ".csv"))
+
+
+def is_known(name: str) -> bool:
+    """A built-in dataset's name or a user's data file."""
+    return name in LOADERS or is_data_file(name)
+
+
 def load(name: str, seed: int = 0) -> Split:
-    """The dataset called `name` (from the cache when it holds it); KpgenError naming the known datasets
-    otherwise."""
+    """The dataset called `name` (from the cache when it holds it), or the user's data file `name` (.npz or .csv,
+    a seeded 20% held out: kpgen.frontend.userdata); KpgenError naming the known datasets otherwise."""
+    if is_data_file(name):
+        from kpgen.frontend.userdata import load_user_data, to_split
+
+        return to_split(load_user_data(name), None, seed)
     try:
         loader = LOADERS[name]
     except KeyError:
-        raise KpgenError(f"unknown dataset {name!r}; known datasets: {', '.join(LOADERS)}") from None
+        raise KpgenError(f"unknown dataset {name!r}; known datasets: {', '.join(LOADERS)}, or a data file "
+                         "(.npz or .csv, docs/byom.md)") from None
     path = cache_path(name, seed)
     split = read_cached(path)
     if split is None:

@@ -15,6 +15,7 @@ import struct
 import warnings
 import zipfile
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn, TypeGuard
 
@@ -22,7 +23,8 @@ import numpy as np
 
 from kpgen import KpgenError, cells
 from kpgen.cells.lstm import LSTMLayerF
-from kpgen.ir import BiLayerF, Calibration, DenseF, KPMatrixF, LayerF, ModelF
+from kpgen.frontend.userdata import UserData, compare_logits, load_user_data
+from kpgen.ir import POOLS, BiLayerF, Calibration, DenseF, KPMatrixF, LayerF, ModelF
 
 FORMAT = "kpgen-checkpoint"
 SUPPORTED_VERSIONS = (1,)
@@ -195,6 +197,19 @@ def _storage_size(chk: _Checker, pid: object, storages: dict[object, int]) -> No
     _sized(chk, "its tensor data", sum(storages.values()), MAX_CHECKPOINT_BYTES)
 
 
+def _refuse_torchscript(chk: _Checker, p: Path) -> None:
+    """A TorchScript archive (torch.jit.save: compiled code beside the weights) is named as such, with the fix."""
+    try:
+        with zipfile.ZipFile(p) as zf:
+            names = [i.filename for i in zf.infolist()[:10000]]
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, NotImplementedError, EOFError):
+        return
+    if any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names):
+        chk.fail("is a TorchScript archive (torch.jit.save), which holds code kpgen does not run",
+                 "save the weights instead: torch.save(model.state_dict(), 'model_sd.pt'), or export the model "
+                 "to ONNX (torch.onnx.export) (docs/byom.md)")
+
+
 def _guard_file(chk: _Checker, p: Path) -> None:
     """Before torch.load: bounded zip members and pickle size, no deep nesting, no code, bounded storages."""
     storages: dict[object, int] = {}
@@ -287,6 +302,7 @@ def read_raw(path: str | os.PathLike) -> object:
     chk.require(p.exists(), "no such file", "check the path, or train one with `kpgen train -o model.pt`")
     chk.require(p.is_file(), "is not a regular file", "give the path of a .pt checkpoint file")
     chk.require(p.stat().st_size > 0, "is empty (0 bytes)", "train or copy the checkpoint again")
+    _refuse_torchscript(chk, p)
     try:
         _guard_file(chk, p)
     except PermissionError as e:
@@ -354,7 +370,9 @@ def _check_top(chk: _Checker, raw: object) -> dict:
     if not isinstance(raw, dict):
         chk.fail(f"holds a {type(raw).__name__}, not a dict", f"save the checkpoint dict described in {DOC}")
     if "format" not in raw and raw and all(hasattr(v, "shape") for v in raw.values()):
-        chk.fail("is a bare state_dict, not a kpgen checkpoint", f"wrap it with arch and calibration as in {DOC}")
+        chk.fail("is a bare state_dict, not a kpgen checkpoint",
+                 "give your data with --data FILE.npz to calibrate it (docs/byom.md), or wrap it with arch and "
+                 f"calibration as in {DOC}")
     chk.require("format" in raw, "has no 'format' key, so it is not a kpgen checkpoint", f"see {DOC}")
     chk.require(
         isinstance(raw.get("format"), str) and raw.get("format") == FORMAT,
@@ -641,8 +659,9 @@ def _check_calibration(chk: _Checker, cal: dict, n_layers: int, cell: str = "lst
         except OverflowError:  # an int such as 2**1100 has no float
             return False
 
-    for key in ("input_absmax", "cell_absmax"):
-        chk.require(key in cal, f"calibration is missing {key}", fix)
+    chk.require("input_absmax" in cal, "calibration is missing input_absmax", fix)
+    state_key = "cell_absmax" if cell == "lstm" else "state_absmax"  # max |c_t| (LSTM) or max |h_t| (other cells)
+    chk.require("cell_absmax" in cal, f"calibration is missing {state_key}", fix)
     x_max = _scalar(cal["input_absmax"])
     if not positive(x_max):
         chk.fail(f"calibration.input_absmax is {_show(x_max)}, not a positive number", fix)
@@ -656,7 +675,8 @@ def _check_calibration(chk: _Checker, cal: dict, n_layers: int, cell: str = "lst
         nums = [x for x in vals if positive(x)]
         chk.require(
             isinstance(v, (list, tuple)) and len(nums) == len(vals) == n_layers,
-            f"calibration.{key} is {_show(v)}, not {n_layers} positive number(s), one per layer",
+            f"calibration.{state_key if key == 'cell_absmax' else key} is {_show(v)}, not {n_layers} positive "
+            "number(s), one per layer",
             fix,
         )
         per_layer[key] = tuple(float(x) for x in nums)
@@ -664,6 +684,7 @@ def _check_calibration(chk: _Checker, cal: dict, n_layers: int, cell: str = "lst
 
 
 MAX_SEQ_LEN = 1 << 20
+MAX_HEAD_HIDDEN = 1 << 12  # an MLP head's hidden width: far beyond any microcontroller head
 
 
 def _check_meta(chk: _Checker, meta: dict) -> None:
@@ -674,25 +695,68 @@ def _check_meta(chk: _Checker, meta: dict) -> None:
                 "set it to the length of the training sequences, or leave it out")
 
 
+def _check_head(chk: _Checker, arch: dict) -> tuple[str, int]:
+    """arch.head (optional): the pool ("last", "mean" or "max"; default "last") and an MLP head's hidden_size
+    (0: none, the default): docs/checkpoint.md."""
+    head = arch.get("head", {})
+    if head is None:
+        head = {}
+    chk.require(isinstance(head, dict), f"arch.head is {_show(head)}, not a dict", f"see {DOC}")
+    unknown = sorted(str(k)[:20] for k in head if k not in ("pool", "hidden_size"))
+    chk.require(not unknown, f"arch.head has unknown key(s) {', '.join(unknown)}",
+                f"use pool and hidden_size as documented in {DOC}")
+    pool = head.get("pool", "last")
+    chk.require(isinstance(pool, str) and pool in POOLS, f"arch.head.pool is {_show(pool)}, not one of "
+                f"{', '.join(POOLS)}", "say what the head reads: the last step, the mean or the max over time")
+    hidden = head.get("hidden_size", 0)
+    chk.require(_is_int(hidden) and 0 <= hidden <= MAX_HEAD_HIDDEN,
+                f"arch.head.hidden_size is {_show(hidden)}, not an int in 0..{MAX_HEAD_HIDDEN}",
+                "give the MLP head's hidden width, or 0 for a single Linear head")
+    return pool, hidden
+
+
+def _head_shapes(shapes: dict[str, tuple[int, ...]], hidden: int) -> dict[str, tuple[int, ...]]:
+    """The state_dict shapes with an MLP head: head.hidden.weight (K, F), head.hidden.bias (K,), head.weight (C, K)."""
+    if hidden:
+        n_cls, feat = shapes["head.weight"]
+        shapes.update({"head.hidden.weight": (hidden, feat), "head.hidden.bias": (hidden,),
+                       "head.weight": (n_cls, hidden)})
+    return shapes
+
+
+def _apply_head(chk: _Checker, ck: dict, head: tuple[str, int], model: ModelF, w: dict[str, np.ndarray]) -> ModelF:
+    """The model with its checked head (pool, hidden layer) and the hidden layer's calibrated range."""
+    pool, hidden = head
+    if not hidden:
+        return replace(model, pool=pool)
+    h_max = _scalar(ck["calibration"].get("hidden_absmax"))
+    ok = _is_number(h_max) and math.isfinite(float(h_max)) and h_max > 0
+    chk.require(ok, f"calibration.hidden_absmax is {_show(h_max)}, not a positive number",
+                f"record the MLP head's largest ReLU output on training data ({DOC})")
+    cal = replace(model.calibration, hidden_absmax=float(h_max))  # type: ignore[arg-type]
+    return replace(model, pool=pool, hidden=DenseF(w["head.hidden.weight"], w["head.hidden.bias"]), calibration=cal)
+
+
 def checkpoint_to_ir(raw: object, name: str = "<checkpoint>") -> ModelF:
     """Validate a checkpoint dict (as torch.load returns it) and convert it to the float IR."""
     chk = _Checker(name)
     ck = _check_top(chk, raw)
     _check_meta(chk, ck.get("meta", {}))
     arch = ck["arch"]
+    head = _check_head(chk, arch)
     if _is_variant(arch):
         v = _check_variant_arch(chk, arch)
-        w = _check_tensors(chk, ck["state_dict"], variant_shapes(arch, v))
-        return ModelF(
+        w = _check_tensors(chk, ck["state_dict"], _head_shapes(variant_shapes(arch, v), head[1]))
+        return _apply_head(chk, ck, head, ModelF(
             input_size=arch["input_size"],
             num_classes=arch["num_classes"],
             layers=_variant_layers(arch, v, w),
             head=DenseF(w["head.weight"], w["head.bias"]),
             calibration=_check_calibration(chk, ck["calibration"], arch["num_layers"], v["cell"]),
             meta={**dict(ck.get("meta", {})), "method": arch.get("method", "kp")},
-        )
+        ), w)
     factors = _check_arch(chk, arch)
-    w = _check_tensors(chk, ck["state_dict"], expected_shapes(arch, factors))
+    w = _check_tensors(chk, ck["state_dict"], _head_shapes(expected_shapes(arch, factors), head[1]))
     calibration = _check_calibration(chk, ck["calibration"], arch["num_layers"])
     hid = arch["hidden_size"]
     layers = tuple(
@@ -705,16 +769,80 @@ def checkpoint_to_ir(raw: object, name: str = "<checkpoint>") -> ModelF:
         )
         for k in range(arch["num_layers"])
     )
-    return ModelF(
+    return _apply_head(chk, ck, head, ModelF(
         input_size=arch["input_size"],
         num_classes=arch["num_classes"],
         layers=layers,
         head=DenseF(w["head.weight"], w["head.bias"]),
         calibration=calibration,
         meta=dict(ck.get("meta", {})),
-    )
+    ), w)
 
 
 def load_checkpoint(path: str | os.PathLike) -> ModelF:
     """Read, validate and convert a kpgen checkpoint file to a float ModelF (numpy float64)."""
     return checkpoint_to_ir(read_raw(path), str(path))
+
+
+def state_dict_to_ir(raw: object, name: str, data: str | os.PathLike) -> tuple[ModelF, UserData]:
+    """A plain PyTorch state dict (nn.LSTM / nn.GRU / nn.RNN + one nn.Linear, docs/byom.md) as float IR, its
+    ranges (input, every step's |c_t| or |h_t|, gate pre-activations) measured by kpgen's float model on the
+    user's data. When the data has logits, kpgen's reading must reproduce them (userdata.compare_logits), or
+    KpgenError names the likely cause: never a model read as something it is not."""
+    import torch
+
+    from kpgen.train.compress import pick_candidate, torch_candidates
+    from kpgen.train.loop import calibrate, make_checkpoint
+
+    cands = torch_candidates(raw, name)
+    user = load_user_data(data, input_size=cands[0].input_size, num_classes=cands[0].num_classes,
+                          need_labels=False)
+    model = pick_candidate(cands, name, user)
+    if not np.any(user.x):
+        _Checker(str(data)).fail("x is zero everywhere, so it gives no input range to calibrate the model on",
+                                 "give the data the model was trained on")
+    calibration = calibrate(model, torch.from_numpy(user.x))
+    meta = {"seq_len": int(user.x.shape[1]), "data_file": user.source, "source": "torch state dict"}
+    ir = checkpoint_to_ir(make_checkpoint(model, calibration, meta, method="dense"), name)
+    if user.logits is not None:  # the float IR itself (what is quantized and emitted) against the logits, too
+        from kpgen.reference.floatmodel import float_forward
+        from kpgen.train.compress import mismatch_message
+
+        n = min(len(user.x), 2000)
+        check = compare_logits(float_forward(ir, user.x[:n]), user.logits[:n])
+        if not check.ok:
+            raise KpgenError(mismatch_message(name, user.source, check, n, model.bidirectional))
+    return ir, user
+
+
+def refuse_pt2(path: str | os.PathLike) -> None:
+    """A torch.export program (.pt2, a zip with an archive_format member) is refused in one line. Its graph is
+    JSON (models/model.json, ATen ops) and its weights raw bytes, but kpgen reads recurrent graphs as ONNX only:
+    the same model exported with torch.onnx.export is read with its head."""
+    p = Path(path)
+    pt2 = str(path).lower().endswith(".pt2")
+    if not pt2 and p.is_file() and zipfile.is_zipfile(p):
+        try:
+            with zipfile.ZipFile(p) as zf:
+                pt2 = any(n.endswith("archive_format") for n in zf.namelist()[:10000])
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return
+    if pt2:
+        _Checker(str(path)).fail("is a torch.export program (.pt2), which kpgen does not read",
+                                 "export ONNX instead (torch.onnx.export(model, (x,), 'model.onnx')) or save the "
+                                 "state dict (torch.save(model.state_dict(), 'model.pt'))")
+
+
+def load_model(path: str | os.PathLike, data: str | os.PathLike | None = None) -> ModelF:
+    """Any model file kpgen emits, as float IR: a kpgen checkpoint (docs/checkpoint.md), or a plain PyTorch state
+    dict calibrated on `data` (docs/byom.md; state_dict_to_ir), or an ONNX graph calibrated on `data`
+    (kpgen.frontend.onnx); torch.export programs (.pt2) are refused (refuse_pt2)."""
+    from kpgen.frontend import onnx as onnx_front
+
+    if onnx_front.is_onnx(path):
+        return onnx_front.onnx_to_ir(path, data)
+    refuse_pt2(path)
+    raw = read_raw(path)
+    if data is None or (isinstance(raw, dict) and "format" in raw):  # without data: the checkpoint's own messages
+        return checkpoint_to_ir(raw, str(path))
+    return state_dict_to_ir(raw, str(path), data)[0]

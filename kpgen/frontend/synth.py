@@ -14,7 +14,7 @@ from kpgen import cells
 from kpgen.cells.lstm import LSTMLayerF
 from kpgen.ir import Calibration, DenseF, KPMatrixF, ModelF
 from kpgen.reference import golden
-from kpgen.reference.floatmodel import run_layer
+from kpgen.reference.floatmodel import features, head_hidden, run_layer
 
 Factors = tuple[int, int, int, int]  # (m1, n1, m2, n2): W (m1*m2 x n1*n2) = A (m1 x n1) (x) B (m2 x n2)
 
@@ -127,7 +127,7 @@ def kp_lstm_model(
 def calibrate(model: ModelF, x: np.ndarray) -> Calibration:
     """The ranges the quantizer needs, measured by running the float model (kpgen.reference.floatmodel) on inputs
     x [B, T, I]: max |x|, and per layer max |c| (LSTM; max |h| for the other cells) over both directions, and
-    max |pre-activation|."""
+    max |pre-activation|; for an MLP head, its largest hidden activation."""
     seq = np.asarray(x, dtype=np.float64)
     state, gates = [], []
     for layer in model.layers:
@@ -136,4 +136,5 @@ def calibrate(model: ModelF, x: np.ndarray) -> Calibration:
         state.append(float(np.max(np.abs(st))))
         gates.append(float(np.max(np.abs(pre))))
         seq = out
-    return Calibration(float(np.max(np.abs(x))), tuple(state), tuple(gates))
+    hid = 0.0 if model.hidden is None else float(np.max(head_hidden(model, features(model, seq)), initial=0.0))
+    return Calibration(float(np.max(np.abs(x))), tuple(state), tuple(gates), hid)

@@ -308,6 +308,38 @@ def quantize_dense(head: DenseF, state_scale: float = H_SCALE) -> DenseQ:
     return DenseQ(weight=w, bias=bias.astype(np.int32), out_scale=out_scale)
 
 
+def quantize_hidden(hidden: DenseF, feat_scale: float, hidden_absmax: float) -> ir.HiddenQ:
+    """An MLP head's hidden Linear + ReLU: int8 weights, int32 biases in the accumulator's unit w_scale *
+    feat_scale, and the requantizer from that unit to the int8 output's step hidden_absmax / 127
+    (golden.kp_fc_relu_s8). Refuses a missing range and biases for which bias + W f could leave int32."""
+    if not (hidden_absmax > 0 and math.isfinite(hidden_absmax)):
+        raise KpgenError(f"calibration hidden_absmax {hidden_absmax!r} (the MLP head's largest ReLU output) must be "
+                         "a positive number; recalibrate the model on its training data")
+    w, sw = symmetric_int8(hidden.weight)
+    acc_scale = sw * feat_scale
+    bias = np.round(np.asarray(hidden.bias, dtype=np.float64) / acc_scale)
+    worst = np.abs(bias) + 128.0 * np.sum(np.abs(w.astype(np.float64)), axis=1)
+    if np.max(worst, initial=0) >= 2**31:
+        raise KpgenError("head: the hidden layer's bias + W f can leave int32 (a bias is too large for the weights' "
+                         "scale); retrain with bounded head biases")
+    out_scale = hidden_absmax / 127.0
+    rq = requant_from_real(acc_scale / out_scale, "head hidden layer")
+    return ir.HiddenQ(weight=w, bias=bias.astype(np.int32), rq=rq, out_scale=out_scale)
+
+
+INPUT_FRAC_BITS = 16  # the integer-only input quantizer of model.h reads int32 Q15.16 values
+
+
+def input_fixed_requant(input_scale: float, frac_bits: int = INPUT_FRAC_BITS) -> Requant | None:
+    """The multiplier of model.h's integer-only input quantizer (golden.quantize_input_fixed): one step of a
+    Q(31-frac_bits).frac_bits input is worth 1 / (input_scale * 2**frac_bits) int8 steps; None when that factor
+    needs a shift outside 1..62 (an input range beyond what int32 fixed point can express)."""
+    try:
+        return requant_from_real(1.0 / (input_scale * 2.0**frac_bits), "input quantizer")
+    except (KpgenError, ZeroDivisionError, OverflowError):
+        return None
+
+
 def quantize_model(model: ModelF, t_bits: int = 16) -> ModelQ:
     """The whole model. t_bits other than 16 exists only for accuracy experiments in the golden model."""
     cal = model.calibration
@@ -323,13 +355,19 @@ def quantize_model(model: ModelF, t_bits: int = 16) -> ModelQ:
     for i, (layer, cmax) in enumerate(zip(model.layers, cal.cell_absmax, strict=True)):
         layers.append(quantize_layer(layer, scale, cmax, i, t_bits))
         scale = ir.state_scale(layers[-1])  # the next layer reads this layer's h
+    # the head's features keep the last layer's state scale (mean and max of int8 h are int8 h: docs/quantization.md)
+    hidden = None if model.hidden is None else quantize_hidden(model.hidden, ir.state_scale(layers[-1]),
+                                                               cal.hidden_absmax)
     return ModelQ(
         input_size=model.input_size,
         num_classes=model.num_classes,
         input_scale=input_scale,
         layers=tuple(layers),
-        head=quantize_dense(model.head, ir.state_scale(layers[-1])),
+        head=quantize_dense(model.head, ir.state_scale(layers[-1]) if hidden is None else hidden.out_scale),
         sigmoid_table=golden.make_table("sigmoid"),
         tanh_table=golden.make_table("tanh"),
         meta=dict(model.meta),
+        # the outputs at the last step are the final state unless the last layer is bidirectional
+        pool="last" if model.pool == "last_output" and ir.directions(layers[-1]) == 1 else model.pool,
+        hidden=hidden,
     )

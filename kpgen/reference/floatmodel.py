@@ -65,8 +65,15 @@ def run_layer(layer: AnyLayerF, seq: np.ndarray, keep_pre: bool = True) -> tuple
 
 
 def features(model: ModelF, out: np.ndarray) -> np.ndarray:
-    """The head's input from the last layer's outputs: h_T, or [forward h_T, backward h after the whole
-    sequence] when the last layer is bidirectional."""
+    """The head's input from the last layer's outputs [B, T, *] (model.pool): "last": h_T, or [forward h_T,
+    backward h after the whole sequence] when the last layer is bidirectional; "mean" / "max": the mean / max of
+    every output over all T steps (both directions' halves alike)."""
+    if model.pool == "mean":
+        return out.mean(axis=1)
+    if model.pool == "max":
+        return out.max(axis=1)
+    if model.pool == "last_output":
+        return out[:, -1]
     last = model.layers[-1]
     if len(sublayers(last)) == 1:
         return out[:, -1]
@@ -74,12 +81,19 @@ def features(model: ModelF, out: np.ndarray) -> np.ndarray:
     return np.concatenate([out[:, -1, :hs], out[:, 0, hs:]], axis=-1)
 
 
+def head_hidden(model: ModelF, feats: np.ndarray) -> np.ndarray:
+    """An MLP head's hidden activations relu(W1 f + b1) [B, K] (feats itself when the head has no hidden layer)."""
+    if model.hidden is None:
+        return feats
+    return np.maximum(feats @ model.hidden.weight.T + model.hidden.bias, 0.0)
+
+
 def float_forward(model: ModelF, x: np.ndarray) -> np.ndarray:
     """Logits [B, C] for inputs x [B, T, I] (float64)."""
     seq = np.asarray(x, dtype=np.float64)
     for layer in model.layers:
         seq = run_layer(layer, seq, keep_pre=False)[0]
-    return features(model, seq) @ model.head.weight.T + model.head.bias
+    return head_hidden(model, features(model, seq)) @ model.head.weight.T + model.head.bias
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:

@@ -13,6 +13,7 @@ matmul), which keeps BLAS from spreading tiny products over threads, and run_cel
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -22,6 +23,9 @@ from kpgen.ir import BiLayerQ, KPMatrixQ, LayerQ, ModelQ, directions
 
 TABLE_SIZE = 1024  # entries of each activation table: one per 64 steps of Q3.12 (1/64)
 TABLE_SHIFT = 6  # entry of z (Q3.12) = (z + 32768) >> TABLE_SHIFT
+# Activation table variants (kpgen emit --act-table): "full" looks up one of TABLE_SIZE entries; "interp" and
+# "interp128" interpolate linearly between 2**k + 1 knots, one every 2**(16 - k) Q3.12 inputs (k = 8 and 7).
+ACT_TABLES = {"full": 0, "interp": 8, "interp128": 7}  # variant -> k, its 2**k + 1 knots (0: the full table)
 MAX_N1 = 511  # largest n1 for which the second KP product provably fits int32
 BLOCK_ELEMENTS = 1 << 17  # run_cell: samples per block x (gate rows + inputs) of a layer, about this many
 
@@ -61,17 +65,54 @@ def sat_inplace(v: np.ndarray, bits: int) -> np.ndarray:
     return np.clip(v, -(1 << (bits - 1)), (1 << (bits - 1)) - 1, out=v)
 
 
-def make_table(kind: str) -> np.ndarray:
-    """1024-entry int16 table of sigmoid or tanh in Q0.15: entry k is the function at the centre of the
-    k-th run of 64 Q3.12 inputs, z_k = (64k + 31.5 - 32768) / 4096, rounded half to even and clamped."""
-    z = ((1 << TABLE_SHIFT) * np.arange(TABLE_SIZE, dtype=np.float64) + ((1 << TABLE_SHIFT) - 1) / 2 - 32768.0) / 4096.0
+def _act(kind: str, z: np.ndarray) -> np.ndarray:
+    """sigmoid or tanh of float z."""
     if kind == "sigmoid":
-        f = 1.0 / (1.0 + np.exp(-z))
-    elif kind == "tanh":
-        f = np.tanh(z)
+        return 1.0 / (1.0 + np.exp(-z))
+    if kind == "tanh":
+        return np.tanh(z)
+    raise ValueError(f"unknown activation table {kind!r}: expected 'sigmoid' or 'tanh'")
+
+
+def make_table(kind: str, variant: str = "full") -> np.ndarray:
+    """int16 table of sigmoid or tanh in Q0.15 (values rounded half to even and clamped).
+
+    "full": 1024 entries, entry k the function at the centre of the k-th run of 64 Q3.12 inputs,
+    z_k = (64k + 31.5 - 32768) / 4096. "interp" ("interp128"): 257 (129) knots, knot k the function at
+    z_k = (k * 2**s - 32768) / 4096 with s = 8 (9) the interpolation shift, the last knot at z = 8."""
+    if variant not in ACT_TABLES:
+        raise ValueError(f"unknown activation table variant {variant!r}: expected one of {', '.join(ACT_TABLES)}")
+    k = ACT_TABLES[variant]
+    if k == 0:
+        step = 1 << TABLE_SHIFT
+        z = (step * np.arange(TABLE_SIZE, dtype=np.float64) + (step - 1) / 2 - 32768.0) / 4096.0
     else:
-        raise ValueError(f"unknown activation table {kind!r}: expected 'sigmoid' or 'tanh'")
-    return np.clip(np.round(f * 32768.0), -32768, 32767).astype(np.int16)
+        seg = 1 << (16 - k)
+        z = (seg * np.arange((1 << k) + 1, dtype=np.float64) - 32768.0) / 4096.0
+    return np.clip(np.round(_act(kind, z) * 32768.0), -32768, 32767).astype(np.int16)
+
+
+def table_interp_shift(table: np.ndarray) -> int:
+    """The segment shift of an activation table, known from its length: 0 for the 1024-entry table (no
+    interpolation), 16 - k for 2**k + 1 knots (k in 1..12: an interpolated table)."""
+    n = int(np.asarray(table).shape[-1])
+    if n == TABLE_SIZE:
+        return 0
+    k = (n - 1).bit_length() - 1
+    if n < 3 or (n - 1) != (1 << k) or k > 12:
+        raise ValueError(f"activation table of {n} entries: expected {TABLE_SIZE}, or 2**k + 1 for k in 1..12")
+    return 16 - k
+
+
+def table_variant(table: np.ndarray) -> str:
+    """The ACT_TABLES name of a table, from its length ("full", "interp", "interp128")."""
+    s = table_interp_shift(table)
+    k = 16 - s if s else 0
+    for name, bits in ACT_TABLES.items():
+        if bits == k:
+            return name
+    raise ValueError(f"activation table of {np.asarray(table).shape[-1]} entries is no kpgen variant "
+                     f"({', '.join(ACT_TABLES)})")
 
 
 def kp_matvec_macs(m1: int, n1: int, m2: int, n2: int) -> int:
@@ -204,21 +245,40 @@ def _kp_matrix_i64(m: KPMatrixQ, x: np.ndarray, t_bits: int = 16) -> np.ndarray:
 
 
 def _lookup(z: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """Table look-up shared by sigmoid and tanh: Q3.12 int16 in, table[(z + 32768) >> 6] (Q0.15) out, in the
-    table's dtype (int16 for a model's tables; run_cell passes int64 copies so the steps need no conversion)."""
-    idx = _i64(z) + 32768
-    idx >>= TABLE_SHIFT
-    return np.asarray(table)[idx]
+    """Table look-up shared by sigmoid and tanh, Q3.12 int16 z in, Q0.15 out, in the table's dtype (int16 for a
+    model's tables; run_cell passes int64 copies so the steps need no conversion). The 1024-entry table:
+    table[(z + 32768) >> 6]. An interpolated table of 2**(16-s) + 1 knots: with u = z + 32768, i = u >> s and
+    f = u & (2**s - 1), (table[i] (2**s - f) + table[i + 1] f + 2**(s-1)) >> s, between the two knots."""
+    s = table_interp_shift(table)
+    t = np.asarray(table)
+    u = _i64(z) + 32768
+    if s == 0:
+        u >>= TABLE_SHIFT
+        return t[u]
+    i = u >> s
+    f = u & ((1 << s) - 1)
+    a, b = _i64(t[i]), _i64(t[i + 1])
+    v = a * ((1 << s) - f) + b * f + (1 << (s - 1))
+    v >>= s
+    return v.astype(t.dtype, copy=False)
 
 
 def kp_sigmoid_s16(z: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """Sigmoid of Q3.12 int16 z as Q0.15 int16: the entry of the 1024-entry table for z's run of 64 inputs."""
+    """Sigmoid of Q3.12 int16 z as Q0.15 int16, by table look-up (_lookup: with or without interpolation)."""
     return _lookup(z, table)
 
 
 def kp_tanh_s16(z: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """Tanh of Q3.12 int16 z as Q0.15 int16: the entry of the 1024-entry table for z's run of 64 inputs."""
+    """Tanh of Q3.12 int16 z as Q0.15 int16, by table look-up (_lookup: with or without interpolation)."""
     return _lookup(z, table)
+
+
+def with_act_tables(model: ModelQ, variant: str) -> ModelQ:
+    """The model with its sigmoid and tanh tables of another variant (ACT_TABLES); the layers are unchanged."""
+    if variant not in ACT_TABLES:
+        raise ValueError(f"unknown activation table variant {variant!r}: expected one of {', '.join(ACT_TABLES)}")
+    return dataclasses.replace(model, sigmoid_table=make_table("sigmoid", variant),
+                               tanh_table=make_table("tanh", variant))
 
 
 def gate_inputs(layer: LayerQ, x: np.ndarray, h: np.ndarray, t_bits: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -238,6 +298,12 @@ def kp_fc_s8(weight: np.ndarray, bias: np.ndarray, x: np.ndarray) -> np.ndarray:
 def quantize_input(x_float: np.ndarray, scale: float) -> np.ndarray:
     """clamp(round(x / scale), -127, 127) as int8 (np.round: half to even)."""
     return np.clip(np.round(np.asarray(x_float, dtype=np.float64) / scale), -127, 127).astype(np.int8)
+
+
+def quantize_input_fixed(x_fixed: np.ndarray, mult: int, shift: int) -> np.ndarray:
+    """The integer-only input quantizer of model.h: clamp(rsr(x_fixed * mult, shift), -127, 127) as int8, for int32
+    fixed-point inputs (quantize.input_fixed_requant gives mult and shift; int64 products, halves rounded up)."""
+    return np.clip(rsr(_i64(x_fixed) * _I64(mult), shift), -127, 127).astype(np.int8)
 
 
 @dataclass(frozen=True)
@@ -295,14 +361,58 @@ def run_layer(layer: LayerQ | BiLayerQ, model: ModelQ, seq: np.ndarray,
     return out, np.zeros(out.shape[:2] + (0,), np.int16)
 
 
+POOL_MAX_STEPS = 1 << 22  # kp_pool_mean_s8: sums of at most this many int8 steps keep 2 * sum + count in int32
+
+
+def kp_pool_sum_s8(h: np.ndarray, axis: int = 1) -> np.ndarray:
+    """int32 sum of int8 outputs over time (axis): the running sum kp_pool_sum_s8 keeps in C; int64 values."""
+    return np.sum(_i64(h), axis=axis)
+
+
+def kp_pool_mean_s8(total: np.ndarray, count: int) -> np.ndarray:
+    """round(total / count), half up, as int8: floor((2 * total + count) / (2 * count)); count >= 1. The mean of
+    int8 values is an int8 value, so nothing saturates."""
+    if not 1 <= count <= POOL_MAX_STEPS:
+        raise ValueError(f"kp_pool_mean_s8: count {count} outside 1..{POOL_MAX_STEPS}")
+    return ((2 * _i64(total) + count) // (2 * count)).astype(np.int8)
+
+
+def kp_pool_max_s8(h: np.ndarray, axis: int = 1) -> np.ndarray:
+    """The largest int8 output over time (axis), per unit."""
+    return np.max(np.asarray(h), axis=axis).astype(np.int8)
+
+
+def kp_fc_relu_s8(weight: np.ndarray, bias: np.ndarray, x: np.ndarray, mult: int, shift: int) -> np.ndarray:
+    """An MLP head's hidden layer: acc = kp_fc_s8(W, bias, x) (int32), then min(rsr(max(acc, 0) * mult, shift), 127)
+    as int8 (the ReLU first, so the rounding shift only sees values >= 0; mult < 2**31, shift 1..62)."""
+    acc = np.maximum(_i64(kp_fc_s8(weight, bias, x)), 0)
+    return np.minimum(rsr(acc * _I64(mult), shift), 127).astype(np.int8)
+
+
 def head_features(model: ModelQ, out: np.ndarray) -> np.ndarray:
-    """The head's int8 input from the last layer's outputs [B, T, *]: h_T, or for a bidirectional last layer
-    [forward h_T, backward h after reading the whole sequence (its output at t = 0)]."""
+    """The head's int8 input from the last layer's outputs [B, T, *] (model.pool): "last": h_T, or for a
+    bidirectional last layer [forward h_T, backward h after reading the whole sequence (its output at t = 0)];
+    "mean": kp_pool_mean_s8 of the int32 sums over all T steps; "max": kp_pool_max_s8 over all T steps."""
+    if model.pool == "mean":
+        return kp_pool_mean_s8(kp_pool_sum_s8(out), out.shape[1])
+    if model.pool == "max":
+        return kp_pool_max_s8(out)
+    if model.pool == "last_output":
+        return out[:, -1]
     last = model.layers[-1]
     if directions(last) == 1:
         return out[:, -1]
     hs = last.hidden_size
     return np.concatenate([out[:, -1, :hs], out[:, 0, hs:]], axis=-1)
+
+
+def run_head(model: ModelQ, feats: np.ndarray) -> np.ndarray:
+    """Logits int32 [B, C] from the head's int8 features: the MLP head's hidden layer (kp_fc_relu_s8) if any,
+    then kp_fc_s8."""
+    if model.hidden is not None:
+        hq = model.hidden
+        feats = kp_fc_relu_s8(hq.weight, hq.bias, feats, hq.rq.mult, hq.rq.shift)
+    return kp_fc_s8(model.head.weight, model.head.bias, feats)
 
 
 def run_model(model: ModelQ, xq: np.ndarray, t_bits: int = 16) -> GoldenTrace:
@@ -323,7 +433,7 @@ def run_model(model: ModelQ, xq: np.ndarray, t_bits: int = 16) -> GoldenTrace:
         seq, c = run_layer(layer, model, seq, t_bits)
         hidden.append(seq)
         cell.append(c if streaming else np.zeros(seq.shape[:2] + (0,), np.int16))
-    logits = kp_fc_s8(model.head.weight, model.head.bias, head_features(model, seq))
+    logits = run_head(model, head_features(model, seq))
     return GoldenTrace(logits=logits, hidden=tuple(hidden), cell=tuple(cell))
 
 

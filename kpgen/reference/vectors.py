@@ -64,6 +64,31 @@ def expected_from_trace(trace: golden.GoldenTrace, xq: np.ndarray, labels: np.nd
     return Expected(inputs=xq, scores=trace.logits.astype(np.int32), digests=state_digests(trace), labels=lab)
 
 
+CLIP_WARN_FRACTION = 0.01  # emit warns when more test inputs than this are clipped by the calibrated range
+
+
+@dataclass(frozen=True)
+class Clipping:
+    """How many test inputs golden.quantize_input clamps: values whose rounded x / input_scale lies beyond
+    +-127, i.e. outside the calibrated input range."""
+
+    samples: int  # sequences with at least one clipped value
+    total: int  # sequences checked
+    values: int  # clipped values over all sequences
+
+    @property
+    def warn(self) -> bool:
+        return self.samples > CLIP_WARN_FRACTION * self.total
+
+
+def clipping(x: np.ndarray, input_scale: float) -> Clipping:
+    """Count the values of x [N, T, I] (float) that the int8 input quantization clamps, and their sequences."""
+    x = np.asarray(x, dtype=np.float64)
+    out = np.abs(np.round(x / input_scale)) > 127
+    per_sample = out.reshape(len(x), -1).any(axis=1) if x.size else np.zeros(len(x), bool)
+    return Clipping(samples=int(per_sample.sum()), total=int(len(x)), values=int(out.sum()))
+
+
 def check_shape(model: ModelQ, xq: np.ndarray) -> None:
     """Test vectors must be [samples, steps, the model's input size]."""
     if xq.ndim != 3 or xq.shape[2] != model.input_size:

@@ -20,6 +20,7 @@ import re
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +107,12 @@ class Config:
     inputs: int
     kind: str  # "dense" or "kp"
     target: str  # label in TARGETS
+    act: str | None = None  # activation table variant (golden.ACT_TABLES); None: the board's default
+
+    @property
+    def act_table(self) -> str:
+        """The variant this configuration is built with (kpgen emit's default for the board when act is None)."""
+        return self.act if self.act is not None else load_board(self.board).act_table
 
     @property
     def board(self) -> str:
@@ -117,7 +124,8 @@ class Config:
 
     @property
     def slug(self) -> str:
-        return f"{self.kind}-{self.hidden}x{self.inputs}-{self.target.replace(' ', '_')}"
+        act = "" if self.act is None else f"-{self.act}"
+        return f"{self.kind}-{self.hidden}x{self.inputs}-{self.target.replace(' ', '_')}{act}"
 
 
 @dataclass
@@ -166,7 +174,7 @@ def run_config(cfg: Config, work: Path, seed: int = 0) -> Result:
     )  # fmt: skip
     try:
         model = random_model(cfg.hidden, cfg.inputs, cfg.kind, seed=seed + cfg.hidden + cfg.inputs)
-        qmodel = quantize.quantize_model(model)
+        qmodel = golden.with_act_tables(quantize.quantize_model(model), cfg.act_table)
         x = synth.random_inputs(seed + 7, SAMPLES, max(STEPS), cfg.inputs)
         xq = golden.quantize_input(x, qmodel.input_scale)
         board = _board_for(cfg)
@@ -209,15 +217,23 @@ def run_config(cfg: Config, work: Path, seed: int = 0) -> Result:
 # --------------------------------------------------------------------------------------------- runtime size
 
 
-def runtime_text_bytes(board_name: str = "m4", opt: str = "-Os") -> dict[str, int]:
-    """.text bytes of each runtime_c/*.c compiled alone for the board at `opt` (no weights, no C library)."""
+# What emit defines for a model of two-factor Kronecker or dense matrices (every bench model): the deep-Kronecker and
+# HKP stages (kp_kron_deep_s8.c, kp_hkp_top_s8.c and their dispatch in kp_matvec_s8.c) compile to nothing.
+PLAIN_DEFINES = ("KP_NO_KRON_EXT",)
+
+
+def runtime_text_bytes(board_name: str = "m4", opt: str = "-Os",
+                       defines: Sequence[str] = PLAIN_DEFINES) -> dict[str, int]:
+    """.text bytes of each runtime_c/*.c compiled alone for the board at `opt` (no weights, no C library), with
+    the model's `defines` (default: as emitted for a model of plain two-factor or dense matrices)."""
     board = load_board(board_name)
     out: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="kpgen-bench-rt-") as tmp:
         for src in sorted(RUNTIME.glob("*.c")):
             obj = Path(tmp) / (src.stem + ".o")
             cmd = [toolchain.CC, *board.arch_flags, opt, "-std=c99", "-ffunction-sections", "-fdata-sections",
-                   *[f"-D{d}" for d in board.defines], f"-I{RUNTIME}", "-c", str(src), "-o", str(obj)]  # fmt: skip
+                   *[f"-D{d}" for d in (*board.defines, *defines)], f"-I{RUNTIME}", "-c", str(src), "-o",
+                   str(obj)]  # fmt: skip
             done = proc.run(cmd, timeout=proc.TOOL_TIMEOUT)
             if done.returncode != 0:
                 raise KpgenError(f"cannot compile {src.name} for {board_name}: {(done.err or done.out).strip()[:300]}")
@@ -234,10 +250,13 @@ def _fmt(v: float, digits: int = 0) -> str:
     return f"{v:,.{digits}f}"
 
 
-def _find(results: list[Result], hidden: int, inputs: int, kind: str, target: str) -> Result | None:
+def _find(results: list[Result], hidden: int, inputs: int, kind: str, target: str,
+          act: str | None = None) -> Result | None:
+    """The result of one configuration; act None: the board's default tables, else that variant (either way)."""
     for r in results:
         c = r.config
-        if (c.hidden, c.inputs, c.kind, c.target) == (hidden, inputs, kind, target) and r.steps:
+        if (c.hidden, c.inputs, c.kind, c.target) == (hidden, inputs, kind, target) and r.steps and (
+                c.act == act if act is None else c.act_table == act):
             return r
     return None
 
@@ -273,9 +292,9 @@ def targets(results: list[Result], runtime: dict[str, int]) -> list[tuple[str, s
 
 CELL_RUNTIME = {"lstm": "kp_lstm_step_s8.c", "gru": "kp_gru_step_s8.c", "fastrnn": "kp_fastrnn_step_s8.c",
                 "fastgrnn": "kp_fastgrnn_step_s8.c"}  # fmt: skip
-MATVEC_RUNTIME = ("kp_matvec_s8.c", "kp_dense_x_s16.c", "kp_kron_xbt_s8.c", "kp_kron_at_s8.c", "kp_kron_deep_s8.c",
-                  "kp_hkp_top_s8.c")  # fmt: skip
-SHARED_RUNTIME = (*MATVEC_RUNTIME, "kp_activation_s16.c", "kp_fc_s8.c")
+MATVEC_RUNTIME = ("kp_matvec_s8.c", "kp_dense_x_s16.c", "kp_kron_xbt_s8.c", "kp_kron_at_s8.c")
+KRON_EXT_RUNTIME = ("kp_kron_deep_s8.c", "kp_hkp_top_s8.c")  # deep-Kronecker and HKP matrices only
+SHARED_RUNTIME = (*MATVEC_RUNTIME, "kp_activation_s16.c", "kp_fc_s8.c")  # a last-step Linear head: no pool, no MLP
 
 
 def linked_runtime(runtime: dict[str, int], cell: str) -> int:
@@ -291,8 +310,8 @@ def _table(results: list[Result]) -> list[str]:
     for (hidden, inputs) in SHAPES:
         for kind in KINDS:
             for label, _, _ in TARGETS:
-                r = next((r for r in results if (r.config.hidden, r.config.inputs, r.config.kind, r.config.target)
-                          == (hidden, inputs, kind, label)), None)  # fmt: skip
+                r = next((r for r in results if (r.config.hidden, r.config.inputs, r.config.kind, r.config.target,
+                          r.config.act) == (hidden, inputs, kind, label, None)), None)  # fmt: skip
                 if r is None:
                     continue
                 what = "dense" if kind == "dense" else (
@@ -334,12 +353,224 @@ def _stage_table(results: list[Result], hidden: int = 128, inputs: int = 28) -> 
     return markdown_table(["function (stage)"] + [f"{k} {t}" for k, t in cols], rows)
 
 
+# --------------------------------------------------------------------------------------------- activation tables
+
+ACT_SHAPE = (128, 28)  # the KP step the table variants are measured on
+ACT_TARGETS = ("m0", "m4", "m55")
+ACT_STAGES = ("kp_lstm_gates_s16", "kp_lstm_cell_s16")  # the stages that look tables up
+EXAMPLES = REPO_ROOT / "examples"
+
+
+def act_errors() -> dict[str, tuple[float, float]]:
+    """Variant -> max |f(z) - table value| (sigmoid, tanh) over all 65,536 Q3.12 inputs, in real units."""
+    z = np.arange(-32768, 32768, dtype=np.int64).astype(np.int16)
+    zf = z.astype(np.float64) / 4096.0
+    ref = (1.0 / (1.0 + np.exp(-zf)), np.tanh(zf))
+    out = {}
+    for v in golden.ACT_TABLES:
+        errs = [float(np.max(np.abs(golden.kp_sigmoid_s16(z, golden.make_table(k, v)) / 32768.0 - f)))
+                for k, f in zip(("sigmoid", "tanh"), ref, strict=True)]  # fmt: skip
+        out[v] = (errs[0], errs[1])
+    return out
+
+
+def act_accuracy(examples: Path = EXAMPLES) -> list[tuple[str, int, float, dict[str, tuple[float, float]]]]:
+    """Per shipped example: (file, test samples, float accuracy, variant -> (int8 accuracy, agreement with the
+    float model's predictions)), from the golden model on the example's test split (no firmware needed)."""
+    from kpgen.frontend.load import load_checkpoint
+    from kpgen.reference import floatmodel
+
+    rows = []
+    for pt in sorted(examples.glob("*.pt")):
+        model = load_checkpoint(pt)
+        q = quantize.quantize_model(model)
+        data = pipeline.test_set(model, None)
+        if data.y is None:
+            continue
+        xq = golden.quantize_input(data.x, q.input_scale)
+        flog = floatmodel.float_forward(model, data.x)
+        fpred = golden.predict(flog)
+        per = {}
+        for v in golden.ACT_TABLES:
+            logits = golden.run_model(golden.with_act_tables(q, v), xq).logits
+            per[v] = (floatmodel.accuracy(logits, data.y), float(np.mean(golden.predict(logits) == fpred)))
+        rows.append((pt.name, int(len(data.x)), floatmodel.accuracy(flog, data.y), per))
+    return rows
+
+
+def _act_section(results: list[Result], accuracy: list | None) -> list[str]:
+    """The table variants side by side: bytes, worst error, instructions per step and in the look-up stages."""
+    errs = act_errors()
+    labels = [t for t in ACT_TARGETS if any(r.config.target == t and r.config.act is not None for r in results)]
+    head = ["variant", "table bytes (sigmoid + tanh)", "max error sigmoid", "max error tanh"]
+    head += [f"instr/step {t}" for t in labels] + [f"gates + cell {t}" for t in labels]
+    rows = []
+    for v in golden.ACT_TABLES:
+        nbytes = 2 * 2 * int(golden.make_table("tanh", v).size)
+        row = [f"`{v}`", f"{nbytes:,}", f"{errs[v][0]:.1e}", f"{errs[v][1]:.1e}"]
+        found = [_find(results, *ACT_SHAPE, "kp", t, v) for t in labels]
+        row += [_fmt(r.per_step("instructions")) if r and len(r.steps) == len(STEPS) else "n/a" for r in found]
+        for r in found:
+            if r and len(r.steps) == len(STEPS):
+                lo, hi = (r.steps[t]["per_function"] for t in (STEPS[0], STEPS[-1]))
+                row.append(_fmt(sum(hi.get(f, 0) - lo.get(f, 0) for f in ACT_STAGES) / (STEPS[-1] - STEPS[0])))
+            else:
+                row.append("n/a")
+        rows.append(row)
+    lines = [
+        "## Activation tables: full or interpolated (`kpgen emit --act-table`)",
+        "",
+        "`full`: 1024 entries, one look-up (`mid[z >> 6]`). `interp` / `interp128`: 257 / 129 knots and linear",
+        "interpolation between two of them (kp_activation_s16.h: one unaligned word load and SMLAD on the DSP cores,",
+        "two loads on the M0, a second gather on Helium). *max error*: the worst |table value - f(z)| over all",
+        "65,536 Q3.12 inputs. Instructions: the KP LSTM step "
+        f"H = {ACT_SHAPE[0]}, I = {ACT_SHAPE[1]} of the table above, built with each variant (bit-exact).",
+        "Defaults (`kpgen emit` without --act-table): " + ", ".join(
+            f"{t} `{load_board(t).act_table}`" for t in ACT_TARGETS) + " (a board's `act_table` key, else `full`).",
+        "",
+        *markdown_table(head, rows),
+        "",
+    ]
+    if accuracy:
+        vs = list(golden.ACT_TABLES)
+        arows = [[name, f"{n:,}", f"{100 * fa:.2f}%"] + [f"{100 * per[v][0]:.2f}% ({100 * per[v][1]:.1f}%)" for v in vs]
+                 for name, n, fa, per in accuracy]  # fmt: skip
+        lines += [
+            "int8 test accuracy of the shipped examples (golden model, each example's test split) with each variant;",
+            "in brackets the share of test samples whose int8 prediction equals the float model's.",
+            "",
+            *markdown_table(["example", "test samples", "float"] + [f"`{v}`" for v in vs], arows),
+            "",
+        ]
+    return lines
+
+
 def _fs(f: tuple[int, int, int, int]) -> str:
     return f"{f[0]}x{f[1]} (x) {f[2]}x{f[3]}"
 
 
+# --------------------------------------------------------------------------------------------- issue 13: speed
+
+# (what, (hidden, inputs, kind, target) or "example", quantity, "now" in docs/benchmarks.md before the work, limit)
+SPEED_TARGETS = (
+    ("KP (128, 28)", (128, 28, "kp", "m4"), "step", 18_964, 13_000),
+    ("KP (128, 128)", (128, 128, "kp", "m4"), "step", 25_194, 18_000),
+    ("KP (32, 12)", (32, 12, "kp", "m4"), "step", 5_264, 4_000),
+    ("KP (128, 28)", (128, 28, "kp", "m55"), "step", 14_415, 8_000),
+    ("dense (128, 28), matrix instr/MAC", (128, 28, "dense", "m0"), "matrix/MAC", 6.75, 4.5),
+    ("dense (128, 28)", (128, 28, "dense", "m4"), "step", 114_054, 114_054),
+    ("shipped MNIST example, per step", "mnist-kplstm.pt", "step", 23_450, 15_000),
+)  # fmt: skip
+SPEED_EXAMPLE_BOARD = "m4"
+
+
+def _core_of(cfg: Config):
+    """The fitted cost model of a configuration's core (None for extra -D macros or a chosen activation table:
+    the model is fitted with the board's default tables)."""
+    from kpgen.train import cost as costmodel
+
+    if cfg.defines or cfg.act is not None:
+        return None
+    try:
+        return costmodel.for_board(cfg.board)
+    except KpgenError:
+        return None
+
+
+def _bench_step_shape(r: Result):
+    from kpgen.train import cost as costmodel
+
+    fx, fh = r.factors
+    mx, mh = (costmodel.MatrixShape(((f[0], f[1]), (f[2], f[3]))) for f in (fx, fh))
+    return costmodel.StepShape("lstm", r.config.hidden, ((mx, mh),))
+
+
+def prediction_rows(results: list[Result], examples: list) -> list[tuple[str, str, float, float, float]]:
+    """(model, board, measured, predicted, error %) of one step: every bench configuration with a fitted core,
+    then every shipped example on SPEED_EXAMPLE_BOARD (examples: kpgen.studies.costfit.measure_examples)."""
+    from kpgen.train import cost as costmodel
+
+    rows = []
+    for (hidden, inputs) in SHAPES:
+        for kind in KINDS:
+            for label, _, _ in TARGETS:
+                r = _find(results, hidden, inputs, kind, label)
+                core = _core_of(r.config) if r is not None and len(r.steps) == len(STEPS) else None
+                if r is None or core is None:
+                    continue
+                what = f"bench {kind} ({hidden}, {inputs})"
+                got, pred = r.per_step("instructions"), core.step_instructions(_bench_step_shape(r))
+                rows.append((what, label, got, pred, 100.0 * (pred - got) / got))
+    try:
+        core = costmodel.for_board(SPEED_EXAMPLE_BOARD)
+    except KpgenError:
+        return rows
+    if examples:
+        for name, shape, m in examples:
+            pred = core.step_instructions(shape)
+            rows.append((f"example {name}", SPEED_EXAMPLE_BOARD, m.total, pred, 100.0 * (pred - m.total) / m.total))
+    return rows
+
+
+def speed_targets(results: list[Result], examples: list) -> list[tuple[str, str, str, str, str, str]]:
+    """The issue's targets table: (step, core, now, target, measured, met)."""
+    out = []
+    for what, key, quantity, now, limit in SPEED_TARGETS:
+        got: float = float("nan")
+        if key == "mnist-kplstm.pt":
+            core = SPEED_EXAMPLE_BOARD
+            got = next((m.total for name, _, m in examples if name == key), float("nan"))
+        else:
+            assert isinstance(key, tuple)
+            core = key[3]
+            r = _find(results, *key)
+            if r is not None and len(r.steps) == len(STEPS):
+                got = r.per_step("matrix") / r.macs if quantity == "matrix/MAC" else r.per_step("instructions")
+        digits = 2 if quantity == "matrix/MAC" else 0
+        limit_text = "no worse" if limit == now else f"<= {_fmt(limit, digits)}"
+        met = "n/a" if got != got else "yes" if got <= limit else "NO"
+        out.append((what, core, _fmt(now, digits), limit_text, _fmt(got, digits), met))
+    return out
+
+
+def _speed_section(results: list[Result], examples: list) -> list[str]:
+    """The issue's targets with measured values, and the planner's prediction error (kpgen.train.cost)."""
+    from kpgen.train import cost as costmodel
+
+    lines = [
+        "## Speed targets",
+        "",
+        "*now*: docs/benchmarks.md before the speed work; *measured*: this run (the MNIST example: one step of",
+        f"examples/mnist-kplstm.pt on the {SPEED_EXAMPLE_BOARD}, I(T=2) - I(T=1) with random inputs).",
+        "",
+        *markdown_table(("step (H, inputs)", "core", "now", "target", "measured", "met"),
+                        speed_targets(results, examples)),
+        "",
+    ]  # fmt: skip
+    rows = prediction_rows(results, examples)
+    if rows:
+        try:
+            fitted = costmodel.load()
+            when = f"fitted on commit {fitted.commit}, {fitted.date}"
+        except KpgenError:
+            when = "not loadable"
+        worst = max(abs(r[4]) for r in rows)
+        lines += [
+            "## Planner: predicted against measured instructions per step",
+            "",
+            "The planner's cost model (kpgen/train/costmodel.json, `make costmodel`, docs/cycle-model.md; "
+            f"{when}) against this run.",
+            f"Largest error: {worst:.2f}% (the target is 5%).",
+            "",
+            *markdown_table(("model", "core", "measured", "predicted", "error"),
+                            [(w, b, _fmt(g), _fmt(p), f"{e:+.2f}%") for w, b, g, p, e in rows]),
+            "",
+        ]  # fmt: skip
+    return lines
+
+
 def write_markdown(results: list[Result], runtime: dict[str, int], path: Path, seconds: float,
-                   plot: str | None) -> None:
+                   plot: str | None, act_lines: list[str] | None = None, speed_lines: list[str] | None = None) -> None:
     rows = targets(results, runtime)
     lines = [
         "# Benchmarks: dense and Kronecker int8 LSTM steps",
@@ -373,7 +604,8 @@ def write_markdown(results: list[Result], runtime: dict[str, int], path: Path, s
         "",
         *_table(results),
         "",
-        "Runtime code at -Os for the Cortex-M4 (each runtime_c/*.c compiled alone, .text): "
+        "Runtime code at -Os for the Cortex-M4 (each runtime_c/*.c compiled alone, .text, with "
+        + " ".join(f"-D{d}" for d in PLAIN_DEFINES) + " as emitted for two-factor and dense matrices): "
         + ", ".join(f"{k} {v:,}" for k, v in runtime.items()) + f"; all of them {sum(runtime.values()):,} bytes. "
         "A model links the shared kernels (" + ", ".join(SHARED_RUNTIME) + ") and its cell's step: "
         + ", ".join(f"{c} {linked_runtime(runtime, c):,}" for c in CELL_RUNTIME) + " bytes "
@@ -392,6 +624,8 @@ def write_markdown(results: list[Result], runtime: dict[str, int], path: Path, s
             *stages,
             "",
         ]
+    lines += act_lines or []
+    lines += speed_lines or []
     lines += [
         "## How it is made",
         "",
@@ -476,12 +710,25 @@ def main(out: Path, jobs: int, quick: bool, keep: Path | None) -> None:
     sys.exit(code)
 
 
+def _speed_examples(work: Path, jobs: int) -> list:
+    """One step of every shipped example on SPEED_EXAMPLE_BOARD (kpgen.studies.costfit.measure_examples)."""
+    from kpgen.studies.costfit import measure_examples
+
+    try:
+        return measure_examples(SPEED_EXAMPLE_BOARD, work, jobs)
+    except KpgenError as e:
+        print(f"  examples not measured: {e}", flush=True)
+        return []
+
+
 def run(out: Path, jobs: int = 2, quick: bool = False, keep: Path | None = None) -> int:
     """The whole benchmark: build, run and profile every configuration, write the report; 0 if all bit-exact."""
     toolchain.check_tools()
     shapes = SHAPES[:1] if quick else SHAPES
     target_labels = ["m4", "m55", "m55 no-MVE"] if quick else [t[0] for t in TARGETS]
     configs = [Config(h, i, k, t) for (h, i) in shapes for k in KINDS for t in target_labels]
+    configs += [Config(*ACT_SHAPE, "kp", t, v) for t in ACT_TARGETS if t in target_labels
+                for v in golden.ACT_TABLES if v != load_board(t).act_table]  # fmt: skip
     # biggest first, so the slowest runs overlap the many small ones
     configs.sort(key=lambda c: -(4 * c.hidden * (c.inputs + c.hidden) * (1 if c.kind == "dense" else 0.05)
                                   * (3 if c.board == "m0" else 1)))  # fmt: skip
@@ -495,19 +742,25 @@ def run(out: Path, jobs: int = 2, quick: bool = False, keep: Path | None = None)
                 c = r.config
                 status = "bit-exact" if r.bit_exact and r.steps else f"FAILED: {r.error}"
                 step = f"{r.per_step('instructions'):>12,.0f} instr/step" if len(r.steps) == len(STEPS) else ""
-                print(f"  {c.kind:5} H={c.hidden:<3} I={c.inputs:<3} {c.target:11} {step}  {status}", flush=True)
+                where = c.target + (f" {c.act}" if c.act is not None else "")
+                print(f"  {c.kind:5} H={c.hidden:<3} I={c.inputs:<3} {where:11} {step}  {status}", flush=True)
                 results.append(r)
+        examples = _speed_examples(work, jobs)
     runtime = runtime_text_bytes("m4", "-Os")
     seconds = time.monotonic() - start
     out.mkdir(parents=True, exist_ok=True)
     plot = "benchmarks.png" if write_plot(results, out / "benchmarks.png") else None
-    write_markdown(results, runtime, out / "benchmarks.md", seconds, plot)
+    act_lines = _act_section(results, None if quick else act_accuracy())
+    speed_lines = _speed_section(results, examples)
+    write_markdown(results, runtime, out / "benchmarks.md", seconds, plot, act_lines, speed_lines)
     print()
     print("\n".join(_table(results)))
     print()
     print("targets:")
     for name, measured, limit, met in targets(results, runtime):
         print(f"  {'n/a ' if met is None else 'MET ' if met else 'NOT '} {name}: {measured} (limit {limit})")
+    print()
+    print("\n".join(speed_lines))
     print(f"\nwrote {out / 'benchmarks.md'}" + (f" and {out / plot}" if plot else "") + f" in {seconds:.0f} s")
     return 0 if all(r.bit_exact and r.steps for r in results) else 1
 

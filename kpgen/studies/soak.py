@@ -383,6 +383,9 @@ def soak(checkpoint: Path, board_name: str, steps: int, every: int, work: Path, 
     if not golden.is_streaming(qmodel):
         raise KpgenError(f"{checkpoint} has a bidirectional layer, which has no per-step call; soak "
                          "unidirectional (streaming) models only")
+    if qmodel.pool != "last" or qmodel.hidden is not None:  # the soak's expected scores read h_t directly
+        raise KpgenError(f"{checkpoint} has a head on the {qmodel.pool} over time or an MLP head; the soak checks "
+                         "the Linear head on the last step: soak a model with that head")
     split = datasets.load(str(fmodel.meta.get("dataset")), seed=seed)
     rec = golden.quantize_input(split.x_test, qmodel.input_scale)
     stream = make_stream(rec, split.y_test, steps, seed)

@@ -22,6 +22,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -32,7 +33,7 @@ from kpgen.frontend import datasets
 from kpgen.train.nn import KPRNNClassifier
 from kpgen.train.nn.kp import KPLinear, as_shapes
 from kpgen.train.nn.matrix import DenseLinear, HKPLinear, LowRankLinear, Matrix
-from kpgen.train.plan import best_hkp, best_kp
+from kpgen.train.plan import pick_hkp, pick_kp
 
 METHODS = ("kp", "hkp", "prune", "lowrank", "small")
 K = TypeVar("K")
@@ -174,9 +175,86 @@ def from_torch_state_dict(sd: dict, path: str = "<state_dict>", nonlinearity: st
     return model.float()
 
 
-def read_source(path: str | Path) -> tuple[KPRNNClassifier, dict]:
+STATE_DICT_WRAPPERS = ("state_dict", "model_state_dict", "model")  # {"state_dict": sd, ...}, Lightning, {"model": sd}
+
+
+def _is_tensor_dict(v: object) -> bool:
+    return isinstance(v, dict) and bool(v) and all(isinstance(t, torch.Tensor) for t in v.values())
+
+
+def unwrap_state_dict(raw: object, name: str) -> tuple[dict, str | None]:
+    """(state dict, nn.RNN nonlinearity or None) from a plain state dict or a dict holding one under
+    'state_dict', 'model_state_dict' or 'model' (optimizer state and other entries beside it are ignored)."""
+    nonlinearity = None
+    if isinstance(raw, dict) and not _is_tensor_dict(raw):
+        inner = next((raw[k] for k in STATE_DICT_WRAPPERS if _is_tensor_dict(raw.get(k))), None)
+        if inner is not None:
+            nl = raw.get("nonlinearity")
+            nonlinearity = nl if isinstance(nl, str) else None
+            raw = inner
+    if not _is_tensor_dict(raw):
+        keys = ", ".join(sorted(map(str, raw))[:5]) if isinstance(raw, dict) else type(raw).__name__
+        raise _fail(name, f"is neither a kpgen checkpoint nor a state dict of tensors (it holds {keys[:80]})",
+                    f"save model.state_dict() of an nn.LSTM, nn.GRU or nn.RNN with one nn.Linear head, or a dict "
+                    f"holding it under 'state_dict', 'model_state_dict' or 'model' ({DOC}, docs/byom.md)")
+    assert isinstance(raw, dict)
+    return raw, nonlinearity
+
+
+def torch_candidates(raw: object, name: str) -> list[KPRNNClassifier]:
+    """The dense models a plain state dict can be: one, or for an nn.RNN that does not say its nonlinearity,
+    the tanh and the relu reading (the user's logits choose; kpgen.frontend.load.load_model)."""
+    sd, nonlinearity = unwrap_state_dict(raw, name)
+    first = from_torch_state_dict(sd, name, nonlinearity or "tanh")
+    if nonlinearity is None and first.cell == "rnn":
+        return [first, from_torch_state_dict(sd, name, "relu")]
+    return [first]
+
+
+def pick_candidate(cands: list[KPRNNClassifier], name: str, data: object = None) -> KPRNNClassifier:
+    """The one reading of a state dict that matches the user's logits (data: a UserData); the only one when
+    there is one; KpgenError when the logits disagree with every reading or an nn.RNN's nonlinearity is unknown."""
+    from kpgen.frontend.userdata import UserData, compare_logits
+
+    logits = data.logits if isinstance(data, UserData) else None
+    if logits is None:
+        if len(cands) > 1:
+            raise _fail(name, "is an nn.RNN state dict, which does not say whether the RNN is tanh or relu",
+                        "add your model's logits to the data file, or save {'state_dict': sd, 'nonlinearity': "
+                        "'relu'} (or 'tanh') (docs/byom.md)")
+        return cands[0]
+    assert isinstance(data, UserData)
+    x = torch.from_numpy(data.x[:2000]).double()
+    checks = []
+    for m in cands:
+        with torch.no_grad():
+            ours = m.double().eval()(x).numpy()
+        m.float()
+        checks.append(compare_logits(ours, logits[:2000]))
+        if checks[-1].ok:
+            return m
+    raise KpgenError(mismatch_message(name, data.source, checks[0], len(x), cands[0].bidirectional))
+
+
+def mismatch_message(name: str, data: str, check: object, samples: int, bidirectional: bool) -> str:
+    """The one line for a model whose float reading disagrees with the user's logits, with the likely cause."""
+    from kpgen.frontend.userdata import LOGIT_AGREEMENT, LogitCheck
+
+    assert isinstance(check, LogitCheck)
+    cause = ("kpgen's head reads [forward h_T, backward h after the whole sequence] (torch's h_n), so a head "
+             "on out[:, -1] or a pooled one reads something else" if bidirectional else
+             "the head is probably not a Linear on the last step (mean or max over time? an MLP?)")
+    return (f"{name}: kpgen's float reading disagrees with the logits in {data} (argmax agrees on "
+            f"{100 * check.agreement:.1f}% of {samples} samples, needs {100 * LOGIT_AGREEMENT:.0f}%; max |difference| "
+            f"{check.max_diff:.3g}, allowed {check.tolerance:.3g}): {cause}; give the ONNX graph instead, or check "
+            "that the data is what the model saw (docs/byom.md)")
+
+
+def read_source(path: str | Path, data: object = None, any_reading: bool = False) -> tuple[KPRNNClassifier, dict]:
     """(model, meta) from a kpgen checkpoint or a torch LSTM/GRU/RNN + Linear state dict (or a dict holding it
-    under 'state_dict', with an nn.RNN's 'nonlinearity' beside it: 'tanh' by default); one-line errors."""
+    under 'state_dict', 'model_state_dict' or 'model', with an nn.RNN's 'nonlinearity' beside it); one-line
+    errors. data (a UserData) with logits checks a state dict's reading; any_reading: an nn.RNN whose
+    nonlinearity is unknown is read as tanh (for shapes only, as `kpgen plan` needs)."""
     from kpgen.frontend.load import checkpoint_to_ir, read_raw
     from kpgen.train.loop import model_from_checkpoint
 
@@ -194,14 +272,8 @@ def read_source(path: str | Path) -> tuple[KPRNNClassifier, dict]:
             raise _fail(name, f"not a readable kpgen checkpoint ({str(e).splitlines()[0][:120]})",
                         "see docs/checkpoint.md") from None
         return model, dict(raw.get("meta", {}))
-    nonlinearity = "tanh"
-    if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):
-        nonlinearity = raw.get("nonlinearity", "tanh")
-        raw = raw["state_dict"]
-    if not isinstance(raw, dict) or not raw or not all(isinstance(v, torch.Tensor) for v in raw.values()):
-        raise _fail(name, "is neither a kpgen checkpoint nor a state dict of tensors",
-                    f"save model.state_dict() of an nn.LSTM, nn.GRU or nn.RNN with one nn.Linear head ({DOC})")
-    return from_torch_state_dict(raw, name, str(nonlinearity)), {}
+    cands = torch_candidates(raw, name)
+    return (cands[0] if any_reading else pick_candidate(cands, name, data)), {}
 
 
 # ---------------------------------------------------------------------------------------------- the methods
@@ -217,24 +289,81 @@ def _dense_matrices(model: KPRNNClassifier) -> dict[str, torch.Tensor]:
         return {n: m.dense().detach().double().clone() for n, m in model.matrices()}
 
 
-def _specs_for(model: KPRNNClassifier, method: str, ratio: float) -> tuple[list[dict], list[dict]]:
+@dataclass(frozen=True)
+class MatrixControl:
+    """Per-matrix choices of `kpgen compress` (kp and hkp): factor shapes or 'dense' for every Wx / Wh they
+    make, and a compression ratio per matrix kind (else the global --ratio)."""
+
+    wx_factors: list | str | None = None
+    wh_factors: list | str | None = None
+    wx_ratio: float | None = None
+    wh_ratio: float | None = None
+
+    @property
+    def given(self) -> bool:
+        return any(v is not None for v in (self.wx_factors, self.wh_factors, self.wx_ratio, self.wh_ratio))
+
+
+def _shape_of(shapes: list) -> tuple[int, int]:
+    return math.prod(int(s[0]) for s in shapes), math.prod(int(s[1]) for s in shapes)
+
+
+def _matrix_spec(method: str, k: int, name: str, rows: int, cols: int, ratio: float | None,
+                 control: MatrixControl) -> dict:
+    """The spec of layer k's matrix `name` ('wx' or 'wh'), from the control or the planner within the budget."""
+    opt = f"--{name}-factors"
+    factors = getattr(control, f"{name}_factors")
+    if factors == "dense":
+        return {"kind": "dense"}
+    if factors is not None and _shape_of(factors) == (rows, cols):
+        return {"kind": "kp", "factors": [list(map(int, f)) for f in factors]}
+    r = getattr(control, f"{name}_ratio") or ratio
+    label = f"layer {k} {name.capitalize()} ({rows}x{cols})"
+    if r is None and factors is not None:
+        m, n = _shape_of(factors)
+        raise KpgenError(f"{opt} make a {m}x{n} matrix, but layer {k} {name.capitalize()} is {rows}x{cols}; give "
+                         f"shapes whose rows multiply to {rows} and columns to {cols}, or --{name}-ratio for the "
+                         "matrices they do not make")
+    if r is None:
+        raise KpgenError(f"{label} has no compression given; pass --ratio, --{name}-ratio or {opt}")
+    budget = matrix_budget(rows, cols, r)
+    try:
+        if method == "hkp":
+            return pick_hkp(rows, cols, budget, num_factors=2).spec()
+        return pick_kp(rows, cols, budget, num_factors=2, pad=0.0).spec()
+    except ValueError:
+        raise KpgenError(f"{label}: no 2-factor Kronecker product has at most {budget:,} parameters (ratio {r:g}); "
+                         f"keep it dense with --keep-dense {name}, lower --{name}-ratio, or give {opt} "
+                         f"(`kpgen plan --rows {rows} --cols {cols}` lists products)") from None
+
+
+def _specs_for(model: KPRNNClassifier, method: str, ratio: float | None,
+               control: MatrixControl | None = None) -> tuple[list[dict], list[dict]]:
     """Per-layer wx and wh specs of the compressed model (the same for both directions)."""
+    control = control or MatrixControl()
     wx: list[dict] = []
     wh: list[dict] = []
     for k in range(model.num_layers):
         one = model.direction(k)
-        for out, mat in ((wx, one.wx), (wh, one.wh)):
+        for name, out, mat in (("wx", wx, one.wx), ("wh", wh, one.wh)):
             rows, cols = mat.out_features, mat.in_features
-            budget = matrix_budget(rows, cols, ratio)
-            if method == "kp":
-                out.append(best_kp(rows, cols, budget, num_factors=2, pad=0.0).spec())
-            elif method == "hkp":
-                out.append(best_hkp(rows, cols, budget, num_factors=2).spec())
+            if method in ("kp", "hkp"):
+                out.append(_matrix_spec(method, k, name, rows, cols, ratio, control))
             elif method == "lowrank":
                 out.append({"kind": "lowrank", "rank": 1, "_size": (rows, cols)})
             else:
                 out.append({"kind": "dense"})
+    for name in ("wx", "wh"):
+        factors = getattr(control, f"{name}_factors")
+        specs = wx if name == "wx" else wh
+        if isinstance(factors, list) and not any(s.get("factors") == factors for s in specs):
+            m, n = _shape_of(factors)
+            sizes = sorted({f"{s.out_features}x{s.in_features}" for s in
+                            (getattr(model.direction(k), name) for k in range(model.num_layers))})
+            raise KpgenError(f"--{name}-factors make a {m}x{n} matrix, but the model's {name.capitalize()} "
+                             f"matrices are {', '.join(sizes)}; give shapes whose products make one of them")
     if method == "lowrank":
+        assert ratio is not None
         specs = wx + wh
         shapes: dict[int, tuple[int, int]] = {i: s.pop("_size") for i, s in enumerate(specs)}
         budget = sum(matrix_budget(rows, cols, ratio) for rows, cols in shapes.values())
@@ -315,19 +444,29 @@ def with_matrices(src: KPRNNClassifier, wx: object, wh: object, seed: int = 0) -
     return init_from_dense(model, src)
 
 
-def build_compressed(src: KPRNNClassifier, method: str, ratio: float, seed: int = 0) -> KPRNNClassifier:
-    """The compressed model, initialised from src (all but `small`, which starts from random weights)."""
+def build_compressed(src: KPRNNClassifier, method: str, ratio: float | None, seed: int = 0,
+                     control: MatrixControl | None = None) -> KPRNNClassifier:
+    """The compressed model, initialised from src (all but `small`, which starts from random weights).
+    control: per-matrix factors, 'dense' or ratios (kp and hkp only); ratio may then be None."""
     if method not in METHODS:
         raise KpgenError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
-    if not ratio >= 1:
-        raise KpgenError(f"--ratio {ratio} must be at least 1")
+    if control is not None and control.given and method not in ("kp", "hkp"):
+        raise KpgenError(f"per-matrix options (--wx-factors, --wh-factors, --keep-dense, --wx-ratio, --wh-ratio) "
+                         f"apply to --method kp and hkp, not {method}; drop them or change --method")
+    if ratio is None and method not in ("kp", "hkp"):
+        raise KpgenError(f"--method {method} needs --ratio")
+    given = control or MatrixControl()
+    for opt, r in (("--ratio", ratio), ("--wx-ratio", given.wx_ratio), ("--wh-ratio", given.wh_ratio)):
+        if r is not None and not r >= 1:
+            raise KpgenError(f"{opt} {r} must be at least 1")
     torch.manual_seed(seed)
     if method == "small":
+        assert ratio is not None
         h = small_hidden_size(src.cell, src.input_size, src.hidden_size, src.num_layers, src.bidirectional, ratio)
         return KPRNNClassifier(src.cell, src.input_size, h, src.num_classes, "dense", "dense",
                                num_layers=src.num_layers, bidirectional=src.bidirectional)
     try:
-        wx, wh = _specs_for(src, method, ratio)
+        wx, wh = _specs_for(src, method, ratio, control)
     except ValueError as e:
         raise KpgenError(f"--ratio {ratio}: {e}") from None
     return with_matrices(src, wx, wh, seed)
@@ -440,7 +579,7 @@ def param_counts(model: KPRNNClassifier) -> tuple[int, int]:
 def compress_checkpoint(
     source: str | Path,
     method: str,
-    ratio: float,
+    ratio: float | None,
     dataset: str | None = None,
     epochs: int = 20,
     batch_size: int = 128,
@@ -448,42 +587,86 @@ def compress_checkpoint(
     seed: int = 0,
     max_train: int | None = None,
     log: Callable[[str], None] = print,
+    data: str | Path | None = None,
+    test: str | Path | None = None,
+    control: MatrixControl | None = None,
+    distill: bool = False,
+    temperature: float = 4.0,
+    alpha: float = 0.5,
+    qat_epochs: int = 0,
+    qat_lr: float | None = None,
 ) -> dict:
-    """Compress the dense model in `source` with `method` to `ratio`, fine-tune it, return the checkpoint dict."""
+    """Compress the dense model in `source` with `method` to `ratio` (or per matrix: control), fine-tune it on a
+    built-in `dataset` or the user's `data` file (held-out evaluation on `test`, else on a 20% split of data),
+    return the checkpoint dict. A state dict's reading is checked against data's logits when it has them.
+    distill: fine-tune against the dense source's soft outputs too (kpgen.train.loop.distill_loss with temperature
+    and alpha). qat_epochs > 0: then a quantization-aware phase (kpgen.train.qat) at qat_lr (default lr / 10)."""
+    from kpgen.frontend.userdata import load_user_data, to_split
     from kpgen.train.loop import accuracy, calibrate, fit, load_split, make_checkpoint, set_determinism
 
     t0 = time.perf_counter()
-    src, src_meta = read_source(source)
-    dataset = dataset or src_meta.get("dataset")
-    if not dataset:
-        raise KpgenError(f"{source}: names no dataset; pass --dataset (one of {', '.join(datasets.LOADERS)})")
+    if qat_epochs > 0 and method == "lowrank":
+        raise KpgenError("--qat: low-rank matrices have no integer kernel, so there is nothing to simulate; "
+                         "drop --qat or use --method kp, hkp, prune or small")
+    if data is not None and dataset is not None:
+        raise KpgenError("give --dataset NAME or --data FILE, not both")
+    user = None
+    if data is not None:
+        probe, _ = read_source(source, any_reading=True)
+        user = load_user_data(data, input_size=probe.input_size, num_classes=probe.num_classes)
+    src, src_meta = read_source(source, data=user)
+    dataset = dataset or (None if user is not None else src_meta.get("dataset"))
+    if user is None and not dataset:
+        raise KpgenError(f"{source}: names no dataset; pass --data FILE.npz (docs/byom.md) or --dataset (one of "
+                         f"{', '.join(datasets.LOADERS)})")
     set_determinism(seed)
-    split, x_tr, y_tr, x_te, y_te = load_split(dataset, seed, max_train)
+    if user is not None:
+        held = None if test is None else load_user_data(test, input_size=src.input_size, num_classes=src.num_classes)
+        split = to_split(user, held, seed)
+        x_tr, y_tr = torch.from_numpy(split.x_train), torch.from_numpy(split.y_train)
+        if max_train is not None:
+            x_tr, y_tr = x_tr[:max_train], y_tr[:max_train]
+        x_te, y_te = torch.from_numpy(split.x_test), torch.from_numpy(split.y_test)
+        shift = 0
+    else:
+        assert dataset is not None
+        split, x_tr, y_tr, x_te, y_te = load_split(dataset, seed, max_train)
+        shift = datasets.MAX_SHIFT.get(dataset, 0)
     if split.num_features != src.input_size or split.num_classes > src.num_classes:
         raise KpgenError(
             f"{source}: the model takes {src.input_size} features and {src.num_classes} classes, dataset {dataset!r} "
             f"has {split.num_features} and {split.num_classes}; pass the --dataset it was trained on"
         )
     src_acc = accuracy(src, x_te, y_te)
-    model = build_compressed(src, method, ratio, seed)
+    model = build_compressed(src, method, ratio, seed, control)
     init_acc = accuracy(model, x_te, y_te)
     log(f"{method}: dense test accuracy {src_acc:.4f}; compressed before fine-tuning {init_acc:.4f}")
-    pruner = MagnitudePruner(model, 1.0 - 1.0 / ratio) if method == "prune" else None
-    shift = datasets.MAX_SHIFT.get(dataset, 0)
+    pruner = MagnitudePruner(model, 1.0 - 1.0 / ratio) if method == "prune" and ratio is not None else None
+    teacher = src if distill else None
     test_acc = fit(model, x_tr, y_tr, x_te, y_te, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                   max_shift=shift, log=log, after_step=pruner)
+                   max_shift=shift, log=log, after_step=pruner, teacher=teacher, temperature=temperature, alpha=alpha)
     if pruner is not None:
         pruner.prune_to(pruner.final)
         pruner.apply()
         test_acc = accuracy(model, x_te, y_te)
+    qat_report = None
+    if qat_epochs > 0:
+        from kpgen.train import qat
+
+        keep = (lambda step, total: pruner.apply()) if pruner is not None else None  # pruned weights stay zero
+        qat_report = qat.finetune(model, x_tr, y_tr, x_te, y_te, epochs=qat_epochs, batch_size=batch_size,
+                                  lr=qat_lr if qat_lr is not None else lr * qat.QAT_LR_FACTOR, seed=seed,
+                                  max_shift=shift, method=method, after_step=keep, teacher=teacher,
+                                  temperature=temperature, alpha=alpha, log=log)
+        test_acc = accuracy(model, x_te, y_te)
     dense_m = sum(m.in_features * m.out_features for _, m in src.matrices())
     total, kept_m = param_counts(model)
-    meta = {
+    meta: dict[str, object] = {
         "dataset": dataset,
         "seq_len": split.seq_len,
         "float_test_accuracy": float(test_acc),
         "method": method,
-        "ratio": float(ratio),
+        "ratio": float(ratio if ratio is not None else dense_m / kept_m),
         "compressed_from": Path(source).name,
         "source_test_accuracy": float(src_acc),
         "init_test_accuracy": float(init_acc),
@@ -497,8 +680,19 @@ def compress_checkpoint(
         "train_seconds": float(time.perf_counter() - t0),
         "torch_version": str(torch.__version__),
     }
+    if user is not None:
+        del meta["dataset"]
+        meta["data_file"] = user.source
+    if distill:
+        meta["distill"] = {"temperature": float(temperature), "alpha": float(alpha)}
+    if qat_report is not None:
+        meta["qat"] = qat_report
     log(
         f"{method}: float test accuracy {test_acc:.4f}; matrices {dense_m:,} -> {kept_m:,} parameters "
         f"({dense_m / kept_m:.2f}x), model {meta['model_params_dense']:,} -> {total:,}"
     )
+    if qat_report is not None:
+        from kpgen.train.qat import Agreement
+
+        log(Agreement(**{k: qat_report[k] for k in Agreement.__dataclass_fields__}).line())
     return make_checkpoint(model, calibrate(model, x_tr), meta, method=method)
