@@ -452,15 +452,15 @@ def test_external_data_beside_the_model_is_read(tmp_path: Path) -> None:
         read_onnx(path)
 
 
-def test_torch_export_program_is_refused(tmp_path: Path) -> None:
-    """A torch.export program (.pt2) is refused in one line that says to export ONNX."""
+def test_torch_export_program_without_data_is_refused(tmp_path: Path) -> None:
+    """A torch.export program (.pt2) goes to its own reader (tests/test_pt2.py), which asks for --data."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ep = torch.export.export(Classifier("lstm", "last").eval(), (torch.randn(2, T, I),))
         torch.export.save(ep, str(tmp_path / "m.pt2"))
     res = CliRunner().invoke(main, ["emit", str(tmp_path / "m.pt2"), "--board", "m4", "-o", str(tmp_path / "o")])
     assert res.exit_code == 2
-    assert "is a torch.export program (.pt2), which kpgen does not read; export ONNX instead" in res.output
+    assert "a torch.export program carries no calibration; pass your data with --data" in res.output
     assert len(res.output.strip().splitlines()) == 1
 
 

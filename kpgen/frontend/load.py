@@ -815,33 +815,17 @@ def state_dict_to_ir(raw: object, name: str, data: str | os.PathLike) -> tuple[M
     return ir, user
 
 
-def refuse_pt2(path: str | os.PathLike) -> None:
-    """A torch.export program (.pt2, a zip with an archive_format member) is refused in one line. Its graph is
-    JSON (models/model.json, ATen ops) and its weights raw bytes, but kpgen reads recurrent graphs as ONNX only:
-    the same model exported with torch.onnx.export is read with its head."""
-    p = Path(path)
-    pt2 = str(path).lower().endswith(".pt2")
-    if not pt2 and p.is_file() and zipfile.is_zipfile(p):
-        try:
-            with zipfile.ZipFile(p) as zf:
-                pt2 = any(n.endswith("archive_format") for n in zf.namelist()[:10000])
-        except (zipfile.BadZipFile, OSError, ValueError):
-            return
-    if pt2:
-        _Checker(str(path)).fail("is a torch.export program (.pt2), which kpgen does not read",
-                                 "export ONNX instead (torch.onnx.export(model, (x,), 'model.onnx')) or save the "
-                                 "state dict (torch.save(model.state_dict(), 'model.pt'))")
-
-
 def load_model(path: str | os.PathLike, data: str | os.PathLike | None = None) -> ModelF:
     """Any model file kpgen emits, as float IR: a kpgen checkpoint (docs/checkpoint.md), or a plain PyTorch state
     dict calibrated on `data` (docs/byom.md; state_dict_to_ir), or an ONNX graph calibrated on `data`
-    (kpgen.frontend.onnx); torch.export programs (.pt2) are refused (refuse_pt2)."""
+    (kpgen.frontend.onnx), or a torch.export program (.pt2) calibrated on `data` (kpgen.frontend.pt2)."""
     from kpgen.frontend import onnx as onnx_front
+    from kpgen.frontend import pt2 as pt2_front
 
     if onnx_front.is_onnx(path):
         return onnx_front.onnx_to_ir(path, data)
-    refuse_pt2(path)
+    if pt2_front.is_pt2(path):
+        return pt2_front.pt2_to_ir(path, data)
     raw = read_raw(path)
     if data is None or (isinstance(raw, dict) and "format" in raw):  # without data: the checkpoint's own messages
         return checkpoint_to_ir(raw, str(path))
