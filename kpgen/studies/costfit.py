@@ -176,7 +176,8 @@ def measure_step(model: ModelF, board_name: str, work: Path, defines: Sequence[s
     board = load_board(board_name)
     if defines:
         board = dataclasses.replace(board, defines=tuple(board.defines) + tuple(defines))
-    qmodel = quantize.quantize_model(model)
+    # the board's default activation tables (the M0 profile's are interpolated): what an emit gives by default
+    qmodel = golden.with_act_tables(quantize.quantize_model(model), pipeline.check_act_table(board, None))
     x = synth.random_inputs(seed + 7, 1, max(STEPS), model.input_size)
     xq = golden.quantize_input(x, qmodel.input_scale)
     counts: dict[int, dict[str, int]] = {}
