@@ -301,8 +301,9 @@ def test_emit_killed_mid_write_by_a_real_signal(tmp_path, sig, force):
         (out / "kpgen.json").write_text('{"old": true}\n')
     args = ["emit", str(ckpt), "--board", "m4", "-o", str(out), "--vectors", str(vec)] + (["--force"] if force else [])
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # SIGINT at its default in the child: a shell's background job (CI runners, `cmd &`) inherits it ignored
     child = subprocess.Popen([sys.executable, "-c", SLOW_EMIT, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, env=env)
+                             text=True, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert child.stdout is not None and child.stdout.readline() == "ready\n"
         child.send_signal(sig)
