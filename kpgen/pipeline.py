@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import stat
 import zipfile
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from kpgen import KpgenError, __version__, escape
 from kpgen.codegen import fit
 from kpgen.codegen.emit import MANIFEST, arena_bytes, render_sources, write_tree
 from kpgen.codegen.emit import max_steps as max_steps_for
-from kpgen.frontend import datasets
+from kpgen.frontend import datasets, userdata
 from kpgen.frontend.load import load_model
 from kpgen.frontend.userdata import load_user_data
 from kpgen.ir import ModelF, ModelQ, cell_of, directions, matrices, sublayers
@@ -48,34 +47,6 @@ MAX_VECTOR_ELEMENTS = 1 << 26  # test inputs: 64 Mi numbers (512 MB as float64) 
 MAX_LABELS = 1 << 24
 
 
-def _npz_member(zf: zipfile.ZipFile, vectors: Path, key: str, limit: int) -> np.ndarray | None:
-    """Array `key` of an .npz, its header read and its declared size checked before any data is read."""
-    names = {i.filename: i for i in zf.infolist()}
-    info = names.get(f"{key}.npy") or names.get(key)
-    if info is None:
-        return None
-    with zf.open(info) as f:
-        try:
-            version = np.lib.format.read_magic(f)
-            fmt = np.lib.format
-            read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-            shape, fortran, dtype = read_header(f)
-        except (ValueError, EOFError, OSError, SyntaxError, TypeError) as e:
-            raise KpgenError(f"{vectors}: member {key!r} is not a numpy array ({e}); "
-                             "save it with numpy.savez") from None
-        if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
-            raise KpgenError(f"{vectors}: {key} has dtype {dtype}, not plain numbers; save a numeric array")
-        count = math.prod(shape)
-        if count > limit:
-            raise KpgenError(f"{vectors}: {key} declares shape {shape} ({count:,} values), more than kpgen reads "
-                             f"({limit:,}); give fewer samples")
-        if info.file_size < count * dtype.itemsize:
-            raise KpgenError(f"{vectors}: {key} declares shape {shape} but holds only {info.file_size:,} bytes; "
-                             "the file is truncated: save it again")
-        data = f.read(count * dtype.itemsize)
-    return np.frombuffer(data, dtype=dtype, count=count).reshape(shape, order="F" if fortran else "C")
-
-
 def _read_npz(vectors: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """x and y of a user's .npz: a regular file, a zip of .npy arrays, sizes bounded before reading."""
     p = Path(vectors)
@@ -97,10 +68,10 @@ def _read_npz(vectors: Path) -> tuple[np.ndarray, np.ndarray | None]:
                 reason = "not a zip archive"
                 raise KpgenError(f"{vectors}: not a readable .npz file ({reason}); save it with numpy.savez")
             with zipfile.ZipFile(f) as zf:
-                x = _npz_member(zf, vectors, "x", MAX_VECTOR_ELEMENTS)
+                x = userdata.npz_member(zf, str(vectors), "x", MAX_VECTOR_ELEMENTS)
                 if x is None:
                     raise KpgenError(f"{vectors}: no array named 'x'; save test inputs as x [samples, steps, features]")
-                return x, _npz_member(zf, vectors, "y", MAX_LABELS)
+                return x, userdata.npz_member(zf, str(vectors), "y", MAX_LABELS)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, NotImplementedError, RuntimeError) as e:
         raise KpgenError(f"{vectors}: not a readable .npz file ({escape(str(e))[:120]}); "
                          "save it with numpy.savez") from None

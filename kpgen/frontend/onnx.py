@@ -654,34 +654,11 @@ def onnx_to_ir(path: str | os.PathLike, data: str | os.PathLike | None) -> Model
     """An ONNX file calibrated on the user's data (docs/byom.md, docs/onnx.md): ranges measured by kpgen's float
     model; when the data has logits, the float reading must reproduce them (after a Softmax at the end of the
     graph: compared as probabilities)."""
-    from kpgen.frontend import synth, userdata
+    from kpgen.frontend import userdata
 
     model, softmax = read_onnx(path)
-    if data is None:
-        _fail(str(path), "an ONNX model carries no calibration",
-              "pass your data with --data FILE.npz (x [samples, steps, features]) to calibrate it")
-    user = userdata.load_user_data(data, input_size=model.input_size, num_classes=model.num_classes,
-                                   need_labels=False)
-    x = np.asarray(user.x, dtype=np.float64)
-    cal = synth.calibrate(model, x)
-    from dataclasses import replace
-
-    meta = {**model.meta, "seq_len": int(x.shape[1]), "data_file": user.source, "softmax_dropped": softmax}
-    model = replace(model, calibration=cal, meta=meta)
-    if user.logits is not None:
-        from kpgen.reference import floatmodel
-
-        ours = floatmodel.float_forward(model, x)
-        if softmax:
-            e = np.exp(ours - ours.max(axis=1, keepdims=True))
-            ours = e / e.sum(axis=1, keepdims=True)
-        check = userdata.compare_logits(ours, user.logits)
-        if not check.ok:
-            _fail(str(path), f"kpgen's reading of the graph gives logits that differ from the data's by up to "
-                             f"{check.max_diff:.3g} (allowed {check.tolerance:.3g}; argmax agrees on "
-                             f"{100 * check.agreement:.1f}%)",
-                  "check that the logits in the data file are this model's outputs for its x")
-    return model
+    return userdata.calibrate_graph(model, path, data, "an ONNX model", "graph", softmax=softmax,
+                                    meta={"softmax_dropped": softmax})
 
 
 def is_onnx(path: str | os.PathLike) -> bool:

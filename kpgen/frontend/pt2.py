@@ -15,7 +15,7 @@ import math
 import os
 import zipfile
 import zlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -447,27 +447,9 @@ def read_pt2(path: str | os.PathLike) -> ModelF:
 def pt2_to_ir(path: str | os.PathLike, data: str | os.PathLike | None) -> ModelF:
     """A .pt2 program calibrated on the user's data (docs/byom.md): ranges measured by kpgen's float model; when
     the data has logits, the float reading must reproduce them."""
-    from kpgen.frontend import synth, userdata
+    from kpgen.frontend import userdata
 
-    model = read_pt2(path)
-    if data is None:
-        _fail(str(path), "a torch.export program carries no calibration",
-              "pass your data with --data FILE.npz (x [samples, steps, features]) to calibrate it")
-    user = userdata.load_user_data(data, input_size=model.input_size, num_classes=model.num_classes,
-                                   need_labels=False)
-    x = np.asarray(user.x, dtype=np.float64)
-    model = replace(model, calibration=synth.calibrate(model, x),
-                    meta={**model.meta, "seq_len": int(x.shape[1]), "data_file": user.source})
-    if user.logits is not None:
-        from kpgen.reference import floatmodel
-
-        check = userdata.compare_logits(floatmodel.float_forward(model, x), user.logits)
-        if not check.ok:
-            _fail(str(path), f"kpgen's reading of the program gives logits that differ from the data's by up to "
-                             f"{check.max_diff:.3g} (allowed {check.tolerance:.3g}; argmax agrees on "
-                             f"{100 * check.agreement:.1f}%)",
-                  "check that the logits in the data file are this model's outputs for its x")
-    return model
+    return userdata.calibrate_graph(read_pt2(path), path, data, "a torch.export program", "program")
 
 
 def is_pt2(path: str | os.PathLike) -> bool:

@@ -30,6 +30,7 @@ from kpgen import KpgenError, escape
 
 if TYPE_CHECKING:
     from kpgen.frontend.datasets import Split
+    from kpgen.ir import ModelF
 
 DOC = "docs/byom.md"
 MAX_ELEMENTS = 1 << 26  # x: 64 Mi numbers (512 MB as float64), far beyond what a microcontroller model trains on
@@ -343,3 +344,35 @@ def to_split(data: UserData, test: UserData | None = None, seed: int = 0) -> Spl
                            "(steps, features)", "left-pad both to the same number of steps")
     assert data.y is not None and test.y is not None  # load_user_data(need_labels=True)
     return Split(data.x, data.y, test.x, test.y, data.lengths, test.lengths)
+
+
+def calibrate_graph(model: ModelF, path: str | os.PathLike, data: str | os.PathLike | None, kind: str, noun: str,
+                    softmax: bool = False, meta: dict | None = None) -> ModelF:
+    """A model read from a graph file (ONNX, .pt2) has weights but no ranges: calibrate it on the user's data
+    (ranges measured by kpgen's float model) and, when the data has logits, check that kpgen's float reading
+    reproduces them (as probabilities when the graph ended in a Softmax). kind: "an ONNX model"; noun: "graph"."""
+    from kpgen.frontend import synth
+    from kpgen.reference import floatmodel
+
+    def fail(problem: str, fix: str) -> NoReturn:
+        raise KpgenError(" ".join(f"{path}: {problem}; {fix}".split()))
+
+    if data is None:
+        fail(f"{kind} carries no calibration",
+             "pass your data with --data FILE.npz (x [samples, steps, features]) to calibrate it")
+    user = load_user_data(data, input_size=model.input_size, num_classes=model.num_classes, need_labels=False)
+    x = np.asarray(user.x, dtype=np.float64)
+    model = replace(model, calibration=synth.calibrate(model, x),
+                    meta={**model.meta, "seq_len": int(x.shape[1]), "data_file": user.source, **(meta or {})})
+    if user.logits is not None:
+        ours = floatmodel.float_forward(model, x)
+        if softmax:
+            e = np.exp(ours - ours.max(axis=1, keepdims=True))
+            ours = e / e.sum(axis=1, keepdims=True)
+        check = compare_logits(ours, user.logits)
+        if not check.ok:
+            fail(f"kpgen's reading of the {noun} gives logits that differ from the data's by up to "
+                 f"{check.max_diff:.3g} (allowed {check.tolerance:.3g}; argmax agrees on "
+                 f"{100 * check.agreement:.1f}%)",
+                 "check that the logits in the data file are this model's outputs for its x")
+    return model
