@@ -34,7 +34,7 @@ def sh(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> subproce
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("leftovers")
+    return tmp_path_factory.mktemp("linking")
 
 
 @pytest.fixture(scope="module")
