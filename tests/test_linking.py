@@ -4,33 +4,17 @@ model calls."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from test_shipping import clean_env, sh
 
 from kpgen.pipeline import emit_project
 from kpgen.target import uf2
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "mnist-kplstm.pt"
-
-
-def clean_env(home: Path) -> dict[str, str]:
-    """No virtualenv on PATH: the emitted builds find python3 and the toolchain as a user's machine would."""
-    venv_bin = Path(sys.executable).parent.resolve()
-    path = [p for p in os.environ.get("PATH", "/usr/bin:/bin").split(os.pathsep) if p and Path(p).resolve() != venv_bin]
-    return {"PATH": os.pathsep.join(path), "HOME": str(home), "LANG": "C.UTF-8"}
-
-
-def sh(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc
-
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
