@@ -210,9 +210,9 @@ def _qat_options(f):
                    "dense (uncompressed baseline).")
 @click.option("--dense-rows", type=click.IntRange(1), default=None,
               help="hkp: rows kept dense at the top of every matrix (the factors then make the other G*H - R rows).")
-@click.option("--wx-factors", callback=_factors, default="16x2,32x14", show_default=True,
+@click.option("--wx-factors", callback=_factors, default="32x2,16x14", show_default=True,
               help="Shapes of the factors of Wx = F1 (x) F2 (x) ... (G*H x inputs): " + _FACTOR_HELP + ".")
-@click.option("--wh-factors", callback=_factors, default="16x8,32x16", show_default=True,
+@click.option("--wh-factors", callback=_factors, default="32x8,16x16", show_default=True,
               help="Shapes of the factors of Wh (G*H x H): " + _FACTOR_HELP + ".")
 @click.option("--layers", "num_layers", type=click.IntRange(1), default=1, show_default=True,
               help="Stacked layers (layers after the first take Wh's shapes for Wx too).")

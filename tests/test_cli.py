@@ -166,7 +166,7 @@ def test_train_keeps_the_demo_factors_where_they_fit() -> None:
     pref = (DEFAULT_CONFIG["wx_factors"], DEFAULT_CONFIG["wh_factors"])
     wx, wh = train_specs("lstm", 28, 128, preferred=pref)
     assert (wx.source, wh.source) == ("default", "default")
-    assert wx.spec["factors"] == [[16, 2], [32, 14]] and wh.spec["factors"] == [[16, 8], [32, 16]]
+    assert wx.spec["factors"] == [[32, 2], [16, 14]] and wh.spec["factors"] == [[32, 8], [16, 16]]
     wx, wh = train_specs("gru", 28, 128, preferred=pref)
     assert (wx.source, wh.source) == ("planned", "planned")
     assert wx.spec["factors"] == [[24, 2], [16, 14]] and wh.spec["factors"] == [[24, 8], [16, 16]]

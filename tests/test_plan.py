@@ -123,9 +123,9 @@ def test_cli_plan_for_every_matrix_of_a_checkpoint():
     res = _cli("plan", example, "--top", "2")
     assert res.exit_code == 0, res.output
     out = res.output
-    assert "(lstm, 1 layer, H 128, 28 inputs, 10 classes): 2 recurrent matrices, 79,872 weights dense, 1,120 now" in out
-    assert "layers.0.wx 512x28: now kp 16x2 (x) 32x14, 480 parameters (29.87x), rank <= 28" in out
-    assert "layers.0.wh 512x128: now kp 16x8 (x) 32x16, 640 parameters (102.40x), rank <= 128" in out
+    assert "(lstm, 1 layer, H 128, 28 inputs, 10 classes): 2 recurrent matrices, 79,872 weights dense, 800 now" in out
+    assert "layers.0.wx 512x28: now kp 32x2 (x) 16x14, 288 parameters (49.78x), rank <= 28" in out
+    assert "layers.0.wh 512x128: now kp 32x8 (x) 16x16, 512 parameters (128.00x), rank <= 128" in out
     assert "W 512x28: 14,336 weights" in out and "W 512x128: 65,536 weights" in out
     assert "1  32x2 (x) 16x14" in out and "1  32x8 (x) 16x16" in out
     assert "#1 Kronecker candidate of every matrix: 79,872 -> 800 parameters (99.84x)" in out
