@@ -533,6 +533,36 @@ def speed_targets(results: list[Result], examples: list) -> list[tuple[str, str,
     return out
 
 
+# The element-wise stages of an LSTM step (kp_lstm_step_s8.c): the gate pass and the state update.
+GATE_FUNCTION, CELL_FUNCTION = "kp_lstm_gates_s16", "kp_lstm_cell_s16"
+
+
+def step_breakdown(results: list[Result]) -> list[tuple[str, str, str, str, str, str, str]]:
+    """Where one step of each KP target on the M4 goes, per unit of work, from the same run: (shape, matrices
+    (instr/MAC), gate pass (instr/gate row), cell (instr/unit), the rest, measured, target)."""
+    out = []
+    for what, key, quantity, _, limit in SPEED_TARGETS:
+        if not isinstance(key, tuple) or key[2] != "kp" or key[3] != "m4" or quantity != "step":
+            continue
+        r = _find(results, *key)
+        if r is None or len(r.steps) != len(STEPS):
+            continue
+        lo, hi = (r.steps[t]["per_function"] for t in (STEPS[0], STEPS[-1]))
+        span = STEPS[-1] - STEPS[0]
+
+        def part(name: str, lo=lo, hi=hi, span=span) -> float:
+            return (hi.get(name, 0) - lo.get(name, 0)) / span
+
+        hidden = r.config.hidden
+        total, matrix = r.per_step("instructions"), r.per_step("matrix")
+        gates, cell = part(GATE_FUNCTION), part(CELL_FUNCTION)
+        rest = total - matrix - gates - cell
+        out.append((what, f"{_fmt(matrix)} ({matrix / r.macs:.2f}/MAC)",
+                    f"{_fmt(gates)} ({gates / (4 * hidden):.2f}/row)", f"{_fmt(cell)} ({cell / hidden:.2f}/unit)",
+                    _fmt(rest), _fmt(total), f"<= {_fmt(limit)}"))
+    return out
+
+
 def _speed_section(results: list[Result], examples: list) -> list[str]:
     """The issue's targets with measured values, and the planner's prediction error (kpgen.train.cost)."""
     from kpgen.train import cost as costmodel
@@ -547,6 +577,17 @@ def _speed_section(results: list[Result], examples: list) -> list[str]:
                         speed_targets(results, examples)),
         "",
     ]  # fmt: skip
+    breakdown = step_breakdown(results)
+    if breakdown:
+        lines += [
+            "Where one M4 step of the Kronecker targets goes (same run): the mat-vec stages per multiply-accumulate,",
+            f"the gate pass (`{GATE_FUNCTION}`: two requantizing multiplies, a saturation and a table load per",
+            f"gate row) per row, the state update (`{CELL_FUNCTION}`) per unit, and the rest (calls and set-up).",
+            "",
+            *markdown_table(("step (H, inputs)", "matrices", "gate pass", "cell", "rest", "measured", "target"),
+                            breakdown),
+            "",
+        ]  # fmt: skip
     rows = prediction_rows(results, examples)
     if rows:
         try:
