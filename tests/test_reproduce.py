@@ -76,6 +76,25 @@ def test_reproduce_writes_the_table_and_the_plot(tiny_run):
     # the five targets, each with a verdict
     targets = re.findall(r"^- \*\*(PASS|FAIL|n/a)\*\* ", md.split("## Targets", 1)[1], re.M)
     assert len(targets) == 5 and len(res["targets"]) == 5
+    # a red target is followed by what was tried; a run without --distill says what distillation measured
+    tried = md.split("## Targets", 1)[1].split("## KP compression", 1)[0]
+    assert ("FAIL" in targets) == ("What was tried where a target fails" in tried)
+    if "FAIL" in targets:
+        assert all(t.splitlines()[0] in tried for t in rp.TRIED)
+
+
+def test_what_was_tried_leaves_out_distillation_when_the_run_used_it(tmp_path):
+    """The section under the targets comes from the run's configuration: a --distill run does not claim that
+    distillation stays off."""
+    failing = [rp.Target("a target", False, "why")]
+    for distill in (False, True):
+        path = tmp_path / f"results-{distill}.md"
+        rp.write_markdown(path, dataclasses.replace(rp.Config(), distill=distill), {}, {}, failing, 1.0, None,
+                          "pytest")
+        md = path.read_text()
+        assert "- **FAIL** a target: why." in md
+        assert ("- *Distillation* from the dense network" in md) is not distill
+        assert "- *int8 within 0.3 points of float*" in md
 
 
 @pytest.mark.qemu
