@@ -23,8 +23,9 @@ import numpy as np
 from kpgen import KpgenError, escape
 from kpgen.cells.gru import GRULayerF
 from kpgen.cells.lstm import LSTMLayerF
-from kpgen.cells.rnn import ReluRNNLayerF, RNNLayerF
-from kpgen.ir import BiLayerF, DenseF, KPMatrixF, ModelF
+from kpgen.cells.rnn import RNNLayerF
+from kpgen.frontend.gates import layer_from_gates
+from kpgen.ir import BiLayerF, DenseF, ModelF
 
 DOC = "docs/onnx.md"
 MAX_ONNX_BYTES = 1 << 29  # the file (512 MiB), as load.MAX_CHECKPOINT_BYTES
@@ -300,10 +301,6 @@ def _load(path: str):
     return model
 
 
-def _dense(w: np.ndarray) -> KPMatrixF:
-    return KPMatrixF(np.asarray(w, dtype=np.float64), np.ones((1, 1)))
-
-
 def _blocks(m: np.ndarray, order: tuple[int, ...], hs: int) -> np.ndarray:
     """Rows of a gate-stacked matrix or vector reordered from ONNX's gate order to kpgen's."""
     return np.concatenate([m[k * hs : (k + 1) * hs] for k in order], axis=0)
@@ -367,14 +364,7 @@ def _recurrent_layer(g: _Graph, node, x: _Value) -> tuple[Any, int, int]:
         wx, wh = _blocks(w[d], order, hs), _blocks(r[d], order, hs)
         bx, bh = _blocks(b[d, : gates * hs], order, hs), _blocks(b[d, gates * hs :], order, hs)
         size = int(w.shape[2])
-        if op == "LSTM":
-            subs.append(LSTMLayerF(size, hs, _dense(wx), _dense(wh), bx + bh))
-        elif op == "GRU":  # r and z take both biases; n takes the recurrent one inside r * (...)
-            bias = bx + np.concatenate([bh[: 2 * hs], np.zeros(hs)])
-            subs.append(GRULayerF(size, hs, _dense(wx), _dense(wh), bias, bh[2 * hs :]))
-        else:
-            kind = ReluRNNLayerF if relu else RNNLayerF
-            subs.append(kind(size, hs, _dense(wx), _dense(wh), bx + bh))
+        subs.append(layer_from_gates("ReluRNN" if op == "RNN" and relu else op, size, hs, wx, wh, bx, bh))
     layer = BiLayerF(subs[0], subs[1]) if dirs == 2 else subs[0]
     return layer, dirs, layout
 

@@ -22,10 +22,8 @@ from typing import Any, NoReturn
 import numpy as np
 
 from kpgen import KpgenError, escape
-from kpgen.cells.gru import GRULayerF
-from kpgen.cells.lstm import LSTMLayerF
-from kpgen.cells.rnn import ReluRNNLayerF, RNNLayerF
-from kpgen.ir import BiLayerF, Calibration, DenseF, KPMatrixF, ModelF
+from kpgen.frontend.gates import layer_from_gates
+from kpgen.ir import BiLayerF, Calibration, DenseF, ModelF
 
 MAX_PT2_BYTES = 1 << 29  # the archive (512 MiB), as load.MAX_CHECKPOINT_BYTES
 MAX_JSON_BYTES = 1 << 26  # one JSON member, uncompressed
@@ -269,10 +267,6 @@ def _tensor_names(a: Any) -> list[str]:
     return []
 
 
-def _dense(w: np.ndarray) -> KPMatrixF:
-    return KPMatrixF(np.asarray(w, dtype=np.float64), np.ones((1, 1)))
-
-
 def _recurrent(p: _Program, node: _Node, feats: int) -> tuple[list[Any], int, int, bool]:
     """One aten.lstm / gru / rnn op as float layers (one per stacked layer; BiLayerF when bidirectional):
     (layers, directions, hidden size, batch_first)."""
@@ -309,14 +303,7 @@ def _recurrent(p: _Program, node: _Node, feats: int) -> tuple[list[Any], int, in
                     or bh.shape != (gates * hs,):
                 p.unsupported(where, f"has weights of shapes {wx.shape}, {wh.shape} for layer {k} of input "
                                      f"size {size}")
-            if kind == "LSTM":
-                subs.append(LSTMLayerF(size, hs, _dense(wx), _dense(wh), bx + bh))
-            elif kind == "GRU":  # r and z take both biases; n takes the recurrent one inside r * (...)
-                bias = bx + np.concatenate([bh[: 2 * hs], np.zeros(hs)])
-                subs.append(GRULayerF(size, hs, _dense(wx), _dense(wh), bias, bh[2 * hs:]))
-            else:
-                cls = ReluRNNLayerF if kind == "ReluRNN" else RNNLayerF
-                subs.append(cls(size, hs, _dense(wx), _dense(wh), bx + bh))
+            subs.append(layer_from_gates(kind, size, hs, wx, wh, bx, bh))
         layers.append(BiLayerF(subs[0], subs[1]) if dirs == 2 else subs[0])
         size = dirs * hs
     return layers, dirs, hs, batch_first
