@@ -22,40 +22,9 @@ from kpgen.cli import main
 from kpgen.frontend.load import load_model
 from kpgen.frontend.onnx import onnx_to_ir, read_onnx
 from kpgen.reference import floatmodel
+from tests.torch_models import C, Classifier, H, I, T
 
 FIXTURES = Path(__file__).parent / "fixtures" / "keras"
-I, H, C, T = 6, 8, 3, 7
-
-
-class Classifier(torch.nn.Module):
-    """A plain PyTorch recurrent classifier with one of the heads kpgen reads."""
-
-    def __init__(self, cell: str, head: str, bidirectional: bool = False, layers: int = 1) -> None:
-        super().__init__()
-        kind = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell]
-        self.rnn = kind(I, H, num_layers=layers, batch_first=True, bidirectional=bidirectional)
-        feat = 2 * H if bidirectional else H
-        self.head = head
-        if head.startswith("mlp"):
-            self.fc1 = torch.nn.Linear(feat, 5)
-            self.fc = torch.nn.Linear(5, C)
-        else:
-            self.fc = torch.nn.Linear(feat, C)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out, state = self.rnn(x)
-        if self.head in ("mean", "mlp-mean"):
-            f = out.mean(1)
-        elif self.head == "max":
-            f = out.max(1).values
-        elif self.head == "h_n":  # the final states; bidirectional: [forward, backward] side by side
-            h_n = state[0] if isinstance(state, tuple) else state
-            f = torch.cat([h_n[-2], h_n[-1]], 1) if self.rnn.bidirectional else h_n[-1]
-        else:
-            f = out[:, -1]
-        if self.head.startswith("mlp"):
-            f = torch.relu(self.fc1(f))
-        return self.fc(f)
 
 
 def export(model: torch.nn.Module, path: Path, dynamo: bool = True) -> Path:

@@ -23,43 +23,7 @@ from kpgen.cli import main
 from kpgen.frontend.load import load_model
 from kpgen.frontend.pt2 import read_pt2
 from kpgen.reference import floatmodel
-
-I, H, C, T = 6, 8, 3, 7
-
-
-class Classifier(torch.nn.Module):
-    """A plain PyTorch recurrent classifier with one of the heads kpgen reads."""
-
-    def __init__(self, cell: str, head: str, batch_first: bool = True, layers: int = 1,
-                 bidirectional: bool = False, relu: bool = False) -> None:
-        super().__init__()
-        kind = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell]
-        kw = {"nonlinearity": "relu"} if relu else {}
-        self.rnn = kind(I, H, num_layers=layers, batch_first=batch_first, bidirectional=bidirectional, **kw)
-        feat = 2 * H if bidirectional else H
-        self.head, self.batch_first = head, batch_first
-        if head.startswith("mlp"):
-            self.fc1 = torch.nn.Linear(feat, 5)
-            self.fc = torch.nn.Linear(5, C)
-        else:
-            self.fc = torch.nn.Linear(feat, C)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out, state = self.rnn(x)
-        t = 1 if self.batch_first else 0
-        if self.head in ("mean", "mlp-mean"):
-            f = out.mean(t)
-        elif self.head == "amax":
-            f = out.amax(t)
-        elif self.head == "max":
-            f = out.max(t).values
-        elif self.head == "h_n":
-            f = (state[0] if isinstance(state, tuple) else state)[-1]
-        else:
-            f = out[:, -1] if self.batch_first else out[-1]
-        if self.head.startswith("mlp"):
-            f = torch.relu(self.fc1(f))
-        return self.fc(f)
+from tests.torch_models import C, Classifier, I, T
 
 
 def save(model: torch.nn.Module, path: Path, batch_first: bool = True) -> Path:
@@ -93,7 +57,7 @@ def test_float_reading_equals_torch(tmp_path: Path, case: tuple) -> None:
     """kpgen's float model of the .pt2 gives torch's logits within 1e-5."""
     cell, head, bf, layers, bi, relu = case
     torch.manual_seed(len(str(case)))
-    model = Classifier(cell, head, bf, layers, bi, relu).eval()
+    model = Classifier(cell, head, bi, layers, batch_first=bf, relu=relu).eval()
     ir = read_pt2(save(model, tmp_path / "m.pt2", bf))
     assert len(ir.layers) == layers and (ir.hidden is not None) == head.startswith("mlp")
     x = np.random.default_rng(0).normal(size=(16, T, I))
@@ -104,7 +68,7 @@ def test_float_reading_equals_torch(tmp_path: Path, case: tuple) -> None:
 def test_dynamic_batch(tmp_path: Path) -> None:
     """Exported with a dynamic batch (aten.sym_size feeds the zero states): read as with a fixed one."""
     torch.manual_seed(3)
-    model = Classifier("lstm", "mean", True, 2, True).eval()
+    model = Classifier("lstm", "mean", True, 2).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ep = torch.export.export(model, (torch.randn(3, T, I),), dynamic_shapes={"x": {0: torch.export.Dim("b")}})
