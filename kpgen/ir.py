@@ -358,6 +358,19 @@ class HiddenQ:
     out_scale: float  # real value of one step of the int8 hidden output
 
 
+# Storage widths of the gate biases (every layer's cell vectors, ir.vectors) in flash: int16 when every value of
+# every layer fits it (the quantizer's choice, gate_bias_bits), else int32. The values, and so the arithmetic, are
+# the same either way: the kernels sign-extend each one to int32 as they load it (docs/quantization.md).
+BIAS_BITS = (16, 32)
+
+
+def gate_bias_bits(layers: tuple) -> int:
+    """16 when every gate bias of every layer (both directions) fits int16, else 32."""
+    fits = all(v.size == 0 or (int(np.min(v)) >= -(1 << 15) and int(np.max(v)) < (1 << 15))
+               for l in layers for v in vectors(l))
+    return 16 if fits else 32
+
+
 @dataclass(frozen=True)
 class ModelQ:
     input_size: int
@@ -370,16 +383,24 @@ class ModelQ:
     meta: dict = field(default_factory=dict)
     pool: str = "last"  # one of POOLS (ModelF.pool)
     hidden: HiddenQ | None = None  # an MLP head's hidden layer (ModelF.hidden)
+    # storage width of the gate biases in flash (BIAS_BITS; the quantizer picks 16 when they all fit, gate_bias_bits);
+    # the head's and the hidden layer's biases are int32 always
+    bias_bits: int = 32
 
     def __post_init__(self) -> None:
         check_pool(self.pool)
+        if self.bias_bits not in BIAS_BITS:
+            raise ValueError(f"bias_bits {self.bias_bits!r} is not one of {', '.join(map(str, BIAS_BITS))}")
+        if self.bias_bits == 16 and gate_bias_bits(self.layers) != 16:
+            raise ValueError("bias_bits 16 but a gate bias does not fit int16")
 
     @property
     def weight_bytes(self) -> int:
-        """int8 weights, int32 biases and int16 scalars, unpacked."""
+        """int8 weights, gate biases (bias_bits wide), int32 head biases and int16 scalars, unpacked."""
         n = 0
+        bias_bytes = self.bias_bits // 8
         for l in self.layers:
-            n += sum(m.nbytes for m in matrices(l)) + 4 * sum(v.size for v in vectors(l)) + 2 * scalars(l)
+            n += sum(m.nbytes for m in matrices(l)) + bias_bytes * sum(v.size for v in vectors(l)) + 2 * scalars(l)
         if self.hidden is not None:
             n += self.hidden.weight.size + 4 * self.hidden.bias.size
         return int(n + self.head.weight.size + 4 * self.head.bias.size)

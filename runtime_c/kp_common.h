@@ -58,6 +58,30 @@
 #error "KP_BIASED_BLOCKS is the layout of cores without the DSP extension"
 #endif
 
+/*
+ * Storage type of the gate biases (the cell steps' bias vectors; kpgen.ir.ModelQ.bias_bits): int16 when the model
+ * was emitted with them all in int16 (kpgen puts -DKP_BIAS16 in its build files), else int32. The kernels widen
+ * each value to int32 as they load it (LDRSH instead of LDR), so the sums are the same numbers either way. The
+ * runtime defines kp_bias16_runtime or kp_bias32_runtime (kp_activation_s16.c) and every emitted model.c calls the
+ * one of its own width (KP_BIAS_RUNTIME): a model and a runtime built for different widths do not link.
+ */
+#if defined(KP_BIAS16)
+typedef int16_t kp_bias_t;
+#define KP_BIAS_RUNTIME kp_bias16_runtime
+#else
+typedef int32_t kp_bias_t;
+#define KP_BIAS_RUNTIME kp_bias32_runtime
+#endif
+#ifdef __cplusplus
+extern "C" {
+#endif
+/* The runtime's gate-bias width, 16 or 32: only the function of the width it was built for exists. */
+int32_t kp_bias16_runtime(void);
+int32_t kp_bias32_runtime(void);
+#ifdef __cplusplus
+}
+#endif
+
 /* A pipeline stage: kept out of line so a per-function instruction profile shows it by name. */
 #if defined(__GNUC__)
 #define KP_STAGE __attribute__((noinline))

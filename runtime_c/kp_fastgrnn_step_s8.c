@@ -30,8 +30,8 @@ KP_FAST_INLINE void kp_fastgrnn_units(const kp_fastgrnn_params_s8 *p, const int3
     const int32_t gz = zeta * 32768 + ((int32_t)1 << 14);
     const int32_t se = 8 + p->state_exp;
     const int32_t re = (int32_t)1 << (se - 1);
-    const int32_t *bias_z = p->bias_z;
-    const int32_t *bias_h = p->bias_h;
+    const kp_bias_t *bias_z = p->bias_z;
+    const kp_bias_t *bias_h = p->bias_h;
     const int16_t *sig = p->sigmoid_table + KP_ACT_TABLE_SIZE / 2;
     const int16_t *tanh_mid = p->tanh_table + KP_ACT_TABLE_SIZE / 2;
     int32_t u;

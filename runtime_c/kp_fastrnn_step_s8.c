@@ -29,7 +29,7 @@ KP_FAST_INLINE void kp_fastrnn_units(const kp_fastrnn_params_s8 *p, const int32_
     const int32_t beta = p->beta;
     const int32_t se = 8 + p->state_exp;
     const int32_t re = (int32_t)1 << (se - 1);
-    const int32_t *bias = p->bias;
+    const kp_bias_t *bias = p->bias;
     const int16_t *tanh_mid = p->tanh_table + KP_ACT_TABLE_SIZE / 2;
     int32_t u;
     for (u = 0; u < hs; u++) {

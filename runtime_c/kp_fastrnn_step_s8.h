@@ -21,7 +21,7 @@ typedef struct {
     kp_kron_s8 wh;                     /* H x H, packed */
     int32_t mult_x, shift_x;           /* requantizers to Q3.12: mult 1..2^31-1, shift 1..32 */
     int32_t mult_h, shift_h;
-    const int32_t *bias;               /* H, Q3.12 */
+    const kp_bias_t *bias;             /* H, Q3.12 */
     int32_t alpha, beta;               /* Q0.15, 0..32767 */
     int32_t state_exp;                 /* e, 0..7: h is Q(e).(7-e), one step 2^(e-7) */
     const int16_t *tanh_table;         /* KP_ACT_TABLE_SIZE entries (golden.make_table) */

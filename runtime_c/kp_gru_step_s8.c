@@ -27,8 +27,8 @@ KP_GRU_INLINE void kp_gru_units(const kp_gru_params_s8 *p, const int32_t *ax, co
     const int32_t hs = p->hidden_size;
     const int32_t mx = p->mult_x;
     const int32_t mh = p->mult_h;
-    const int32_t *bias = p->bias;
-    const int32_t *bias_hn = p->bias_hn;
+    const kp_bias_t *bias = p->bias;
+    const kp_bias_t *bias_hn = p->bias_hn;
     const int16_t *sig = p->sigmoid_table + KP_ACT_TABLE_SIZE / 2;
     const int16_t *tanh_mid = p->tanh_table + KP_ACT_TABLE_SIZE / 2;
     int32_t u;

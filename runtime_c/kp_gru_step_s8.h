@@ -20,8 +20,8 @@ typedef struct {
     kp_kron_s8 wh;                     /* 3H x H, packed */
     int32_t mult_x, shift_x;           /* gate requantizers: mult 1..2^31-1, shift 1..32 */
     int32_t mult_h, shift_h;
-    const int32_t *bias;               /* 3H, Q3.12: b_ih + (b_hr, b_hz, 0) */
-    const int32_t *bias_hn;            /* H, Q3.12: b_hn, inside the reset gate's product */
+    const kp_bias_t *bias;             /* 3H, Q3.12: b_ih + (b_hr, b_hz, 0) */
+    const kp_bias_t *bias_hn;          /* H, Q3.12: b_hn, inside the reset gate's product */
     const int16_t *sigmoid_table;      /* KP_ACT_TABLE_SIZE entries each (golden.make_table) */
     const int16_t *tanh_table;
 } kp_gru_params_s8;

@@ -52,7 +52,7 @@ KP_LSTM_INLINE void kp_lstm_gates_low(const kp_lstm_params_s8 *p, const int32_t 
     const int32_t hs = p->hidden_size;
     const int32_t mxh = p->mult_x >> 16, mxl = p->mult_x & 0xFFFF;
     const int32_t mhh = p->mult_h >> 16, mhl = p->mult_h & 0xFFFF;
-    const int32_t *bias = p->bias;
+    const kp_bias_t *bias = p->bias;
     int32_t k;
     for (k = 0; k < 4; k++) {
         const int16_t *mid = (k == 2 ? p->tanh_table : p->sigmoid_table) + KP_ACT_TABLE_SIZE / 2;
@@ -75,13 +75,49 @@ KP_LSTM_INLINE void kp_lstm_gates_low(const kp_lstm_params_s8 *p, const int32_t 
 }
 #endif
 
+/*
+ * Two consecutive gate biases, widened to int32: *a = p[0], *b = p[1]; returns p + 2. int32 biases: one LDRD
+ * (kp_ld2). int16 (KP_BIAS16): two post-indexed LDRSH on the DSP cores (one instruction each; the compiler's own
+ * code adds a pointer increment), plain loads elsewhere.
+ */
+static inline const kp_bias_t *kp_bias_ld2(const kp_bias_t *p, int32_t *a, int32_t *b)
+{
+#if !defined(KP_BIAS16)
+    return kp_ld2(p, a, b);
+#elif defined(KP_DSP) && defined(KP_ARM_ASM)
+    int32_t x, y;
+    __asm__("ldrsh %0, [%2], #2\n\tldrsh %1, [%2], #2"
+            : "=&r"(x), "=&r"(y), "+r"(p)
+            : "m"(*(const int16_t(*)[2])p));
+    *a = x;
+    *b = y;
+    return p;
+#else
+    *a = p[0];
+    *b = p[1];
+    return p + 2;
+#endif
+}
+
+#if defined(KP_MVE)
+/* Four gate biases as int32 lanes: VLDRW, or for int16 biases the widening VLDRH.S32 (one instruction either way). */
+static inline int32x4_t kp_bias_ld4(const kp_bias_t *p)
+{
+#if defined(KP_BIAS16)
+    return vldrhq_s32(p);
+#else
+    return vldrwq_s32(p);
+#endif
+}
+#endif
+
 /* Rows u and u + 1 of gate k: Z0, Z1 are the unsaturated gate sums of the loaded operands (x, h, b)0 and 1. */
 #define KP_GATE_PAIR(Z0, Z1)                                                                                  \
     do {                                                                                                      \
         int32_t x0, x1, h0, h1, b0, b1;                                                                       \
         px = kp_ld2(px, &x0, &x1);                                                                            \
         ph = kp_ld2(ph, &h0, &h1);                                                                            \
-        pb = kp_ld2(pb, &b0, &b1);                                                                            \
+        pb = kp_bias_ld2(pb, &b0, &b1);                                                                       \
         pg[0] = (int16_t)kp_act_sat_s16(Z0, mid);                                                             \
         pg[4] = (int16_t)kp_act_sat_s16(Z1, mid);                                                             \
         pg += 8;                                                                                              \
@@ -99,7 +135,7 @@ static KP_STAGE void kp_lstm_gates_s16(const kp_lstm_params_s8 *p, const int32_t
 #else
     kp_half_t *const g = (kp_half_t *)gates;
     const int32_t hs = p->hidden_size;
-    const int32_t *bias = p->bias;
+    const kp_bias_t *bias = p->bias;
     const int32_t mx = p->mult_x;
     const int32_t mh = p->mult_h;
     const int32_t sx = p->shift_x;
@@ -133,8 +169,8 @@ static KP_STAGE void kp_lstm_gates_s16(const kp_lstm_params_s8 *p, const int32_t
                     const int32x4_t hb = vrmulhq_s32(vldrwq_s32(ah + u + 4), vmh);
                     const int32x4_t xa = vrmulhq_s32(vldrwq_s32(ax + u), vmx);
                     const int32x4_t xb = vrmulhq_s32(vldrwq_s32(ax + u + 4), vmx);
-                    const int32x4_t za = vaddq_s32(vaddq_s32(vldrwq_s32(bias + u), ha), xa);
-                    const int32x4_t zb = vaddq_s32(vaddq_s32(vldrwq_s32(bias + u + 4), hb), xb);
+                    const int32x4_t za = vaddq_s32(vaddq_s32(kp_bias_ld4(bias + u), ha), xa);
+                    const int32x4_t zb = vaddq_s32(vaddq_s32(kp_bias_ld4(bias + u + 4), hb), xb);
                     const int16x8_t z = vqmovntq_s32(vqmovnbq_s32(vuninitializedq_s16(), za), zb);
                     const uint16x8_t idx = vreinterpretq_u16_s16(vaddq_n_s16(vshrq_n_s16(z, KP_ACT_SHIFT), 512));
                     vstrhq_scatter_shifted_offset_s16(gk + 4 * u, offs8, vldrhq_gather_shifted_offset_s16(tab, idx));
@@ -144,7 +180,7 @@ static KP_STAGE void kp_lstm_gates_s16(const kp_lstm_params_s8 *p, const int32_t
             for (; u + 4 <= hs; u += 4) {
                 const int32x4_t tx = vrmulhq_s32(vshlq_s32(vldrwq_s32(ax + u), lx), vmx);
                 const int32x4_t th = vrmulhq_s32(vshlq_s32(vldrwq_s32(ah + u), lh), vmh);
-                const int32x4_t z = vminq_s32(vmaxq_s32(vaddq_s32(vaddq_s32(vldrwq_s32(bias + u), th), tx), lo), hi);
+                const int32x4_t z = vminq_s32(vmaxq_s32(vaddq_s32(vaddq_s32(kp_bias_ld4(bias + u), th), tx), lo), hi);
                 const int32x4_t zu = vaddq_n_s32(z, 32768);
                 const uint32x4_t idx = vreinterpretq_u32_s32(vshrq_n_s32(zu, KP_ACT_SHIFT));
 #if defined(KP_ACT_INTERP_SHIFT) /* a + rsr((b - a) f, s) with VRSHR (kp_act_s16) */
@@ -160,18 +196,35 @@ static KP_STAGE void kp_lstm_gates_s16(const kp_lstm_params_s8 *p, const int32_t
         }
 #endif
         if (hs - u >= 2) { /* two rows a step, each pair of operands one LDRD */
-            const int32_t *px = ax + u, *ph = ah + u, *pb = bias + u;
+            const int32_t *px = ax + u, *ph = ah + u;
+            const kp_bias_t *pb = bias + u;
             const int32_t *const px_end = px + ((hs - u) & ~(int32_t)1);
             kp_half_t *pg = gk + 4 * u;
             if (sx == 32 && sh == 32) { /* the usual case: no pre-shift (each step worth < 0.5 of Q3.12) */
+#define KP_GATE_PAIR32 KP_GATE_PAIR(kp_mlahr(x0, mx, kp_mlahr(h0, mh, b0)), kp_mlahr(x1, mx, kp_mlahr(h1, mh, b1)))
+#if defined(KP_BIAS16)
+                /* eight rows a step: half the loop overhead pays for the second bias load of each pair */
+                const int32_t *const px_end8 = px + ((hs - u) & ~(int32_t)7);
+                while (px != px_end8) {
+                    KP_GATE_PAIR32;
+                    KP_GATE_PAIR32;
+                    KP_GATE_PAIR32;
+                    KP_GATE_PAIR32;
+                }
+                while (px != px_end) {
+                    KP_GATE_PAIR32;
+                }
+#else
                 const int32_t *const px_end4 = px + ((hs - u) & ~(int32_t)3);
                 while (px != px_end4) { /* four rows a step: less loop overhead per row */
-                    KP_GATE_PAIR(kp_mlahr(x0, mx, kp_mlahr(h0, mh, b0)), kp_mlahr(x1, mx, kp_mlahr(h1, mh, b1)));
-                    KP_GATE_PAIR(kp_mlahr(x0, mx, kp_mlahr(h0, mh, b0)), kp_mlahr(x1, mx, kp_mlahr(h1, mh, b1)));
+                    KP_GATE_PAIR32;
+                    KP_GATE_PAIR32;
                 }
                 if (px != px_end) {
-                    KP_GATE_PAIR(kp_mlahr(x0, mx, kp_mlahr(h0, mh, b0)), kp_mlahr(x1, mx, kp_mlahr(h1, mh, b1)));
+                    KP_GATE_PAIR32;
                 }
+#endif
+#undef KP_GATE_PAIR32
             } else {
                 do {
                     KP_GATE_PAIR(kp_gate_rq(x0, mx, sx, kp_gate_rq(h0, mh, sh, b0)),

@@ -6,20 +6,22 @@
 
 #include <stdint.h>
 
+#include "kp_common.h" /* kp_bias_t: the gate biases' storage type, int16 under KP_BIAS16, else int32 */
 #include "kp_matvec_s8.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-/* Everything one layer needs; all arrays are const (flash). Gate order (i, f, g, o), H rows each. */
+/* Everything one layer needs; all arrays are const (flash). Gate order (i, f, g, o), H rows each. The biases are
+ * kp_bias_t (kp_common.h), here and in the other cells' params. */
 typedef struct {
     int32_t input_size, hidden_size;
     kp_kron_s8 wx;                     /* 4H x I: Ax (x) Bx, packed */
     kp_kron_s8 wh;                     /* 4H x H: Ah (x) Bh, packed */
     int32_t mult_x, shift_x;           /* gate requantizers: mult 1..2^31-1, shift 1..32 */
     int32_t mult_h, shift_h;
-    const int32_t *bias;               /* 4H, Q3.12 */
+    const kp_bias_t *bias;             /* 4H, Q3.12 */
     int32_t cell_frac;                 /* 0..15 */
     const int16_t *sigmoid_table;      /* KP_ACT_TABLE_SIZE entries each (golden.make_table) */
     const int16_t *tanh_table;

@@ -24,7 +24,7 @@ KP_RNN_INLINE void kp_rnn_units(const kp_rnn_params_s8 *p, const int32_t *ax, co
     const int32_t hs = p->hidden_size;
     const int32_t mx = p->mult_x;
     const int32_t mh = p->mult_h;
-    const int32_t *bias = p->bias;
+    const kp_bias_t *bias = p->bias;
     const int32_t half = (int32_t)1 << 7; /* rounding term of >> 8 */
     int32_t u;
     if (p->relu) {

@@ -21,7 +21,7 @@ typedef struct {
     kp_kron_s8 wh;                     /* H x H, packed */
     int32_t mult_x, shift_x;           /* requantizers to the pre-activation unit: mult 1..2^31-1, shift 1..32 */
     int32_t mult_h, shift_h;
-    const int32_t *bias;               /* H: Q3.12 (tanh) or Q(e).(15-e) (relu) */
+    const kp_bias_t *bias;             /* H: Q3.12 (tanh) or Q(e).(15-e) (relu) */
     int32_t relu;                      /* 0: tanh, 1: relu */
     int32_t state_exp;                 /* relu: e, 0..7, h is Q(e).(7-e); tanh: 0, h is Q0.7 */
     const int16_t *tanh_table;         /* KP_ACT_TABLE_SIZE entries (golden.make_table); tanh only */

@@ -235,7 +235,8 @@ def runtime_symbols() -> list[str]:
 def library_renames(name: str) -> list[str]:
     """Defines that give a library's runtime its model's prefix (kp_matvec_s8 -> <name>_kp_matvec_s8): each
     library carries a runtime built for its own model (its defines: KP_FIXED_KERNELS, KP_NO_KRON_EXT, the tables'
-    variant) and its own kp_matvec_fixed_s8, so two models emitted with different names link into one firmware.
+    variant, KP_BIAS16) and its own kp_matvec_fixed_s8, so two models emitted with different names link into one
+    firmware.
     Renaming costs no instruction; each model keeps its own copy of the kernels it calls."""
     return [f"{sym}={name}_{sym}" for sym in runtime_symbols()]
 
@@ -270,6 +271,8 @@ def render_sources(
     act_shift = golden.table_interp_shift(model.tanh_table)  # the tables' variant: the runtime's look-up must match
     if act_shift:
         model_defines.append(f"KP_ACT_INTERP_SHIFT={act_shift}")
+    if model.bias_bits == 16:  # the gate biases are int16 (kp_bias_t): the runtime must read them so
+        model_defines.append("KP_BIAS16")
     ctx = {
         "version": __version__,
         "name": name,
@@ -293,6 +296,7 @@ def render_sources(
         "tanh_table": c_array(model.tanh_table),
         "table_size": int(model.tanh_table.size),
         "act_shift": act_shift,
+        "bias_bits": model.bias_bits,
         "layers": [_layer_context(l, i, layout.biased_for(board.core), layout.b16_for(board.has_dsp, board.has_mve))
                    for i, l in enumerate(model.layers)],
         "biased_blocks": layout.biased_for(board.core),

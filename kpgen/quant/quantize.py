@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import TypeVar
 
@@ -370,4 +371,27 @@ def quantize_model(model: ModelF, t_bits: int = 16) -> ModelQ:
         # the outputs at the last step are the final state unless the last layer is bidirectional
         pool="last" if model.pool == "last_output" and ir.directions(layers[-1]) == 1 else model.pool,
         hidden=hidden,
+        bias_bits=ir.gate_bias_bits(tuple(layers)),
     )
+
+
+BIAS_CHOICES = ("auto", "16", "32")  # `kpgen emit --bias-bits`
+
+
+def with_bias_bits(model: ModelQ, choice: str | int) -> ModelQ:
+    """The model with its gate biases stored as `choice` asks (BIAS_CHOICES): "auto" keeps the quantizer's choice
+    (int16 when every value fits), 32 forces int32, 16 refuses a model whose gate biases do not all fit int16.
+    Only the storage width changes, never a value."""
+    choice = str(choice)
+    if choice not in BIAS_CHOICES:
+        raise ValueError(f"bias bits {choice!r} is not one of {', '.join(BIAS_CHOICES)}")
+    if choice == "auto":
+        return dataclasses.replace(model, bias_bits=ir.gate_bias_bits(model.layers))
+    if choice == "16":
+        for i, layer in enumerate(model.layers):
+            for v in ir.vectors(layer):
+                wide = v[(v < -(1 << 15)) | (v >= (1 << 15))]
+                if wide.size:
+                    raise KpgenError(f"--bias-bits 16: layer {i} has a gate bias of {int(wide[0])}, outside int16 "
+                                     "(-32768..32767); use --bias-bits auto or 32 (int32 biases)")
+    return dataclasses.replace(model, bias_bits=int(choice))
