@@ -313,9 +313,12 @@ def train(ctx: click.Context, out: Path, force: bool, method: str, dense_rows: i
 @click.option("--max-steps", type=click.IntRange(1, 1 << 20), default=None,
               help="Longest sequence a model with a bidirectional layer accepts (MODEL_MAX_STEPS; its arena keeps "
                    "every step)  [default: the training length or the test vectors' length, whichever is larger]")
+@click.option("--bias-bits", type=click.Choice(["auto", "16", "32"]), default="auto", show_default=True,
+              help="Storage of the gate biases in flash: auto (int16 when every value fits, else int32), 16 (an "
+                   "error if one does not fit) or 32. The same values and results either way.")
 def emit(checkpoint: Path, board: str, out: Path | None, name: str, samples: int, vectors: Path | None,
          force: bool, target: str, console: str | None, act_table: str | None, data_file: Path | None = None,
-         test_file: Path | None = None, max_steps: int | None = None) -> None:
+         test_file: Path | None = None, max_steps: int | None = None, bias_bits: str = "auto") -> None:
     """Quantize CHECKPOINT (a kpgen checkpoint, or a PyTorch state dict with --data) to int8 and write C sources,
     Makefile and CMakeLists.txt for BOARD."""
     from kpgen.pipeline import emit_project
@@ -323,7 +326,7 @@ def emit(checkpoint: Path, board: str, out: Path | None, name: str, samples: int
     out = out if out is not None else Path("build") / board
     m = emit_project(checkpoint, board, out, name=name, samples=samples, vectors=vectors, force=force,
                      target=target, console=console, act_table=act_table, data_file=data_file, test_file=test_file,
-                     max_steps=max_steps)
+                     max_steps=max_steps, bias_bits=bias_bits)
     md = m["model"]
     fewer = f"{md['param_compression']}x fewer than dense" if md["params"] < md["dense_params"] else "same as dense"
     what = {"firmware": f"{m['vectors']['samples']} test sequences", "lib": f"library lib{name}.a",

@@ -19,7 +19,7 @@ from kpgen.codegen.emit import max_steps as max_steps_for
 from kpgen.frontend import datasets, userdata
 from kpgen.frontend.load import load_model
 from kpgen.frontend.userdata import load_user_data
-from kpgen.ir import ModelF, ModelQ, cell_of, directions, matrices, sublayers
+from kpgen.ir import BIAS_BITS, ModelF, ModelQ, cell_of, directions, matrices, sublayers
 from kpgen.quant import quantize
 from kpgen.reference import floatmodel, golden
 from kpgen.reference.vectors import check_shape, clipping, expected_from_trace, first_samples
@@ -263,6 +263,7 @@ def emit_project(
     data_file: Path | None = None,
     test_file: Path | None = None,
     max_steps: int | None = None,
+    bias_bits: str = "auto",
 ) -> dict:
     """Load, quantize, pick test vectors, check the model fits the board, render and write the project;
     returns the manifest. target: "firmware" (the test firmware) or "lib" (a static library, no main).
@@ -272,7 +273,8 @@ def emit_project(
     the data's logits; test_file: held-out data for the accuracy and the test vectors (else vectors, else
     data_file, else the checkpoint's dataset). A "lib" target given none of these embeds no vectors and reads no
     data. max_steps: the longest sequence a bidirectional model accepts (MODEL_MAX_STEPS; None: the training
-    length or the test vectors' length, whichever is larger)."""
+    length or the test vectors' length, whichever is larger). bias_bits: the gate biases' storage, "auto" (int16
+    when every value fits, else int32), "16" (refused when one does not fit) or "32" (quantize.with_bias_bits)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
         raise KpgenError(f"output directory {out_dir} exists; remove it or pass --force to replace it")
@@ -285,9 +287,12 @@ def emit_project(
     board = load_board(board_name)
     console = check_console(board, console)
     act = check_act_table(board, act_table)
+    if str(bias_bits) not in quantize.BIAS_CHOICES:
+        raise KpgenError(f"--bias-bits {bias_bits!r} is not one of {', '.join(quantize.BIAS_CHOICES)}")
     model = load_model(checkpoint, data_file)
     try:
         qmodel = golden.with_act_tables(quantize.quantize_model(model), act)
+        qmodel = quantize.with_bias_bits(qmodel, bias_bits)
     except KpgenError as e:
         raise KpgenError(f"{checkpoint}: {e}") from None
     user_file = test_file or (data_file if vectors is None else None)
@@ -336,6 +341,7 @@ def emit_project(
                                 accuracy=accuracy, fit_estimate=fit_estimate)
     manifest["console"] = console
     manifest["act_table"] = act
+    manifest["bias_bits"] = qmodel.bias_bits
     clip = clipping(data.x, qmodel.input_scale)
     manifest["input_clipping"] = {"samples": clip.samples, "of": clip.total, "values": clip.values,
                                   "input_absmax": model.calibration.input_absmax, "warn": clip.warn}
@@ -369,7 +375,7 @@ def _emit_lib(checkpoint: Path, board, out_dir: Path, model: ModelF, qmodel: Mod
                          "ram_available": board.ram_size},
         "accuracy": {"test_set": None, "test_samples": 0, "float": None, "int8_golden": None},
         "vectors": {"samples": 0, "steps": 0, "labels": [], "scores": [], "final_digests": []},
-        "console": console, "act_table": act,
+        "console": console, "act_table": act, "bias_bits": qmodel.bias_bits,
     }  # fmt: skip
     write_tree(out_dir, files, manifest, force, with_board=False)
     return manifest
@@ -431,6 +437,8 @@ def manifest_problem(m: object) -> str | None:
         return "'console' is neither 'uart' nor 'semihosting'"
     if m.get("act_table", "full") not in golden.ACT_TABLES:
         return "'act_table' is not " + ", ".join(f"'{v}'" for v in golden.ACT_TABLES)
+    if m.get("bias_bits", 32) not in BIAS_BITS:
+        return "'bias_bits' is not " + " or ".join(str(v) for v in BIAS_BITS)
     if not _is_int(m.get("arena_bytes")):
         return "'arena_bytes' is missing or not a count"
     md = m.get("model")
