@@ -60,6 +60,8 @@ int32_t kpt_sizeof_kron(void) { return (int32_t)sizeof(kp_kron_s8); }
 
 int32_t kpt_vslot(int32_t i, int32_t cols_p) { return kp_vslot(i, cols_p); }
 
+int32_t kpt_bias_bits(void) { return (int32_t)(8 * sizeof(kp_bias_t)); }
+
 int32_t kpt_dsp_path(void)
 {
 #if defined(KP_DSP)
@@ -132,21 +134,26 @@ I8, I16, I32, I64 = ctypes.c_int8, ctypes.c_int16, ctypes.c_int32, ctypes.c_int6
 P8, P16, P32, P64 = (ctypes.POINTER(t) for t in (I8, I16, I32, I64))
 
 
-def build_runtime(out_dir: Path, dsp_emulated: bool = False, cc: str = "cc", mul16: bool = False) -> Path:
+def build_runtime(out_dir: Path, dsp_emulated: bool = False, cc: str = "cc", mul16: bool = False,
+                  bias16: bool = False) -> Path:
     """Compile runtime_c/*.c plus the shim into out_dir/libkpgen_runtime[_dsp].so with the strict flags.
 
-    mul16: the portable path with Armv6-M's 16 x 16 high multiply (KP_MUL16) instead of int64.
+    mul16: the portable path with Armv6-M's 16 x 16 high multiply (KP_MUL16) instead of int64. bias16: the gate
+    biases stored as int16 (KP_BIAS16, kp_bias_t), as kpgen emits a model whose biases all fit.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     shim = out_dir / "kpt_shim.c"
     shim.write_text(SHIM_C)
     extra: list[str] = ["-DKP_MUL16"] if mul16 else []
+    if bias16:
+        extra.append("-DKP_BIAS16")
     if dsp_emulated:
         inc = out_dir / "host_acle"
         inc.mkdir(exist_ok=True)
         (inc / "arm_acle.h").write_text(HOST_ACLE_H)
         extra += ["-D__ARM_FEATURE_DSP=1", f"-I{inc}"]
-    lib = out_dir / f"libkpgen_runtime{'_dsp' if dsp_emulated else ''}{'_mul16' if mul16 else ''}.so"
+    suffix = f"{'_dsp' if dsp_emulated else ''}{'_mul16' if mul16 else ''}{'_b16' if bias16 else ''}"
+    lib = out_dir / f"libkpgen_runtime{suffix}.so"
     sources = sorted(str(p) for p in RUNTIME_DIR.glob("*.c"))
     cmd = [cc, *CFLAGS, *extra, f"-I{RUNTIME_DIR}", *sources, str(shim), "-o", str(lib)]
     res = subprocess.run(cmd, capture_output=True, text=True)
@@ -186,6 +193,23 @@ class LSTMParams(ctypes.Structure):
         ("cell_frac", I32),
         ("sigmoid_table", P16), ("tanh_table", P16),
     ]  # fmt: skip
+
+
+def with_bias_bits(struct: type, bits: int) -> type:
+    """A params mirror (bias fields: P32) as the runtime built for `bits`-wide gate biases sees it (kp_bias_t):
+    the struct itself for 32, a copy with int16 pointers for 16 (KP_BIAS16)."""
+    if bits == 32:
+        return struct
+    fields = [(n, P16 if n.startswith("bias") else t) for n, t in struct._fields_]
+    return type(f"{struct.__name__}16", (ctypes.Structure,), {"_fields_": fields, "__doc__": struct.__doc__})
+
+
+def bias_array(v: np.ndarray, bits: int) -> tuple[np.ndarray, ctypes._Pointer]:
+    """A gate-bias vector stored `bits` wide (checked to fit) and the pointer the params struct holds."""
+    dtype, ptr = (np.int16, P16) if bits == 16 else (np.int32, P32)
+    a = _arr(v, dtype)
+    assert np.array_equal(a, v), "a gate bias does not fit the runtime's bias width"
+    return a, _p(a, ptr)
 
 
 class LSTMScratch(ctypes.Structure):
@@ -268,6 +292,10 @@ class Runtime:
         lib.kpt_vslot.argtypes = [I32, I32]
         lib.kpt_vslot.restype = I32
         lib.kpt_dsp_path.restype = I32
+        lib.kpt_bias_bits.restype = I32
+        self.bias_bits = int(lib.kpt_bias_bits())
+        self.lstm_params = with_bias_bits(LSTMParams, self.bias_bits)
+        lib.kp_lstm_step_s8.argtypes = [ctypes.POINTER(self.lstm_params), P8, P8, P16, ctypes.POINTER(LSTMScratch)]
 
     @property
     def dsp_path(self) -> bool:
@@ -380,16 +408,17 @@ class CLSTM:
         # Keep every array referenced by the structs alive for the object's lifetime.
         self.wx = PackedKron(layer.wx.a, layer.wx.b, layer.wx.t_shift)
         self.wh = PackedKron(layer.wh.a, layer.wh.b, layer.wh.t_shift)
+        bias, pbias = bias_array(layer.bias, rt.bias_bits)
         self._keep = [
-            _arr(layer.bias, np.int32),
+            bias,
             _arr(sigmoid_table, np.int16),
             _arr(tanh_table, np.int16),
         ]
-        bias, sig, tanh = self._keep
-        self.params = LSTMParams(
+        _, sig, tanh = self._keep
+        self.params = rt.lstm_params(
             layer.input_size, hs, self.wx.struct, self.wh.struct,
             layer.rq_x.mult, layer.rq_x.shift, layer.rq_h.mult, layer.rq_h.shift,
-            _p(bias, P32), layer.cell_frac, _p(sig, P16), _p(tanh, P16),
+            pbias, layer.cell_frac, _p(sig, P16), _p(tanh, P16),
         )  # fmt: skip
         self.h = np.zeros(hs, np.int8)
         self.c = np.zeros(hs, np.int16)

@@ -21,6 +21,8 @@ from runtime_ctypes import (
     Runtime,
     _arr,
     _p,
+    bias_array,
+    with_bias_bits,
 )
 
 from kpgen import KpgenError, cells, ir
@@ -156,19 +158,18 @@ class CCell:
         sig, tanh = (_p(t, P16) for t in self.tabs)
         head = (layer.input_size, hs, self.wx.struct, self.wh.struct,
                 layer.rq_x.mult, layer.rq_x.shift, layer.rq_h.mult, layer.rq_h.shift)  # fmt: skip
+        vecs = [bias_array(getattr(layer, n), rt.bias_bits) for n in cells.of(layer).vectors]
+        self.vecs, ptrs = [v for v, _ in vecs], [p for _, p in vecs]  # the arrays stay alive with the cell
+        params = with_bias_bits({"gru": GRUParams, "fastrnn": FastRNNParams, "fastgrnn": FastGRNNParams}.get(
+            self.cell, RNNParams), rt.bias_bits)
         if self.cell == "gru":
-            self.vecs = [_arr(layer.bias, np.int32), _arr(layer.bias_hn, np.int32)]
-            self.params = GRUParams(*head, *(_p(v, P32) for v in self.vecs), sig, tanh)
+            self.params = params(*head, *ptrs, sig, tanh)
         elif self.cell == "fastrnn":
-            self.vecs = [_arr(layer.bias, np.int32)]
-            self.params = FastRNNParams(*head, _p(self.vecs[0], P32), layer.alpha, layer.beta, layer.state_exp, tanh)
+            self.params = params(*head, *ptrs, layer.alpha, layer.beta, layer.state_exp, tanh)
         elif self.cell in RNN_CELLS:
-            self.vecs = [_arr(layer.bias, np.int32)]
-            self.params = RNNParams(*head, _p(self.vecs[0], P32), int(self.cell == "rnn-relu"), layer.state_exp, tanh)
+            self.params = params(*head, *ptrs, int(self.cell == "rnn-relu"), layer.state_exp, tanh)
         else:
-            self.vecs = [_arr(layer.bias_z, np.int32), _arr(layer.bias_h, np.int32)]
-            self.params = FastGRNNParams(*head, *(_p(v, P32) for v in self.vecs), layer.zeta, layer.nu, layer.state_exp,
-                                         sig, tanh)  # fmt: skip
+            self.params = params(*head, *ptrs, layer.zeta, layer.nu, layer.state_exp, sig, tanh)
         self.fn = getattr(rt.lib, cells.get(self.cell).c_step)
         self.fn.argtypes = [ctypes.POINTER(type(self.params)), P8, P8, ctypes.POINTER(LSTMScratch)]
         self.fn.restype = None
