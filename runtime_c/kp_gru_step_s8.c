@@ -31,16 +31,16 @@ KP_GRU_INLINE void kp_gru_units(const kp_gru_params_s8 *p, const int32_t *ax, co
     const kp_bias_t *bias_hn = p->bias_hn;
     const int16_t *sig = p->sigmoid_table + KP_ACT_TABLE_SIZE / 2;
     const int16_t *tanh_mid = p->tanh_table + KP_ACT_TABLE_SIZE / 2;
-    int32_t u;
-    for (u = 0; u < hs; u++) {
-        const int32_t r = kp_act_sat_s16(kp_gate_rq(ax[u], mx, sx, kp_gate_rq(ah[u], mh, sh, bias[u])), sig);
-        const int32_t z =
-            kp_act_sat_s16(kp_gate_rq(ax[hs + u], mx, sx, kp_gate_rq(ah[hs + u], mh, sh, bias[hs + u])), sig);
-        const int32_t hn = kp_ssat16(kp_gate_rq(ah[2 * hs + u], mh, sh, bias_hn[u]));
+    const int8_t *const h_end = h + hs;
+    /* every operand by a pointer that walks with the unit: GCC then keeps int16 biases (KP_BIAS16) in registers */
+    for (; h != h_end; h++, ax++, ah++, bias++, bias_hn++) {
+        const int32_t r = kp_act_sat_s16(kp_gate_rq(ax[0], mx, sx, kp_gate_rq(ah[0], mh, sh, bias[0])), sig);
+        const int32_t z = kp_act_sat_s16(kp_gate_rq(ax[hs], mx, sx, kp_gate_rq(ah[hs], mh, sh, bias[hs])), sig);
+        const int32_t hn = kp_ssat16(kp_gate_rq(ah[2 * hs], mh, sh, bias_hn[0]));
         const int32_t rn = (r * hn + ((int32_t)1 << 14)) >> 15;
-        const int32_t n = kp_act_sat_s16(kp_gate_rq(ax[2 * hs + u], mx, sx, bias[2 * hs + u] + rn), tanh_mid);
-        const int32_t d = (int32_t)h[u] * 256 - n;
-        h[u] = (int8_t)kp_ssat8((n * 32768 + z * d + ((int32_t)1 << 22)) >> 23);
+        const int32_t n = kp_act_sat_s16(kp_gate_rq(ax[2 * hs], mx, sx, bias[2 * hs] + rn), tanh_mid);
+        const int32_t d = (int32_t)h[0] * 256 - n;
+        h[0] = (int8_t)kp_ssat8((n * 32768 + z * d + ((int32_t)1 << 22)) >> 23);
     }
 }
 

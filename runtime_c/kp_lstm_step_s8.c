@@ -164,13 +164,14 @@ static KP_STAGE void kp_lstm_gates_s16(const kp_lstm_params_s8 *p, const int32_t
                  */
                 static const uint16_t lane_rows[8] = {0, 16, 4, 20, 8, 24, 12, 28};
                 const uint16x8_t offs8 = vldrhq_u16(lane_rows);
-                for (; u + 8 <= hs; u += 8) {
+                const kp_bias_t *pb = bias; /* a pointer of its own: no register copies for either bias width */
+                for (; u + 8 <= hs; u += 8, pb += 8) {
                     const int32x4_t ha = vrmulhq_s32(vldrwq_s32(ah + u), vmh);
                     const int32x4_t hb = vrmulhq_s32(vldrwq_s32(ah + u + 4), vmh);
                     const int32x4_t xa = vrmulhq_s32(vldrwq_s32(ax + u), vmx);
                     const int32x4_t xb = vrmulhq_s32(vldrwq_s32(ax + u + 4), vmx);
-                    const int32x4_t za = vaddq_s32(vaddq_s32(kp_bias_ld4(bias + u), ha), xa);
-                    const int32x4_t zb = vaddq_s32(vaddq_s32(kp_bias_ld4(bias + u + 4), hb), xb);
+                    const int32x4_t za = vaddq_s32(vaddq_s32(kp_bias_ld4(pb), ha), xa);
+                    const int32x4_t zb = vaddq_s32(vaddq_s32(kp_bias_ld4(pb + 4), hb), xb);
                     const int16x8_t z = vqmovntq_s32(vqmovnbq_s32(vuninitializedq_s16(), za), zb);
                     const uint16x8_t idx = vreinterpretq_u16_s16(vaddq_n_s16(vshrq_n_s16(z, KP_ACT_SHIFT), 512));
                     vstrhq_scatter_shifted_offset_s16(gk + 4 * u, offs8, vldrhq_gather_shifted_offset_s16(tab, idx));
