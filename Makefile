@@ -103,8 +103,8 @@ bench-emit: setup
 	$(PY) -m kpgen.studies.bench_emit
 
 # KP against dense, hybrid KP, pruning, low-rank and small networks at matched size on five benchmarks from
-# shipped data, 3 seeds: float and int8 accuracy, sizes, M4 instructions under QEMU. Writes docs/results.md and
-# docs/results.png, prints the targets (under 45 minutes on 2 cores; not part of `make test`, whose
+# shipped data, 5 seeds: float and int8 accuracy, sizes, M4 instructions under QEMU. Writes docs/results.md and
+# docs/results.png, prints the targets (under an hour on 2 cores; not part of `make test`, whose
 # tests/test_reproduce.py runs a miniature of it). Checkpoints stay in build/reproduce: `$(PY) -m kpgen.studies.reproduce
 # --reuse` re-evaluates them without retraining. Its jobs (one per benchmark and seed) are Ray tasks of one CPU, two
 # at a time, on a Ray started inside the command, or with RAY_ADDRESS=HOST:PORT on that cluster (more at a time:

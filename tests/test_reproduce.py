@@ -172,3 +172,24 @@ def test_typical_layer_factors_are_exact():
         assert t["kp"][k] == factors[0][0] * factors[0][1] + factors[1][0] * factors[1][1]
     assert t["layer"] == pytest.approx((512 * 28 + 512 * 128) / (t["kp"]["wx"] + t["kp"]["wh"]))
     assert all(r["layer"] > 1 for r in rows.values())
+
+
+def test_the_byte_estimate_counts_gate_biases_as_the_quantizer_stores_them():
+    """int16 gate biases while every one fits Q3.12 int16 (kpgen.ir.gate_bias_bits), int32 once one does not;
+    the head's bias stays int32; the estimate is within the matrices' layout bytes of ModelQ.weight_bytes."""
+    from kpgen.studies.fidelity import quantized
+    from kpgen.train.loop import make_checkpoint
+    from kpgen.train.nn import KPRNNClassifier
+
+    for cell, gates in (("lstm", 4), ("gru", 4), ("fastrnn", 1)):  # the GRU: 3H bias and H bias_hn
+        torch.manual_seed(0)
+        m = KPRNNClassifier(cell, 12, 16, 5, "dense", "dense")
+        cal = {"input_absmax": 1.0, "gate_absmax": [1.0], ("cell_absmax" if cell == "lstm" else "state_absmax"): [1.0]}
+        narrow = rp.int8_bytes_estimate(m)
+        assert abs(narrow - quantized(make_checkpoint(m, cal, {})).weight_bytes) <= 2
+        with torch.no_grad():
+            m.layers[0].bias[0] = 8.0  # 32768 in Q3.12: one past int16
+        assert rp.int8_bytes_estimate(m) == narrow + 2 * gates * 16
+        with torch.no_grad():
+            m.head.bias.fill_(1e6)  # the head's int32 bias does not decide the width
+        assert rp.int8_bytes_estimate(m) == narrow + 2 * gates * 16
