@@ -218,8 +218,9 @@ def run_config(cfg: Config, work: Path, seed: int = 0) -> Result:
 
 
 # What emit defines for a model of two-factor Kronecker or dense matrices (every bench model): the deep-Kronecker and
-# HKP stages (kp_kron_deep_s8.c, kp_hkp_top_s8.c and their dispatch in kp_matvec_s8.c) compile to nothing.
-PLAIN_DEFINES = ("KP_NO_KRON_EXT",)
+# HKP stages (kp_kron_deep_s8.c, kp_hkp_top_s8.c and their dispatch in kp_matvec_s8.c) compile to nothing; and
+# whose gate biases fit int16 (ir.gate_bias_bits, every bench model): KP_BIAS16.
+PLAIN_DEFINES = ("KP_NO_KRON_EXT", "KP_BIAS16")
 
 
 def runtime_text_bytes(board_name: str = "m4", opt: str = "-Os",
