@@ -172,10 +172,12 @@ def _shapes(value: Sequence | str | None) -> list | str | None:
 
 def emit(model: Any, board: str, out: str | os.PathLike, *, data: DataLike | None = None,
          test: DataLike | None = None, name: str = "model", samples: int = 50, target: str = "firmware",
-         force: bool = False, console: str | None = None) -> dict:
+         force: bool = False, console: str | None = None, act_table: str | None = None,
+         max_steps: int | None = None, bias_bits: str = "auto") -> dict:
     """`kpgen emit`: the C project for `board` in `out`, from a kpgen checkpoint (dict or path) or a state dict /
     nn.Module with `data` to calibrate it; test vectors and accuracy from `test` (else data, else the
-    checkpoint's dataset). Returns the manifest (kpgen.json)."""
+    checkpoint's dataset). act_table, max_steps and bias_bits ("auto", "16" or "32") are `kpgen emit`'s
+    --act-table, --max-steps and --bias-bits. Returns the manifest (kpgen.json)."""
     import torch
 
     from kpgen.pipeline import emit_project
@@ -187,7 +189,8 @@ def emit(model: Any, board: str, out: str | os.PathLike, *, data: DataLike | Non
         src = _source_path(model, tmp, "model")
         return emit_project(src, board, Path(out), name=name, samples=samples, force=force, target=target,
                             console=console, data_file=_data_path(data, tmp, "data", logits),
-                            test_file=_data_path(test, tmp, "test", test_logits))
+                            test_file=_data_path(test, tmp, "test", test_logits), act_table=act_table,
+                            max_steps=max_steps, bias_bits=str(bias_bits))
 
 
 def run(project: str | os.PathLike, *, timeout: float = 300.0, profile: bool = True):

@@ -339,3 +339,15 @@ def test_unknown_bias_bits_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(KpgenError, match=r"^--bias-bits '8' is not one of auto, 16, 32$"):
         emit_project(tmp_path / "none.pt", "m4", tmp_path / "out", bias_bits="8")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_python_api_takes_the_emit_options(tmp_path: Path) -> None:
+    """kpgen.api.emit passes bias_bits (and act_table) through as `kpgen emit` does."""
+    from kpgen import api
+
+    pt = checkpoint(tmp_path, wide_bias=False)
+    m16 = api.emit(str(pt), "m4", tmp_path / "a", test=str(tmp_path / "v.npz"))
+    m32 = api.emit(str(pt), "m4", tmp_path / "b", test=str(tmp_path / "v.npz"), bias_bits="32", act_table="interp")
+    assert (m16["bias_bits"], m32["bias_bits"]) == (16, 32)
+    assert m32["model"]["weight_bytes_int8"] - m16["model"]["weight_bytes_int8"] == 2 * 4 * 8
+    assert m32["act_table"] == "interp"
