@@ -97,6 +97,18 @@ def test_what_was_tried_leaves_out_distillation_when_the_run_used_it(tmp_path):
         assert "- *int8 within 0.3 points of float*" in md
 
 
+def test_the_commit_is_the_one_the_run_started_on(tmp_path, monkeypatch):
+    """The header names the commit described before the run wrote anything (its own results.png and results.md
+    would otherwise read as uncommitted changes)."""
+    said = iter(["abc1234", "abc1234 (with uncommitted changes)"])
+    monkeypatch.setattr(rp, "git_describe", lambda: next(said))
+    monkeypatch.setattr(rp, "run_all", lambda cfg, work, reuse: ([], "no engine"))
+    monkeypatch.setattr(rp, "write_plot", lambda path, rows, sizings: False)
+    (tmp_path / "work").mkdir()
+    rp.reproduce(rp.Config(benchmarks=(), qemu=False), tmp_path / "out", tmp_path / "work")
+    assert "at commit abc1234, torch" in (tmp_path / "out" / "results.md").read_text()
+
+
 @pytest.mark.qemu
 def test_reproduce_records_are_sane_and_match_the_checkpoints(tiny_run):
     res, _, work = tiny_run

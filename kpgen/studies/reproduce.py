@@ -1110,7 +1110,9 @@ def typical_table(min_ratio: float) -> list[str]:
 
 
 def write_markdown(path: Path, cfg: Config, rows: dict[str, list[Row]], sizings: dict[str, Sizing],
-                   targets: list[Target], seconds: float, plot: str | None, command: str, engine: str = "") -> None:
+                   targets: list[Target], seconds: float, plot: str | None, command: str, engine: str = "",
+                   commit: str | None = None) -> None:
+    """results.md. commit: the code's git description taken when the run started (default: now)."""
     notes = Notes()
     table = main_table(rows, sizings, notes)
     import torch
@@ -1126,7 +1128,7 @@ def write_markdown(path: Path, cfg: Config, rows: dict[str, list[Row]], sizings:
         "## How it was made",
         "",
         f"- Machine: {os.cpu_count()} CPU cores ({platform.machine()}, {platform.system()}), {cfg.jobs} job(s) at a "
-        f"time with {cfg.threads} torch thread(s) each; kpgen {__version__} at commit {git_describe()}, "
+        f"time with {cfg.threads} torch thread(s) each; kpgen {__version__} at commit {commit or git_describe()}, "
         f"torch {torch.__version__}, Python {platform.python_version()}.",
         *([f"- Engine: {engine}."] if engine else []),
         f"- Wall time: {seconds / 60:.1f} minutes for everything below (training, int8 evaluation, QEMU builds and "
@@ -1299,6 +1301,7 @@ def quick_config(cfg: Config) -> Config:
 def reproduce(cfg: Config, out: Path, work: Path, reuse: bool = False, command: str = "make reproduce") -> dict:
     """The whole run: train, evaluate, count, write results.md and results.png into out; returns the parts."""
     start = time.monotonic()
+    commit = git_describe()  # before this run writes results.md and results.png, which would read as changes
     if cfg.qemu:
         from kpgen.target import toolchain
 
@@ -1313,7 +1316,8 @@ def reproduce(cfg: Config, out: Path, work: Path, reuse: bool = False, command: 
     seconds = time.monotonic() - start
     out.mkdir(parents=True, exist_ok=True)
     plot = "results.png" if write_plot(out / "results.png", rows, sizings) else None
-    write_markdown(out / "results.md", cfg, rows, sizings, targets, seconds, plot, command, engine=engine)
+    write_markdown(out / "results.md", cfg, rows, sizings, targets, seconds, plot, command, engine=engine,
+                   commit=commit)
     (work / "records.json").write_text(json.dumps(records, indent=1, default=str))
     return {"rows": rows, "sizings": sizings, "targets": targets, "records": records, "seconds": seconds,
             "engine": engine}
