@@ -18,7 +18,7 @@ import torch
 from click.testing import CliRunner
 from factories import random_int8, random_layer
 from runtime_ctypes import Runtime, build_runtime
-from test_cells_int import STEP, CCell, random_cell
+from test_cells_int import CCell, check_c_steps, random_cell
 
 from kpgen import KpgenError
 from kpgen.cells import lstm as lstm_cell
@@ -159,15 +159,7 @@ def test_cells_int16_biases_equal_golden(rt16: Runtime, cell: str, usual: bool) 
     assert limits.kernel_limits(layer) == []
     cc = CCell(rt16, layer)
     assert all(v.dtype == np.int16 for v in cc.vecs)
-    h = np.zeros(hsz, np.int8)
-    for t in range(6):
-        x = random_int8(rng, (isz,), MODES[t % 4], lo=-128)
-        h = STEP[cell](layer, x, h, SIG, TANH)
-        assert np.array_equal(cc.step(x), h), t
-    for t in range(8):
-        x = random_int8(rng, (isz,), MODES[(t + 1) % 4], lo=-128)
-        h0 = random_int8(rng, (hsz,), MODES[t % 4], lo=-128)
-        assert np.array_equal(cc.step(x, h0), STEP[cell](layer, x, h0, SIG, TANH)), t
+    check_c_steps(cc, cell, layer, rng)
 
 
 # ------------------------------------------------------------------------------- emitted files and guards
