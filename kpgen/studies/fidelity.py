@@ -46,20 +46,20 @@ def on_grid(v: torch.Tensor, step: float) -> torch.Tensor:
     return torch.clamp(torch.round(v / step), -128, 127) * step
 
 
-def quantized(ckpt: dict) -> ModelQ:
-    """The checkpoint through kpgen's loader and quantizer, as `kpgen emit` takes it."""
+def quantized(ckpt: dict, name: str = "checkpoint.pt") -> ModelQ:
+    """The checkpoint through kpgen's loader and quantizer, as `kpgen emit` takes it (name: for its messages)."""
     from kpgen.frontend import load
     from kpgen.quant import quantize
 
-    return quantize.quantize_model(load.checkpoint_to_ir(ckpt, "checkpoint.pt"))
+    return quantize.quantize_model(load.checkpoint_to_ir(ckpt, name))
 
 
-def int8_predictions(qmodel: ModelQ, x: torch.Tensor, block: int = 500) -> np.ndarray:
-    """The golden model's predicted classes."""
+def int8_predictions(qmodel: ModelQ, x, block: int = 500) -> np.ndarray:
+    """The golden model's predicted classes for float inputs x (a tensor or an array), in blocks of samples."""
     from kpgen.reference import golden
 
     xs = np.asarray(x, dtype=np.float64)
-    out = []
+    out = [np.zeros(0, dtype=np.int64)]
     for k in range(0, len(xs), block):
         xq = golden.quantize_input(xs[k : k + block], qmodel.input_scale)
         out.append(golden.predict(golden.run_model(qmodel, xq).logits))

@@ -482,19 +482,12 @@ def short_error(e: BaseException) -> str:
 
 def int8_accuracy(ckpt: dict, x_te, y_te) -> tuple[float, int]:
     """(accuracy of kpgen's integer reference on the test split, int8 weight bytes as the quantizer lays them out)."""
-    from kpgen.frontend import load
-    from kpgen.quant import quantize
-    from kpgen.reference import golden
+    from kpgen.studies import fidelity
 
-    model_f = load.checkpoint_to_ir(ckpt, f"{ckpt['meta'].get('method', 'model')}.pt")
-    qmodel = quantize.quantize_model(model_f)
-    x = np.asarray(x_te, dtype=np.float64)
+    qmodel = fidelity.quantized(ckpt, f"{ckpt['meta'].get('method', 'model')}.pt")
     y = np.asarray(y_te)
-    correct = 0
-    for k in range(0, len(x), 500):
-        xq = golden.quantize_input(x[k : k + 500], qmodel.input_scale)
-        correct += int((golden.predict(golden.run_model(qmodel, xq).logits) == y[k : k + 500]).sum())
-    return correct / max(1, len(x)), int(qmodel.weight_bytes)
+    correct = int((fidelity.int8_predictions(qmodel, x_te) == y).sum())
+    return correct / max(1, len(y)), int(qmodel.weight_bytes)
 
 
 class MeasurementError(RuntimeError):
