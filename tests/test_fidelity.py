@@ -20,6 +20,23 @@ def test_fake_int8_is_on_the_symmetric_grid():
     assert torch.equal(fidelity.fake_int8(torch.zeros(3)), torch.zeros(3))
 
 
+def test_fake_symmetric_per_row_and_wider():
+    t = torch.tensor([[1.0, 0.3, -0.01], [0.02, -0.005, 0.011]])
+    rows = fidelity.fake_symmetric(t, 8, per_row=True)
+    for r, scale in ((0, 1.0 / 127), (1, 0.02 / 127)):  # each row on its own grid, its largest value exact
+        steps = rows[r] / scale
+        assert torch.allclose(steps, torch.round(steps), atol=1e-4)
+        assert float(rows[r].abs().max()) == pytest.approx(float(t[r].abs().max()))
+    # per tensor, the small row collapses onto a few steps of 1/127; per row it keeps its shape
+    assert fidelity.fake_int8(t)[1].tolist() == pytest.approx([3 / 127, -1 / 127, 1 / 127])
+    assert float((rows[1] - t[1]).abs().max()) <= 0.01 / 127 + 1e-9
+    ten = fidelity.fake_symmetric(t, 10)
+    steps = ten / (1.0 / 511)
+    assert torch.allclose(steps, torch.round(steps), atol=1e-3)
+    assert float((ten - t).abs().max()) < float((fidelity.fake_int8(t) - t).abs().max())
+    assert torch.equal(fidelity.fake_symmetric(torch.zeros(2, 3), 8, per_row=True), torch.zeros(2, 3))
+
+
 def test_on_grid_rounds_and_saturates():
     v = torch.tensor([0.26, -5.0, 5.0, 0.0, 0.004])
     assert fidelity.on_grid(v, 0.01).tolist() == pytest.approx([0.26, -1.28, 1.27, 0.0, 0.0])
@@ -63,6 +80,15 @@ def test_rounding_the_head_coarsely_is_seen():
     w.view(-1)[0] = 1.0
     c = fidelity.measure(ck, x, y)
     assert c.by_component["head"] > 0
+
+
+def test_table_has_a_column_per_rounding_in_order():
+    c = fidelity.Count(samples=600, int8=7, float_right_int8_wrong=5, int8_right_float_wrong=1,
+                       by_component=dict(zip(fidelity.COMPONENTS, (11, 12, 13, 14, 15, 16), strict=True)))
+    head, rule, row = fidelity.table({("digits", "kp"): c}, [0, 1])
+    assert head.count("|") == rule.count("|") == row.count("|") == 7 + len(fidelity.COMPONENTS)
+    assert "per-row int8" in head and "int10" in head
+    assert row == "| digits | kp | 300 x 2 | 7 | 5 | 1 | 11 | 12 | 13 | 14 | 15 | 16 |"
 
 
 def test_cli_refuses_unknown_benchmark_and_missing_checkpoints(tmp_path):

@@ -10,6 +10,9 @@ For each checkpoint the float network's predictions on the test split are compar
   - state: the hidden state rounded to its int8 grid (kpgen.ir.state_scale: 1/128 for the LSTM and the GRU,
     2**(e - 7) for FastRNN, FastGRNN and the ReLU RNN) where a matrix or the head reads it (the float recurrence
     itself keeps full precision, so this is a lower bound on the state's share).
+And two roundings kpgen does NOT use, to show what a finer matrix format would buy:
+  - rows: every matrix factor rounded to int8 with one scale per row instead of per tensor;
+  - int10: every matrix factor rounded with one scale per tensor to 10 bits (-511..511) instead of 8.
 
 A disagreement is a test sample whose predicted class differs from the float network's. The counts show which
 rounding moves predictions; docs/quantization.md ("Where int8 and float disagree") gives a run.
@@ -30,15 +33,23 @@ import torch
 from kpgen import ir
 from kpgen.ir import ModelQ
 
-COMPONENTS = ("matrices", "head", "input", "state")
+COMPONENTS = ("matrices", "head", "input", "state", "rows", "int10")
+HEADERS = ("matrices only", "head only", "input only", "state only", "matrices, per-row int8 (not kpgen's)",
+           "matrices, int10 (not kpgen's)")
 METHODS = ("dense", "kp", "kp+qat", "hkp", "hkp+qat")
 
 
 def fake_int8(t: torch.Tensor) -> torch.Tensor:
     """t rounded to per-tensor symmetric int8 and back (the values of kpgen.quant.quantize.symmetric_int8)."""
-    absmax = float(t.abs().max()) if t.numel() else 0.0
-    scale = absmax / 127.0 if absmax > 0 else 1.0
-    return torch.clamp(torch.round(t / scale), -127, 127) * scale
+    return fake_symmetric(t, 8)
+
+
+def fake_symmetric(t: torch.Tensor, bits: int, per_row: bool = False) -> torch.Tensor:
+    """t rounded to symmetric `bits`-bit integers and back, with one scale per tensor or per row (dim 0)."""
+    top = 2 ** (bits - 1) - 1
+    absmax = t.abs().amax(dim=tuple(range(1, t.ndim)), keepdim=True) if per_row and t.ndim > 1 else t.abs().max()
+    scale = torch.where(absmax > 0, absmax / top, torch.ones_like(absmax))
+    return torch.clamp(torch.round(t / scale), -top, top) * scale
 
 
 def on_grid(v: torch.Tensor, step: float) -> torch.Tensor:
@@ -77,11 +88,13 @@ def ablated(net, qmodel: ModelQ, component: str) -> tuple[torch.nn.Module, Calla
         scale = float(qmodel.input_scale)
         return model, lambda x: torch.clamp(torch.round(x / scale), -127, 127) * scale
     with torch.no_grad():
-        if component == "matrices":
+        if component in ("matrices", "rows", "int10"):
+            rounding = {"matrices": fake_int8, "rows": lambda t: fake_symmetric(t, 8, per_row=True),
+                        "int10": lambda t: fake_symmetric(t, 10)}[component]
             for _, m in model.matrices():
                 for p in m.parameters():
                     if p.ndim >= 2:
-                        p.copy_(fake_int8(p))
+                        p.copy_(rounding(p))
         elif component == "head":
             model.head.weight.copy_(fake_int8(model.head.weight))
     if component == "state":
@@ -145,8 +158,8 @@ def table(counts: dict[tuple[str, str], Count], seeds: Sequence[int]) -> list[st
     """Markdown rows: per benchmark and method, summed over the seeds."""
     lines = [
         "| benchmark | method | test samples x seeds | int8 (kpgen) | float right, int8 wrong | "
-        "int8 right, float wrong | matrices only | head only | input only | state only |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "int8 right, float wrong | " + " | ".join(HEADERS) + " |",
+        "|---|---|---:|---:|---:|---:" + "|---:" * len(HEADERS) + "|",
     ]
     for (bench, method), c in counts.items():
         lines.append(f"| {bench} | {method} | {c.samples // max(1, len(seeds)):,} x {len(seeds)} | {c.int8} | "
