@@ -5,8 +5,10 @@ models. Each cell's own layer types (LSTMLayerF / LSTMLayerQ, ...) live with the
 of kpgen.cells; here layers are typed by the LayerF and LayerQ protocols, which every cell's layer types satisfy.
 
 A matrix is always a `KPMatrixF` / `KPMatrixQ`: two or more Kronecker factors W = A (x) B (x) rest..., and
-for hybrid KP (HKP) `top`, r dense rows stacked above the Kronecker part: W = [top; A (x) B (x) ...].
-A dense matrix is the case B = 1 x 1.
+for hybrid KP (HKP) `top`, r dense rows stacked above the Kronecker part: W = [top; A (x) B (x) ...], or, with
+`top_groups` G > 1, the rows of W in G equal blocks (a gated cell's gates) each starting with r / G of the
+dense rows and going on with its share of the Kronecker part's rows (hkp_row_order). A dense matrix is the
+case B = 1 x 1.
 """
 
 from __future__ import annotations
@@ -27,15 +29,29 @@ def _kron_all(factors) -> np.ndarray:
     return out
 
 
+def hkp_row_order(rows: int, top_rows: int, groups: int = 1) -> np.ndarray:
+    """Where an HKP matrix's rows come from: W = S[order], S = [top; A (x) B ...] stacked (top_rows dense rows
+    first). groups = 1: the identity. groups = G: W's rows are G blocks of rows / G, and block g is the dense
+    rows g*t .. g*t + t - 1 (t = top_rows / G) followed by the Kronecker rows r + g*(rows/G - t) onwards.
+    ValueError unless G divides both rows and top_rows."""
+    if groups < 1 or rows % groups or top_rows % groups:
+        raise ValueError(f"{top_rows} dense rows of {rows} cannot be spread evenly over {groups} row blocks")
+    block, t = rows // groups, top_rows // groups
+    g, u = np.divmod(np.arange(rows), block)
+    return np.where(u < t, g * t + u, top_rows + g * (block - t) + (u - t)).astype(np.int64)
+
+
 @dataclass(frozen=True)
 class KPMatrixF:
     """W = [top; A (x) B (x) rest[0] (x) ...]: Kronecker factors (A: m1 x n1, B: m2 x n2, ...) and, for hybrid
-    KP, r dense rows on top (top: r x N, N = n1*n2*...). Plain KP: rest = (), top = None."""
+    KP, r dense rows on top (top: r x N, N = n1*n2*...), or spread over top_groups row blocks
+    (hkp_row_order). Plain KP: rest = (), top = None."""
 
     a: np.ndarray
     b: np.ndarray
     rest: tuple[np.ndarray, ...] = ()
     top: np.ndarray | None = None
+    top_groups: int = 1
 
     @property
     def factors(self) -> tuple[np.ndarray, ...]:
@@ -69,7 +85,9 @@ class KPMatrixF:
     def dense(self) -> np.ndarray:
         """The explicit matrix; for tests and reports only."""
         kp = _kron_all(self.factors)
-        return kp if self.top is None else np.vstack([self.top, kp])
+        if self.top is None:
+            return kp
+        return np.vstack([self.top, kp])[hkp_row_order(self.shape[0], self.top_rows, self.top_groups)]
 
 
 class LayerF(Protocol):
@@ -255,6 +273,7 @@ class KPMatrixQ:
     top: np.ndarray | None = None  # int8 (r, N): HKP dense rows
     top_shift: int = 0
     top_scale: float = 1.0
+    top_groups: int = 1  # the dense rows spread over this many row blocks (hkp_row_order)
 
     @property
     def factors(self) -> tuple[np.ndarray, ...]:

@@ -33,4 +33,32 @@ KP_STAGE void kp_hkp_top_s8(const kp_kron_s8 *top, int32_t top_shift, const int8
         }
     }
 }
+
+/*
+ * The Kronecker blocks move towards the front first, block 0 first: block g's destination ends where block
+ * g + 1's source starts or before, and each destination starts at or before its source, so a forward copy never
+ * reads a word it has already overwritten. The top rows, saved first, then fill the gaps.
+ */
+KP_STAGE void kp_hkp_spread_s32(int32_t *y, int32_t top_rows, int32_t kp_rows, int32_t groups, int32_t *scratch)
+{
+    const int32_t t = top_rows / groups;
+    const int32_t block = (top_rows + kp_rows) / groups;
+    const int32_t rest = block - t;
+    int32_t g, u;
+    for (u = 0; u < top_rows; u++) {
+        scratch[u] = y[u];
+    }
+    for (g = 0; g < groups; g++) {
+        const int32_t *src = y + top_rows + g * rest;
+        int32_t *dst = y + g * block + t;
+        for (u = 0; u < rest; u++) {
+            dst[u] = src[u];
+        }
+    }
+    for (g = 0; g < groups; g++) {
+        for (u = 0; u < t; u++) {
+            y[g * block + u] = scratch[g * t + u];
+        }
+    }
+}
 #endif /* KP_NO_KRON_EXT */

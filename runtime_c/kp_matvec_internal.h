@@ -11,7 +11,7 @@
  *   kp_kron_xbt_s8   step 1 (Kronecker): X widened, T^T = rsr(B X^T) rounded and saturated into int16
  *   kp_kron_at_s8    step 2: A T, and the dense matrix-vector product
  *   kp_kron_deep_s8  more than two factors: the mode-product chain built from the stages above
- *   kp_hkp_top_s8    hybrid KP: the dense top rows
+ *   kp_hkp_top_s8    hybrid KP: the dense top rows (and kp_hkp_spread_s32: spread over the gates)
  * Each code path (portable, KP_DSP, KP_MVE: kp_common.h) lives in the same function under its feature macro,
  * and every path sums the same products exactly in int32, so all give the same bits.
  * The stages' loops are inline bodies (kp_xbt_body, kp_at_body) that kp_kron2_fixed also instantiates with
@@ -949,5 +949,13 @@ void kp_kron_deep_s8(const kp_kron_s8 *w, const int8_t *x, int32_t *scratch, int
  * (the quantizer picks top_shift so).
  */
 void kp_hkp_top_s8(const kp_kron_s8 *top, int32_t top_shift, const int8_t *x, int32_t *scratch, int32_t *y);
+
+/*
+ * Hybrid KP with its top rows spread (kp_hkp_top_s8.c): y holds the r = top_rows dense rows' results, then the
+ * kp_rows Kronecker rows; afterwards y's rows are groups equal blocks, block g = top rows g*t .. g*t + t - 1
+ * (t = r / groups) followed by Kronecker rows r + g*(b - t) onwards (b = (r + kp_rows) / groups), as
+ * kpgen.ir.hkp_row_order. scratch: r words. Pre: groups divides r and r + kp_rows.
+ */
+void kp_hkp_spread_s32(int32_t *y, int32_t top_rows, int32_t kp_rows, int32_t groups, int32_t *scratch);
 
 #endif /* KP_MATVEC_INTERNAL_H */

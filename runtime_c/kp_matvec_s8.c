@@ -19,14 +19,17 @@
  */
 static KP_STAGE void kp_matvec_ext_s8(const kp_kron_s8 *w, const int8_t *x, int32_t *scratch, int32_t *y)
 {
-    if (w->top != 0) {
+    const int32_t top_rows = w->top != 0 ? w->top->m1 : 0;
+    if (top_rows > 0) {
         kp_hkp_top_s8(w->top, w->top_shift, x, scratch, y);
-        y += w->top->m1;
     }
     if (w->inner != 0) {
-        kp_kron_deep_s8(w, x, scratch, y);
+        kp_kron_deep_s8(w, x, scratch, y + top_rows);
     } else {
-        kp_matvec2_s8(w, x, scratch, y);
+        kp_matvec2_s8(w, x, scratch, y + top_rows);
+    }
+    if (top_rows > 0 && w->top_groups > 1) {
+        kp_hkp_spread_s32(y, top_rows, w->m1 * w->m2, w->top_groups, scratch);
     }
 }
 #endif
@@ -80,6 +83,9 @@ int32_t kp_matvec_s8_get_buffer_size(const kp_kron_s8 *w)
     if (w->top != 0) {
         const int32_t top_words = kp_kron2_scratch_words(w->top->n1, 1, 1);
         words = top_words > words ? top_words : words;
+        if (w->top_groups > 1 && w->top->m1 > words) {
+            words = w->top->m1;
+        }
     }
     return words;
 }

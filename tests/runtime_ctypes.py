@@ -173,12 +173,14 @@ def _p(a: np.ndarray, ptype: type) -> ctypes._Pointer:
 
 
 class Kron(ctypes.Structure):
-    """Mirror of kp_kron_s8 (inner, top: NULL, top_shift and fixed 0 unless given)."""
+    """Mirror of kp_kron_s8 (inner, top: NULL, top_shift, fixed and top_groups 0 unless given; top_groups 0
+    acts as 1)."""
 
 
 Kron._fields_ = [
     ("a", P32), ("b", P32), ("m1", I32), ("n1", I32), ("m2", I32), ("n2", I32), ("t_shift", I32),
     ("inner", ctypes.POINTER(Kron)), ("top", ctypes.POINTER(Kron)), ("top_shift", I32), ("fixed", I32),
+    ("top_groups", I32),
 ]  # fmt: skip
 
 
@@ -255,6 +257,7 @@ class PackedMatrix:
             self.keep += [pt, one, top]
             self.struct.top = ctypes.pointer(top)
             self.struct.top_shift = m.top_shift
+            self.struct.top_groups = m.top_groups
         self.shape = m.shape
         self.scratch = layout.matrix_scratch_words(m)
 

@@ -39,6 +39,14 @@ CASES = {
     "lstm-bidirectional": ("lstm", *KP["lstm"], 1, True, "kp"),
     "lstm-hkp": ("lstm", {"kind": "hkp", "factors": [[4, 2], [6, 3]], "dense_rows": 8},
                  {"kind": "hkp", "factors": [[4, 2], [6, 4]], "dense_rows": 8}, 1, False, "hkp"),
+    # HKP with its dense rows spread over the gates (top_groups = the gate count): 2 rows of every gate dense
+    "lstm-hkp-spread": ("lstm", {"kind": "hkp", "factors": [[4, 2], [6, 3]], "dense_rows": 8, "top_groups": 4},
+                        {"kind": "hkp", "factors": [[4, 2], [6, 4]], "dense_rows": 8, "top_groups": 4}, 1, False,
+                        "hkp"),
+    "gru-bidirectional-hkp-spread": ("gru", {"kind": "hkp", "factors": [[3, 2], [6, 3]], "dense_rows": 6,
+                                             "top_groups": 3},
+                                     {"kind": "hkp", "factors": [[3, 2], [6, 4]], "dense_rows": 6, "top_groups": 3},
+                                     1, True, "hkp"),
     "lstm-3-factors": ("lstm", [[2, 2], [4, 1], [4, 3]], [[2, 2], [4, 2], [4, 2]], 1, False, "kp"),
     "gru-bidirectional-stacked-hkp3": ("gru", {"kind": "hkp", "factors": [[2, 2], [2, 1], [4, 3]], "dense_rows": 8},
                                        {"kind": "hkp", "factors": [[2, 2], [2, 2], [4, 2]], "dense_rows": 8}, 2, True,
@@ -98,15 +106,30 @@ def test_int8_tracks_float(case: str) -> None:
 @pytest.mark.qemu
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bit_exact_on_m4(case: str, tmp_path: Path) -> None:
+    emit_and_run(case, "m4", tmp_path)
+
+
+SPREAD_BOARDS = ("m0", "m55")
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("board", SPREAD_BOARDS)
+def test_spread_hkp_bit_exact_on_m0_and_m55(board: str, tmp_path: Path) -> None:
+    """HKP rows spread over the gates on the Armv6-M path (biased blocks) and the Helium path."""
+    emit_and_run("lstm-hkp-spread", board, tmp_path)
+
+
+def emit_and_run(case: str, board: str, tmp_path: Path) -> None:
+    """The case through `kpgen emit` and `kpgen run` on an emulated board: 6 samples, bit-exact."""
     ck, _ = build_checkpoint(case)
     pt = tmp_path / f"{case}.pt"
     save_checkpoint(ck, pt)
     rng = np.random.default_rng(3)
     vec = tmp_path / "v.npz"
     np.savez(vec, x=rng.uniform(-1.5, 1.5, (6, T, I)), y=rng.integers(0, C, 6))
-    out = tmp_path / "m4"
+    out = tmp_path / board
     runner = CliRunner()
-    res = runner.invoke(main, ["emit", str(pt), "--board", "m4", "-o", str(out), "--vectors", str(vec)])
+    res = runner.invoke(main, ["emit", str(pt), "--board", board, "-o", str(out), "--vectors", str(vec)])
     assert res.exit_code == 0, res.output
     res = runner.invoke(main, ["run", str(out), "--timeout", "120"])
     assert res.exit_code == 0, res.output
@@ -138,6 +161,13 @@ VARIANT_ERRORS = {
     "spec-product": (dict(spec_wx_specs={"kind": "hkp", "factors": [[4, 2], [6, 3]], "dense_rows": 8}),
                      "arch.wx_specs[0] factors (4x2) (x) (6x3) make a 24x6 matrix but the layer needs 16x6 "
                      "below 8 dense rows"),
+    "spec-top-groups": (dict(spec_wx_specs={"kind": "hkp", "factors": [[3, 2], [6, 3]], "dense_rows": 6,
+                                            "top_groups": 4}),
+                        "arch.wx_specs[0].top_groups is 4, not a positive int dividing both the 24 rows and the 6 "
+                        "dense rows"),
+    "spec-top-groups-type": (dict(spec_wx_specs={"kind": "hkp", "factors": [[3, 2], [6, 3]], "dense_rows": 6,
+                                                 "top_groups": "gates"}),
+                             "arch.wx_specs[0].top_groups is 'gates', not a positive int"),
     "method": (dict(method="magic"), "arch.method 'magic' is not known"),
     "bidirectional": (dict(bidirectional="yes"), "arch.bidirectional is 'yes', not true or false"),
     "spec-count": (dict(wh_specs=[]), "arch.wh_specs must list one matrix spec per layer (1)"),

@@ -5,6 +5,7 @@ paths) and the C that templates/kp_matrix.j2 renders, all bit for bit."""
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import math
 import shutil
 import subprocess
@@ -15,7 +16,7 @@ from runtime_ctypes import CFLAGS, HOST_ACLE_H, MATVEC_RUNTIME, P8, P32, POISON,
 
 from kpgen import KpgenError
 from kpgen.codegen import layout
-from kpgen.ir import KPMatrixF, KPMatrixQ
+from kpgen.ir import KPMatrixF, KPMatrixQ, hkp_row_order
 from kpgen.quant import limits, quantize
 from kpgen.reference import golden
 from kpgen.target.boards import template_env
@@ -375,6 +376,64 @@ def test_c_model_like_shapes(rt: Runtime, shape) -> None:
             assert np.array_equal(rt.matrix(m, x), golden.kp_matrix_s8(m, x))
 
 
+def test_hkp_row_order() -> None:
+    """W = S[order] with S the stacked [top; Kronecker] rows: G blocks, each its top rows then its Kronecker rows."""
+    assert hkp_row_order(12, 6, 3).tolist() == [0, 1, 6, 7, 2, 3, 8, 9, 4, 5, 10, 11]
+    assert hkp_row_order(8, 4, 4).tolist() == [0, 4, 1, 5, 2, 6, 3, 7]
+    assert hkp_row_order(7, 3).tolist() == list(range(7))
+    assert hkp_row_order(6, 0, 3).tolist() == list(range(6))
+    for rows, top, groups in ((12, 4, 3), (10, 4, 4), (8, 4, 0)):
+        with pytest.raises(ValueError, match="cannot be spread evenly"):
+            hkp_row_order(rows, top, groups)
+
+
+def _spread_cases(rng: np.random.Generator):
+    """(m, x): HKP matrices whose top rows are spread over 2..4 row blocks: 2..4 factors, a dense Kronecker part
+    (B 1x1) among them, spec and wild shifts, random and extreme inputs."""
+    for it in range(48):
+        groups, k = (2, 3, 4)[it % 3], (2, 3, 4)[(it // 3) % 3]
+        fs = [rng.integers(-128, 128, (int(rng.integers(1, 5)), int(rng.integers(1, 5)))).astype(np.int8)
+              for _ in range(k)]  # fmt: skip
+        fs[0] = rng.integers(-128, 128, (groups * int(rng.integers(1, 4)), fs[0].shape[1])).astype(np.int8)
+        if it % 8 == 7:
+            fs = [fs[0], np.ones((1, 1), np.int8)]
+        n = math.prod(f.shape[1] for f in fs)
+        top = rng.integers(-128, 128, (groups * int(rng.integers(1, 4)), n)).astype(np.int8)
+        shifts = quantize.factor_shifts(fs) if it % 2 else [int(rng.integers(0, 14)) for _ in fs[1:]]
+        m = dataclasses.replace(make_q(fs, shifts, top, int(rng.integers(-12, 13))), top_groups=groups)
+        for x in (rng.integers(-128, 128, n), rng.choice([-128, 127], n)):
+            yield m, x.astype(np.int8)
+
+
+def test_spread_hkp_golden_is_the_stacked_rows_reordered() -> None:
+    rng = np.random.default_rng(21)
+    for m, x in _spread_cases(rng):
+        stacked = golden.kp_matrix_s8(dataclasses.replace(m, top_groups=1), x)
+        got = golden.kp_matrix_s8(m, x)
+        assert np.array_equal(got, stacked[hkp_row_order(m.shape[0], m.top_rows, m.top_groups)])
+        assert np.array_equal(golden.kp_matrix_s8(m, np.stack([x, x])), np.stack([got, got]))
+    # the float IR: dense() and the float model's kp_apply put the rows in the same place
+    from kpgen.reference import floatmodel
+    a, b, top = rng.normal(size=(6, 2)), rng.normal(size=(2, 3)), rng.normal(size=(6, 6))
+    mf = KPMatrixF(a, b, (), top, 3)
+    xs = rng.normal(size=(4, 6))
+    assert np.allclose(xs @ mf.dense().T, floatmodel.kp_apply(mf, xs))
+    assert np.allclose(mf.dense()[:8], np.vstack([top[:2], np.kron(a, b)[:4], top[2:4]]))  # blocks of 6 rows
+
+
+def test_c_spread_hkp_matches_golden(rt: Runtime) -> None:
+    """kp_hkp_spread_s32 after the top rows and the Kronecker part: the golden rows on every path, in exactly
+    the scratch kp_matvec_s8_get_buffer_size asks for (= layout.matrix_scratch_words, at least the top rows)."""
+    rng = np.random.default_rng(22)
+    count = 0
+    for m, x in _spread_cases(rng):
+        words = rt.buffer_size(m)
+        assert words == layout.matrix_scratch_words(m) >= m.top_rows
+        assert np.array_equal(rt.matrix(m, x, scratch_words=words), golden.kp_matrix_s8(m, x))
+        count += 1
+    assert count == 96
+
+
 def test_c_top_shift_extremes(rt: Runtime) -> None:
     """top_shift at -31 and at the largest left shift matrix_limits allows for the rows' sums."""
     rng = np.random.default_rng(11)
@@ -469,15 +528,18 @@ def test_rendered_macros_text() -> None:
     env = template_env()
     km = env.get_template("kp_matrix.j2").module
     plain = layout.matrix_context(mats[1])
-    assert str(km.init("p", plain)) == "{ p_a, p_b, 4, 2, 3, 5, 9, 0, 0, 0, 0 }"
+    assert str(km.init("p", plain)) == "{ p_a, p_b, 4, 2, 3, 5, 9, 0, 0, 0, 0, 1 }"
     deep = layout.matrix_context(mats[3])
-    assert str(km.init("q", deep)) == "{ q_a, 0, 2, 2, 8, 8, 5, &q_k1, 0, 0, 0 }"
+    assert str(km.init("q", deep)) == "{ q_a, 0, 2, 2, 8, 8, 5, &q_k1, 0, 0, 0, 1 }"
     arrays = str(km.arrays("q", deep))
-    assert "static const kp_kron_s8 q_k2 = { q_c, q_d, 2, 2, 2, 2, 7, 0, 0, 0, 0 };" in arrays
+    assert "static const kp_kron_s8 q_k2 = { q_c, q_d, 2, 2, 2, 2, 7, 0, 0, 0, 0, 1 };" in arrays
     assert arrays.index("q_k2 =") < arrays.index("q_k1 =")  # defined before it is referenced
     hkp = layout.matrix_context(mats[4])
-    assert str(km.init("h", hkp)) == "{ h_a, h_b, 4, 2, 3, 3, 9, 0, &h_top_k, -4, 0 }"
+    assert str(km.init("h", hkp)) == "{ h_a, h_b, 4, 2, 3, 3, 9, 0, &h_top_k, -4, 0, 1 }"
     assert "rounded right by 4" in str(km.arrays("h", hkp))
+    spread = layout.matrix_context(dataclasses.replace(mats[4], top_groups=2))
+    assert str(km.init("h", spread)).endswith("&h_top_k, -4, 0, 2 }")
+    assert "then go to the start of each of 2 row blocks" in str(km.arrays("h", spread))
     assert "dense: 24 weights" in str(km.arrays("d", layout.matrix_context(mats[0])))
     for p in ("m0_w_a", "m2_w_c", "m3_w_d", "m4_w_top", "m5_w_k1", "m6_w_top_k"):
         assert f"{p}[" in src or f"{p} =" in src, p

@@ -198,7 +198,8 @@ def matrix_scratch_words(m) -> int:
 
     Two factors: kron_scratch_words. More: the T^T of every level but the last (m2 rows of cols_padded(n1)
     int16), one int32 result of the largest such m2, then the larger of the last level's kron scratch and one
-    widened row of any level's A. HKP top rows run first, in their own dense scratch (the same words)."""
+    widened row of any level's A. HKP top rows run first, in their own dense scratch (the same words); spread over
+    row blocks (top_groups > 1), their r results are kept in the scratch while the blocks move."""
     levels = matrix_levels(m)
     last = levels[-1]
     words = kron_scratch_words(last["m1"], last["n1"], last["m2"], last["n2"])
@@ -210,6 +211,8 @@ def matrix_scratch_words(m) -> int:
         words = tts + res + work
     if m.top is not None:
         words = max(words, kron_scratch_words(m.top_rows, m.kp_shape[1], 1, 1))
+        if m.top_groups > 1:  # kp_hkp_spread_s32 keeps the top rows' results while it moves the blocks
+            words = max(words, m.top_rows)
     return int(words)
 
 
@@ -265,6 +268,7 @@ def matrix_context(m, biased: bool = False, b16: bool = False) -> dict:
         "levels": len(chain),
         "top": top,
         "top_shift": int(m.top_shift) if m.top is not None else 0,
+        "top_groups": int(m.top_groups) if m.top is not None else 1,
         "kp_rows": int(rows),
         "kp_cols": int(cols),
         "shape": tuple(int(v) for v in m.shape),

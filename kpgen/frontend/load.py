@@ -456,6 +456,10 @@ def _check_spec(chk: _Checker, spec: object, where: str, rows: int, cols: int) -
         if not (_is_int(dense_rows) and 0 <= dense_rows < rows):
             chk.fail(f"{where}.dense_rows is {_show(dense_rows)}, not an int in 0..{rows - 1}", f"see {DOC}")
         top = dense_rows
+    groups = spec.get("top_groups", 1) if kind == "hkp" else 1
+    if not (_is_int(groups) and groups >= 1 and rows % groups == 0 and top % groups == 0):
+        chk.fail(f"{where}.top_groups is {_show(groups)}, not a positive int dividing both the {rows} rows and the "
+                 f"{top} dense rows", f"use 1 (dense rows on top) or the cell's gate count; see {DOC}")
     kr, kc = math.prod(p[0] for p in pairs), math.prod(p[1] for p in pairs)
     shape = " (x) ".join(f"({m}x{n})" for m, n in pairs)
     chk.require(
@@ -464,7 +468,7 @@ def _check_spec(chk: _Checker, spec: object, where: str, rows: int, cols: int) -
         + (f" below {top} dense rows" if top else ""),
         f"choose factors whose row sizes multiply to {rows - top} and column sizes to {cols}",
     )
-    return {"kind": kind, "factors": pairs, "dense_rows": top, "rows": rows, "cols": cols}
+    return {"kind": kind, "factors": pairs, "dense_rows": top, "top_groups": groups, "rows": rows, "cols": cols}
 
 
 def _check_variant_arch(chk: _Checker, arch: dict) -> dict:
@@ -535,7 +539,7 @@ def _matrix_ir(w: dict[str, np.ndarray], prefix: str, spec: dict) -> KPMatrixF:
     else:
         fs = [w[f"{kp}.factors.{j}"] for j in range(len(spec["factors"]))]
     top = w[f"{prefix}.dense_weight"] if spec["kind"] == "hkp" and spec["dense_rows"] > 0 else None
-    return KPMatrixF(fs[0], fs[1], tuple(fs[2:]), top)
+    return KPMatrixF(fs[0], fs[1], tuple(fs[2:]), top, spec.get("top_groups", 1) if top is not None else 1)
 
 
 def _variant_layer(w: dict[str, np.ndarray], p: str, cell: str, wx: KPMatrixF, wh: KPMatrixF, i: int, h: int) -> LayerF:

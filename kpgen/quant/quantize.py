@@ -104,7 +104,7 @@ def top_shift_for(top_absmax: float, kp_unit: float) -> int:
     return max(s, limits.TOP_SHIFT_MIN)
 
 
-def _quantize_top(q: KPMatrixQ, top: np.ndarray | None, what: str) -> KPMatrixQ:
+def _quantize_top(q: KPMatrixQ, top: np.ndarray | None, what: str, groups: int = 1) -> KPMatrixQ:
     """Add HKP top rows to a quantized Kronecker part: int8 in the Kronecker output's unit times 2**top_shift."""
     if top is None:
         return q
@@ -122,7 +122,7 @@ def _quantize_top(q: KPMatrixQ, top: np.ndarray | None, what: str) -> KPMatrixQ:
                          f"{unit:.3g}, more than 2**{limits.TOP_SHIFT_MAX}; check for exploding top-row weights")
     scale = unit * 2.0**s
     top_q = np.clip(np.round(top / scale), -127, 127).astype(np.int8)
-    return KPMatrixQ(**{**q.__dict__, "top": top_q, "top_shift": s, "top_scale": scale})
+    return KPMatrixQ(**{**q.__dict__, "top": top_q, "top_shift": s, "top_scale": scale, "top_groups": groups})
 
 
 def quantize_kp(m: KPMatrixF, what: str, t_bits: int = 16) -> KPMatrixQ:
@@ -154,7 +154,7 @@ def quantize_kp(m: KPMatrixF, what: str, t_bits: int = 16) -> KPMatrixQ:
         shifts = factor_shifts([f for f, _ in qs], t_bits)
         q = KPMatrixQ(a=qs[0][0], b=qs[1][0], t_shift=shifts[0], a_scale=qs[0][1], b_scale=qs[1][1],
                       rest=tuple(f for f, _ in qs[2:]), rest_shifts=shifts[1:], rest_scales=tuple(s for _, s in qs[2:]))
-    q = _quantize_top(q, m.top, what)
+    q = _quantize_top(q, m.top, what, m.top_groups)
     problems = limits.matrix_limits(q) if t_bits == 16 else []
     if problems:
         raise KpgenError(f"{what}: {problems[0]}; the int32 kernels cannot run it (check for exploding weights)")

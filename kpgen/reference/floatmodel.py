@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from kpgen import cells
-from kpgen.ir import AnyLayerF, KPMatrixF, LayerF, ModelF, sublayers
+from kpgen.ir import AnyLayerF, KPMatrixF, LayerF, ModelF, hkp_row_order, sublayers
 
 
 def kp_apply(m: KPMatrixF, x: np.ndarray) -> np.ndarray:
     """W x for a batch x [..., N]: the Kronecker part applied factor by factor (never building the product),
-    with the dense top rows of a hybrid matrix on top."""
+    with the dense top rows of a hybrid matrix on top (or spread: kpgen.ir.hkp_row_order)."""
     x = np.asarray(x, dtype=np.float64)
     lead = x.shape[:-1]
     fs = m.factors
@@ -24,6 +24,8 @@ def kp_apply(m: KPMatrixF, x: np.ndarray) -> np.ndarray:
         y = t.reshape(*lead, -1)
     if m.top is not None:
         y = np.concatenate([x @ m.top.T, y], axis=-1)
+        if m.top_groups > 1:
+            y = y[..., hkp_row_order(y.shape[-1], m.top_rows, m.top_groups)]
     return y
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kpgen.ir import BiLayerQ, KPMatrixQ, LayerQ, ModelQ, directions
+from kpgen.ir import BiLayerQ, KPMatrixQ, LayerQ, ModelQ, directions, hkp_row_order
 
 TABLE_SIZE = 1024  # entries of each activation table: one per 64 steps of Q3.12 (1/64)
 TABLE_SHIFT = 6  # entry of z (Q3.12) = (z + 32768) >> TABLE_SHIFT
@@ -204,7 +204,8 @@ def kp_matrix_s8(m: KPMatrixQ, x: np.ndarray, t_bits: int = 16) -> np.ndarray:
     F1 (x) ... (x) Fk act on x viewed as an n1 x ... x nk tensor, last mode first (the mode-product chain):
     Fk's int32 products are rounded by shifts[k-2] and saturated to t_bits, F(k-1) multiplies those, rounded
     by shifts[k-3], ..., and F1's products are the int32 output; for k = 2 this is exactly kp_matvec_s8.
-    HKP: the rows top @ x (exact int32), times 2**top_shift or rsr by -top_shift, come first.
+    HKP: the rows top @ x (exact int32), times 2**top_shift or rsr by -top_shift, come first; with
+    top_groups > 1 the stacked rows are then put in W's order (kpgen.ir.hkp_row_order).
     """
     return _kp_matrix_i64(m, x, t_bits).astype(np.int32)
 
@@ -241,6 +242,8 @@ def _kp_matrix_i64(m: KPMatrixQ, x: np.ndarray, t_bits: int = 16) -> np.ndarray:
     if m.top is not None:
         top = sat(_shift_top(_exact_matmul(_i64(flat), _i64(m.top).T), m.top_shift), 32)
         y = np.concatenate([top, y], axis=1)
+        if m.top_groups > 1:
+            y = y[:, hkp_row_order(rows + m.top_rows, m.top_rows, m.top_groups)]
     return y.reshape(x.shape[:-1] + (rows + m.top_rows,))
 
 
