@@ -206,10 +206,11 @@ def _qat_options(f):
 @click.option("--hidden", "hidden_size", type=click.IntRange(1), default=128, show_default=True,
               help="Hidden units H (per direction).")
 @click.option("--method", type=click.Choice(["kp", "hkp", "dense"]), default="kp", show_default=True,
-              help="Matrices: kp (Kronecker products), hkp (top --dense-rows rows dense, the rest Kronecker), "
+              help="Matrices: kp (Kronecker products), hkp (--dense-rows rows dense, the rest Kronecker), "
                    "dense (uncompressed baseline).")
 @click.option("--dense-rows", type=click.IntRange(1), default=None,
-              help="hkp: rows kept dense at the top of every matrix (the factors then make the other G*H - R rows).")
+              help="hkp: rows kept dense in every matrix, R/G of each gate when the cell's G gates divide R, else "
+                   "the top R (the factors then make the other G*H - R rows).")
 @click.option("--wx-factors", callback=_factors, default="32x2,16x14", show_default=True,
               help="Shapes of the factors of Wx = F1 (x) F2 (x) ... (G*H x inputs): " + _FACTOR_HELP + ".")
 @click.option("--wh-factors", callback=_factors, default="32x8,16x16", show_default=True,

@@ -170,5 +170,7 @@ def test_train_keeps_the_demo_factors_where_they_fit() -> None:
     wx, wh = train_specs("gru", 28, 128, preferred=pref)
     assert (wx.source, wh.source) == ("planned", "planned")
     assert wx.spec["factors"] == [[24, 2], [16, 14]] and wh.spec["factors"] == [[24, 8], [16, 16]]
-    wx, _ = train_specs("lstm", 28, 128, method="hkp", dense_rows=16, preferred=pref)
-    assert wx.spec == {"kind": "hkp", "factors": [[31, 2], [16, 14]], "dense_rows": 16}
+    wx, _ = train_specs("lstm", 28, 128, method="hkp", dense_rows=16, preferred=pref)  # 4 rows of each gate
+    assert wx.spec == {"kind": "hkp", "factors": [[31, 2], [16, 14]], "dense_rows": 16, "top_groups": 4}
+    wx, _ = train_specs("lstm", 28, 128, method="hkp", dense_rows=14, preferred=pref)  # 4 does not divide 14: on top
+    assert wx.spec == {"kind": "hkp", "factors": [[83, 7], [6, 4]], "dense_rows": 14}

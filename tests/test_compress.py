@@ -23,6 +23,7 @@ from kpgen.train.compress import (
     rearrange,
     small_hidden_size,
     sparsity_at,
+    spread_over_gates,
 )
 from kpgen.train.loop import model_from_checkpoint
 from kpgen.train.nn import KPRNNClassifier
@@ -144,6 +145,28 @@ def test_kp_init_is_the_nearest_kp_of_every_matrix_and_keeps_the_rest():
     assert torch.equal(model.head.weight, src.head.weight)
 
 
+def test_hkp_dense_rows_spread_over_the_gates_where_they_divide():
+    """`kpgen compress --method hkp`: an LSTM's Wh keeps 4 dense rows, one per gate (the first unit of each), and
+    starts from exactly those rows of the dense W; its Wx's 2 rows do not divide over 4 gates and stay on top."""
+    src = dense_source("lstm")
+    model = build_compressed(src, "hkp", 8)
+    wx, wh = model.layers[0].wx_spec, model.layers[0].wh_spec
+    assert wh["dense_rows"] == 4 and wh["top_groups"] == 4
+    assert wx["dense_rows"] == 2 and "top_groups" not in wx
+    w = src.layers[0].wh.weight.detach()
+    mat = model.layers[0].wh
+    torch.testing.assert_close(mat.dense_weight.detach(), w[[0, 16, 32, 48]])
+    torch.testing.assert_close(mat.dense().detach()[[0, 16, 32, 48]], w[[0, 16, 32, 48]])
+    x = torch.randn(3, 16)
+    torch.testing.assert_close(mat(x), x @ mat.dense().t(), rtol=1e-5, atol=1e-5)
+    # the spec helper: HKP specs only, and only where the gates divide the dense rows
+    spec = {"kind": "hkp", "factors": [[15, 2], [4, 8]], "dense_rows": 4}
+    assert spread_over_gates(spec, 4) == {**spec, "top_groups": 4}
+    assert spread_over_gates(spec, 3) == spec and spread_over_gates(spec, 1) == spec
+    assert spread_over_gates({"kind": "kp", "factors": [[4, 4], [4, 4]]}, 4) == {"kind": "kp",
+                                                                                "factors": [[4, 4], [4, 4]]}
+
+
 def test_hkp_lowrank_small_and_prune_inits():
     src = dense_source("gru")
     w = src.layers[0].wh.weight.detach().double()
@@ -151,7 +174,7 @@ def test_hkp_lowrank_small_and_prune_inits():
     mat = hkp.layers[0].wh
     assert mat.weight_params <= w.numel() // 8
     if hasattr(mat, "dense_rows"):
-        torch.testing.assert_close(mat.dense_weight.double(), w[: mat.dense_rows])
+        torch.testing.assert_close(mat.dense_weight.double(), w[mat.stacked_rows()[: mat.dense_rows]])
     low = build_compressed(src, "lowrank", 4)
     r = low.layers[0].wh.rank
     assert r == (w.numel() // 4) // sum(w.shape) == 3

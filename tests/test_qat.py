@@ -58,6 +58,8 @@ CASES = {
     "lstm-hkp": ("lstm", {"kind": "hkp", "factors": [[15, 2], [4, 4]], "dense_rows": 4},
                  {"kind": "hkp", "factors": [[15, 4], [4, 4]], "dense_rows": 4}, False),
     "fastrnn-3-factors": ("fastrnn", [[2, 2], [2, 2], [4, 2]], [[2, 2], [2, 2], [4, 4]], False),
+    "gru-hkp-spread": ("gru", {"kind": "hkp", "factors": [[15, 2], [3, 4]], "dense_rows": 3, "top_groups": 3},
+                       {"kind": "hkp", "factors": [[15, 4], [3, 4]], "dense_rows": 3, "top_groups": 3}, False),
 }
 
 
@@ -81,7 +83,7 @@ def test_qat_forward_is_the_golden_model_bit_for_bit(case: str) -> None:
                           gold)
 
 
-@pytest.mark.parametrize("case", ["lstm", "fastgrnn", "lstm-hkp", "fastrnn-3-factors"])
+@pytest.mark.parametrize("case", ["lstm", "fastgrnn", "lstm-hkp", "fastrnn-3-factors", "gru-hkp-spread"])
 def test_gradients_reach_every_parameter(case: str) -> None:
     cell, wx, wh, bi = CASES[case]
     net = _net(cell, wx, wh, bi)

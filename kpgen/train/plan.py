@@ -413,8 +413,9 @@ def train_specs(
 
     wx / wh: factor shapes as given (any number of factors), 'dense', or None: `preferred` (the demo's shapes)
     where they make the matrix, else the planner's best unpadded 2-factor product (pick_kp: highest rank bound,
-    then fewest parameters + MACs, or fewer predicted instructions). method: kp, hkp (dense_rows top rows dense,
-    the factors make the rest) or dense.
+    then fewest parameters + MACs, or fewer predicted instructions). method: kp, hkp (dense_rows rows dense: the
+    top ones, or dense_rows / G of each gate where a gated cell's G gates divide them; the factors make the rest)
+    or dense.
     Layers after the first reuse Wh's spec for their input matrix (kpgen.train.nn.KPRNNClassifier), so checking the
     first layer's two matrices checks them all. context names the model in messages
     (" with --hidden 128 over the 28 inputs of mnist").
@@ -439,7 +440,7 @@ def train_specs(
     if method == "hkp":
         if dense_rows is None:
             block = _first_block(rows, input_size)
-            raise KpgenError(f"--method hkp needs --dense-rows R: the top R of the {rows} rows of Wx and Wh "
+            raise KpgenError(f"--method hkp needs --dense-rows R: R of the {rows} rows of Wx and Wh "
                              f"({gh} for {model}) stay dense, the rest is a Kronecker product; e.g. --dense-rows "
                              f"{block}")
         if dense_rows >= rows:
@@ -453,7 +454,8 @@ def train_specs(
     ):
         what = f"{name} of {model} is {gh} x {side} = {rows}x{cols}"
         if r:
-            what += f", its top {r} rows dense (--dense-rows), so its Kronecker part is {rows - r}x{cols}"
+            where = f"{r // g} rows of each gate" if g > 1 and r % g == 0 else f"its top {r} rows"
+            what += f", {where} dense (--dense-rows {r}), so its Kronecker part is {rows - r}x{cols}"
         if value == "dense":
             out.append(MatrixChoice(name, rows, cols, {"kind": "dense"}, "given"))
             continue
@@ -476,6 +478,8 @@ def train_specs(
             shapes, source = [list(f) for f in best.factors], "planned"
         shapes = [list(map(int, s)) for s in shapes]
         spec = {"kind": "hkp", "factors": shapes, "dense_rows": r} if r else {"kind": "kp", "factors": shapes}
+        if r and g > 1 and r % g == 0:  # spread over the gates (kpgen.train.compress.spread_over_gates)
+            spec["top_groups"] = g
         out.append(MatrixChoice(name, rows, cols, spec, source))
     return out[0], out[1]
 
@@ -537,7 +541,9 @@ def describe_spec(spec: object) -> str:
     if s["kind"] in ("kp", "hkp"):
         text = " (x) ".join(f"{m}x{n}" for m, n in s["factors"])
         if s["kind"] == "hkp":
-            return f"hkp {s['dense_rows']} dense rows + {text}"
+            g = s.get("top_groups", 1)
+            spread = f" ({s['dense_rows'] // g} per gate)" if g > 1 else ""
+            return f"hkp {s['dense_rows']} dense rows{spread} + {text}"
         return f"kp {text}" + (" (padded)" if s.get("pad") else "")
     if s["kind"] == "lowrank":
         return f"lowrank rank {s['rank']}"

@@ -23,7 +23,7 @@ from torch import nn
 
 from kpgen import KpgenError, cells, ir
 from kpgen.cells.base import GATE_FRAC
-from kpgen.ir import KPMatrixQ, ModelQ, Requant
+from kpgen.ir import KPMatrixQ, ModelQ, Requant, hkp_row_order
 from kpgen.reference import golden
 from kpgen.train.nn import KPRNNClassifier
 from kpgen.train.nn.kp import KPLinear, kp_apply_n
@@ -143,6 +143,8 @@ def matrix(mod: Matrix, mq: KPMatrixQ, x: torch.Tensor) -> torch.Tensor:
         sur = kp_apply_n(qf, xs) * 2.0 ** -sum(mq.shifts)
         if top is not None:
             sur = torch.cat([xs @ (top.to(F64) / mq.top_scale).t() * 2.0**mq.top_shift, sur], dim=-1)
+            if mq.top_groups > 1:
+                sur = sur[..., torch.from_numpy(hkp_row_order(sur.shape[-1], mq.top_rows, mq.top_groups))]
     return _through(exact, sur)
 
 

@@ -3,10 +3,11 @@
 | spec | module | parameters (state_dict names under the matrix, e.g. `wx.`) |
 |---|---|---|
 | `[[m1, n1], [m2, n2]]` or `{"kind": "kp", "factors": [...]}` | KPLinear | `a`, `b`; k != 2 factors: `factors.0`, ... |
-| `{"kind": "hkp", "factors": [...], "dense_rows": r}` | HKPLinear | `dense_weight` (r, in), `kp.a`, `kp.b` |
+| `{"kind": "hkp", "factors": [...], "dense_rows": r, "top_groups": G}` | HKPLinear | `dense_weight` (r, in), `kp.*` |
 | `{"kind": "lowrank", "rank": r}` | LowRankLinear | `u` (out, r), `v` (r, in) |
 | `"dense"` or `{"kind": "dense"}` | DenseLinear | `weight` (out, in) |
 
+`top_groups` is optional (1: the dense rows on top).
 None of them has a bias: the cells own their biases. Every module has `dense()` (the explicit out x in matrix),
 `weight_params` and `reset_parameters(std)` (entries of the product get standard deviation std).
 """
@@ -20,22 +21,30 @@ from typing import TypeAlias
 import torch
 from torch import nn
 
+from kpgen.ir import hkp_row_order
 from kpgen.train.nn.kp import KPLinear, as_shapes, kp_macs
 
 
 class HKPLinear(nn.Module):
     """Hybrid KP: W = [D; F1 (x) ... (x) Fk]: the top `dense_rows` rows of W dense, the rest a Kronecker product.
 
-    `factors` multiply to (out_features - dense_rows) x in_features. dense_rows = 0 is plain KP.
+    `factors` multiply to (out_features - dense_rows) x in_features. dense_rows = 0 is plain KP. top_groups G > 1
+    spreads the dense rows: W's rows are G equal blocks (a gated cell's gates), each starting with dense_rows / G
+    rows of D and going on with its share of the Kronecker rows (kpgen.ir.hkp_row_order, as the kernels do).
     """
 
-    def __init__(self, in_features: int, out_features: int, factors: Sequence, dense_rows: int):
+    order: torch.Tensor  # W = [D; Kronecker rows][order] (a buffer, not saved)
+
+    def __init__(self, in_features: int, out_features: int, factors: Sequence, dense_rows: int, top_groups: int = 1):
         super().__init__()
         if not 0 <= dense_rows < out_features:
             raise ValueError(f"dense_rows must be in 0..{out_features - 1}, got {dense_rows}")
         self.in_features = in_features
         self.out_features = out_features
         self.dense_rows = int(dense_rows)
+        self.top_groups = int(top_groups)
+        order = hkp_row_order(out_features, self.dense_rows, self.top_groups)  # ValueError if G does not divide
+        self.register_buffer("order", torch.from_numpy(order), persistent=False)
         self.dense_weight = nn.Parameter(torch.empty(self.dense_rows, in_features))
         self.kp = KPLinear(in_features, out_features - self.dense_rows, factors=as_shapes(factors))
         self.reset_parameters()
@@ -54,14 +63,21 @@ class HKPLinear(nn.Module):
     def macs(self) -> int:
         return self.dense_rows * self.in_features + self.kp.macs
 
+    def stacked_rows(self) -> torch.Tensor:
+        """Which rows of W are D's (the first dense_rows) and the Kronecker part's (the rest), in that order."""
+        return torch.argsort(self.order)
+
     def dense(self) -> torch.Tensor:
-        return torch.cat([self.dense_weight, self.kp.dense()], dim=0)
+        w = torch.cat([self.dense_weight, self.kp.dense()], dim=0)
+        return w if self.top_groups == 1 else w[self.order]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([torch.matmul(x, self.dense_weight.t()), self.kp(x)], dim=-1)
+        y = torch.cat([torch.matmul(x, self.dense_weight.t()), self.kp(x)], dim=-1)
+        return y if self.top_groups == 1 else y[..., self.order]
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, dense_rows={self.dense_rows}"
+        spread = f", top_groups={self.top_groups}" if self.top_groups > 1 else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, dense_rows={self.dense_rows}{spread}"
 
 
 class LowRankLinear(nn.Module):
@@ -148,6 +164,8 @@ def matrix_spec(spec: object) -> dict:
             out["pad"] = True
         if kind == "hkp":
             out["dense_rows"] = int(spec["dense_rows"])
+            if int(spec.get("top_groups", 1)) != 1:
+                out["top_groups"] = int(spec["top_groups"])
         if kind == "lowrank":
             out["rank"] = int(spec["rank"])
         return out
@@ -166,7 +184,7 @@ def make_matrix(in_features: int, out_features: int, spec: object) -> Matrix:
     if s["kind"] == "kp":
         return KPLinear(in_features, out_features, factors=s["factors"], pad=s.get("pad", False))
     if s["kind"] == "hkp":
-        return HKPLinear(in_features, out_features, s["factors"], s["dense_rows"])
+        return HKPLinear(in_features, out_features, s["factors"], s["dense_rows"], s.get("top_groups", 1))
     if s["kind"] == "lowrank":
         return LowRankLinear(in_features, out_features, s["rank"])
     return DenseLinear(in_features, out_features)
