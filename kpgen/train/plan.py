@@ -477,9 +477,11 @@ def train_specs(
                                  f"{opt} dense, use --method dense, or more hidden units")
             shapes, source = [list(f) for f in best.factors], "planned"
         shapes = [list(map(int, s)) for s in shapes]
-        spec = {"kind": "hkp", "factors": shapes, "dense_rows": r} if r else {"kind": "kp", "factors": shapes}
-        if r and g > 1 and r % g == 0:  # spread over the gates (kpgen.train.compress.spread_over_gates)
-            spec["top_groups"] = g
+        spec: dict[str, object] = {"kind": "kp", "factors": shapes}
+        if r:
+            spec = {"kind": "hkp", "factors": shapes, "dense_rows": r}
+            if g > 1 and r % g == 0:  # spread over the gates (kpgen.train.compress.spread_over_gates)
+                spec["top_groups"] = g
         out.append(MatrixChoice(name, rows, cols, spec, source))
     return out[0], out[1]
 
