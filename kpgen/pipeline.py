@@ -144,6 +144,8 @@ def _matrix_summary(m) -> dict:
         out["factors"] = [list(f.shape) for f in m.factors]
     if m.top is not None:
         out["dense_rows"] = m.top_rows
+        if m.top_groups > 1:
+            out["top_groups"] = m.top_groups
     out["params"] = rows * cols if dense else m.params
     return out
 

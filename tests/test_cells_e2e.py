@@ -212,3 +212,15 @@ def test_plain_rnn_bit_exact_on_m4_and_m0(case: str, board: str, tmp_path: Path)
     res = runner.invoke(main, ["run", str(out), "--timeout", "120"])
     assert res.exit_code == 0, res.output
     assert "PASS: bit-exact" in res.output and "4/4" in res.output, res.output
+
+
+def test_spread_hkp_in_the_model_summary() -> None:
+    """The summary `kpgen emit` reports names how an HKP matrix's dense rows are spread."""
+    from kpgen.ir import matrices
+    from kpgen.pipeline import _matrix_summary
+
+    ir = checkpoint_to_ir(build_checkpoint("lstm-hkp-spread")[0], "spread.pt")
+    got = [_matrix_summary(m) for m in matrices(ir.layers[0])]
+    assert [(s["kind"], s["dense_rows"], s["top_groups"]) for s in got] == [("hkp", 8, 4), ("hkp", 8, 4)]
+    plain = _matrix_summary(matrices(checkpoint_to_ir(build_checkpoint("lstm-hkp")[0], "top.pt").layers[0])[0])
+    assert plain["dense_rows"] == 8 and "top_groups" not in plain
