@@ -209,8 +209,11 @@ def _qat_options(f):
               help="Matrices: kp (Kronecker products), hkp (--dense-rows rows dense, the rest Kronecker), "
                    "dense (uncompressed baseline).")
 @click.option("--dense-rows", type=click.IntRange(1), default=None,
-              help="hkp: rows kept dense in every matrix, R/G of each gate when the cell's G gates divide R, else "
-                   "the top R (the factors then make the other G*H - R rows).")
+              help="hkp: rows kept dense in every matrix (the factors then make the other G*H - R rows); where "
+                   "they go: --hkp-rows.")
+@click.option("--hkp-rows", type=click.Choice(["auto", "gates", "top"]), default="auto", show_default=True,
+              help="hkp: the dense rows spread over the gates (R/G of each, where the G gates divide R) or at the "
+                   "top of each matrix; auto: gates for the LSTM, top for the others (docs/compression.md).")
 @click.option("--wx-factors", callback=_factors, default="32x2,16x14", show_default=True,
               help="Shapes of the factors of Wx = F1 (x) F2 (x) ... (G*H x inputs): " + _FACTOR_HELP + ".")
 @click.option("--wh-factors", callback=_factors, default="32x8,16x16", show_default=True,
@@ -225,8 +228,8 @@ def _qat_options(f):
 @click.option("--force", is_flag=True, help="Replace an existing checkpoint.")
 @_qat_options
 @click.pass_context
-def train(ctx: click.Context, out: Path, force: bool, method: str, dense_rows: int | None, data_file: Path | None,
-          test_file: Path | None, qat: bool, **cfg) -> None:
+def train(ctx: click.Context, out: Path, force: bool, method: str, dense_rows: int | None, hkp_rows: str,
+          data_file: Path | None, test_file: Path | None, qat: bool, **cfg) -> None:
     """Train a recurrent classifier on DATASET, calibrate it, and write a checkpoint (docs/checkpoint.md).
 
     The defaults are the demo's KP-LSTM: about 1.5 minutes on 2 CPU cores. Any other cell, bidirectional
@@ -260,6 +263,7 @@ def train(ctx: click.Context, out: Path, force: bool, method: str, dense_rows: i
         cfg["cell"], inputs, cfg["hidden_size"], method, given["wx_factors"], given["wh_factors"], dense_rows,
         preferred=(DEFAULT_CONFIG["wx_factors"], DEFAULT_CONFIG["wh_factors"]),
         context=f" with --hidden {cfg['hidden_size']} over the {inputs} inputs of {cfg['dataset']}",
+        hkp_rows=hkp_rows,
     )
     log = lambda msg: click.echo(msg, err=True)  # noqa: E731
     for choice in (wx, wh):
@@ -548,6 +552,9 @@ def plan_cmd(checkpoint: Path | None, rows: int | None, cols: int | None, ratio:
               help="kp/hkp: compression of Wx  [default: --ratio]")
 @click.option("--wh-ratio", type=click.FloatRange(1), default=None,
               help="kp/hkp: compression of Wh  [default: --ratio]")
+@click.option("--hkp-rows", type=click.Choice(["auto", "gates", "top"]), default="auto", show_default=True,
+              help="hkp: the dense rows spread over the gates (R/G of each, where the G gates divide R) or at the "
+                   "top of each matrix; auto: gates for the LSTM, top for the others (docs/compression.md).")
 @click.option("-o", "--out", "out", type=_path(), required=True, help="Checkpoint to write.")
 @click.option("--dataset", default=None,
               help="Fine-tuning data, a built-in dataset  [default: the checkpoint's]")
@@ -571,7 +578,7 @@ def plan_cmd(checkpoint: Path | None, rows: int | None, cols: int | None, ratio:
               help="Weight of the distillation term (1 - alpha: the labels).")
 @_qat_options
 def compress(source: Path, out: Path, force: bool, wx_factors, wh_factors, keep_dense: tuple[str, ...],
-             wx_ratio: float | None, wh_ratio: float | None, qat: bool, **cfg) -> None:
+             wx_ratio: float | None, wh_ratio: float | None, hkp_rows: str, qat: bool, **cfg) -> None:
     """Compress the dense RNN in SOURCE (a torch LSTM/GRU/RNN + Linear state dict, or a kpgen checkpoint),
     fine-tune it and write a checkpoint (--method kp on an LSTM: format v1, ready for `kpgen emit`)."""
     from kpgen.train import save_checkpoint
@@ -585,7 +592,7 @@ def compress(source: Path, out: Path, force: bool, wx_factors, wh_factors, keep_
     if cfg["test"] is not None and cfg["data"] is None:
         raise KpgenError("--test goes with --data (your own fine-tuning data); give both, or neither")
     control = MatrixControl("dense" if "wx" in keep_dense else wx_factors,
-                            "dense" if "wh" in keep_dense else wh_factors, wx_ratio, wh_ratio)
+                            "dense" if "wh" in keep_dense else wh_factors, wx_ratio, wh_ratio, hkp_rows)
     if not qat:
         cfg["qat_epochs"] = 0
     ckpt = compress_checkpoint(source, **cfg, control=control, log=lambda msg: click.echo(msg, err=True))

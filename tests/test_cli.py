@@ -172,5 +172,10 @@ def test_train_keeps_the_demo_factors_where_they_fit() -> None:
     assert wx.spec["factors"] == [[24, 2], [16, 14]] and wh.spec["factors"] == [[24, 8], [16, 16]]
     wx, _ = train_specs("lstm", 28, 128, method="hkp", dense_rows=16, preferred=pref)  # 4 rows of each gate
     assert wx.spec == {"kind": "hkp", "factors": [[31, 2], [16, 14]], "dense_rows": 16, "top_groups": 4}
+    wx, _ = train_specs("lstm", 28, 128, method="hkp", dense_rows=16, preferred=pref, hkp_rows="top")
+    assert "top_groups" not in wx.spec and "per gate" not in wx.describe()
+    wx, _ = train_specs("gru", 28, 128, method="hkp", dense_rows=15)  # a GRU: on top unless --hkp-rows gates
+    assert "top_groups" not in wx.spec
+    assert train_specs("gru", 28, 128, method="hkp", dense_rows=15, hkp_rows="gates")[0].spec["top_groups"] == 3
     wx, _ = train_specs("lstm", 28, 128, method="hkp", dense_rows=14, preferred=pref)  # 4 does not divide 14: on top
     assert wx.spec == {"kind": "hkp", "factors": [[83, 7], [6, 4]], "dense_rows": 14}

@@ -159,12 +159,32 @@ def test_hkp_dense_rows_spread_over_the_gates_where_they_divide():
     torch.testing.assert_close(mat.dense().detach()[[0, 16, 32, 48]], w[[0, 16, 32, 48]])
     x = torch.randn(3, 16)
     torch.testing.assert_close(mat(x), x @ mat.dense().t(), rtol=1e-5, atol=1e-5)
-    # the spec helper: HKP specs only, and only where the gates divide the dense rows
+    # the spec helper: HKP specs only, only where the gates divide the dense rows, by default only the LSTM's
     spec = {"kind": "hkp", "factors": [[15, 2], [4, 8]], "dense_rows": 4}
-    assert spread_over_gates(spec, 4) == {**spec, "top_groups": 4}
-    assert spread_over_gates(spec, 3) == spec and spread_over_gates(spec, 1) == spec
-    assert spread_over_gates({"kind": "kp", "factors": [[4, 4], [4, 4]]}, 4) == {"kind": "kp",
-                                                                                "factors": [[4, 4], [4, 4]]}
+    assert spread_over_gates(spec, "lstm") == {**spec, "top_groups": 4}
+    assert spread_over_gates({**spec, "top_groups": 4}, "lstm", "top") == spec
+    assert spread_over_gates(spec, "gru") == spec and spread_over_gates(spec, "gru", "gates") == spec  # 3 ∤ 4
+    assert spread_over_gates({**spec, "dense_rows": 6}, "gru", "gates")["top_groups"] == 3
+    assert spread_over_gates(spec, "fastrnn", "gates") == spec
+    kp = {"kind": "kp", "factors": [[4, 4], [4, 4]]}
+    assert spread_over_gates(kp, "lstm") == kp
+    with pytest.raises(ValueError, match="unknown HKP row placement 'middle'"):
+        spread_over_gates(spec, "lstm", "middle")
+
+
+def test_hkp_rows_option_places_the_dense_rows():
+    """--hkp-rows: auto keeps a GRU's dense rows on top, gates spreads them; top keeps an LSTM's on top."""
+    from kpgen.train.compress import MatrixControl
+
+    gru = dense_source("gru", hid=24)  # Wx: 3 dense rows, Wh: 4
+    auto = build_compressed(gru, "hkp", 8)
+    spread = build_compressed(gru, "hkp", 8, control=MatrixControl(hkp_rows="gates"))
+    rows = [(m.layers[0].wx_spec.get("dense_rows", 0), m.layers[0].wh_spec.get("dense_rows", 0)) for m in (auto, spread)]
+    assert rows[0] == rows[1] and any(r % 3 == 0 and r for r in rows[0])  # the same rows, one count divisible
+    assert all("top_groups" not in s for s in (auto.layers[0].wx_spec, auto.layers[0].wh_spec))
+    assert any(s.get("top_groups") == 3 for s in (spread.layers[0].wx_spec, spread.layers[0].wh_spec))
+    top = build_compressed(dense_source("lstm"), "hkp", 8, control=MatrixControl(hkp_rows="top"))
+    assert all("top_groups" not in s for s in (top.layers[0].wx_spec, top.layers[0].wh_spec))
 
 
 def test_hkp_lowrank_small_and_prune_inits():

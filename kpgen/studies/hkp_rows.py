@@ -4,7 +4,7 @@ An HKP matrix is [D; F1 (x) F2] with r dense rows. In an LSTM or GRU matrix the 
 i, f, g, o; GRU: z, r, n), so the top r rows are r units of the first gate. Spread (`top_groups` = G, the cell's
 gates: kpgen.ir.hkp_row_order) keeps r / G rows of every gate dense instead: the same units in every gate, the
 same parameter count and the same Kronecker factors for the other rows. `kpgen compress --method hkp` and
-`make reproduce` spread them wherever G divides r (kpgen.train.compress.spread_over_gates); this study is the
+`make reproduce` spread an LSTM's (`--hkp-rows auto`, kpgen.train.plan.hkp_row_groups); this study is the
 measurement behind that choice.
 
 For each seed, both networks start from `make reproduce`'s kept dense checkpoint with the reproduce HKP

@@ -290,8 +290,7 @@ def size_benchmark(bench: Benchmark, input_size: int, classes: int, steps: int, 
             hkp = cand
             break
         ratio *= 1.05
-    gates = shapes["wh"][0] // h  # HKP's dense rows spread over the gates, as `kpgen compress` does
-    hkp = {k: spread_over_gates(v, gates) for k, v in hkp.items()}
+    hkp = {k: spread_over_gates(v, bench.cell) for k, v in hkp.items()}  # placed as `kpgen compress` does
     if "hkp" in levels:
         out.append(Variant("hkp", "hkp", h, hkp["wx"], hkp["wh"], target_params=overhead + matrices_of(hkp)))
         out.append(Variant("hkp+qat", "hkp", h, hkp["wx"], hkp["wh"], target_params=overhead + matrices_of(hkp)))

@@ -10,7 +10,7 @@ The budget: every recurrent matrix W (rows x cols) may keep at most floor(rows *
 | method | matrices | initialised from the dense W |
 |---|---|---|
 | kp | A (x) B, the planner's best factor shapes within the budget | nearest Kronecker product (Van Loan) |
-| hkp | r rows dense (r / G per gate), the rest A (x) B; r spends the budget | those rows; nearest KP of the rest |
+| hkp | r rows dense (LSTM: r / G per gate), the rest A (x) B; r spends the budget | those rows; nearest KP of rest |
 | prune | dense, a fraction 1/ratio of the weights kept | W, then gradual magnitude pruning (Zhu & Gupta) |
 | lowrank | U V, rank r = floor(budget / (rows + cols)), >= 1, fitted to the total (lowrank_ranks) | truncated SVD |
 | small | dense, fewer hidden units, same total matrix budget | random (trained from scratch) |
@@ -33,7 +33,7 @@ from kpgen.frontend import datasets
 from kpgen.train.nn import KPRNNClassifier
 from kpgen.train.nn.kp import KPLinear, as_shapes
 from kpgen.train.nn.matrix import DenseLinear, HKPLinear, LowRankLinear, Matrix
-from kpgen.train.plan import pick_hkp, pick_kp
+from kpgen.train.plan import hkp_row_groups, pick_hkp, pick_kp
 
 METHODS = ("kp", "hkp", "prune", "lowrank", "small")
 K = TypeVar("K")
@@ -298,6 +298,7 @@ class MatrixControl:
     wh_factors: list | str | None = None
     wx_ratio: float | None = None
     wh_ratio: float | None = None
+    hkp_rows: str = "auto"  # hkp: where the dense rows go (kpgen.train.plan.hkp_row_groups)
 
     @property
     def given(self) -> bool:
@@ -337,13 +338,14 @@ def _matrix_spec(method: str, k: int, name: str, rows: int, cols: int, ratio: fl
                          f"(`kpgen plan --rows {rows} --cols {cols}` lists products)") from None
 
 
-def spread_over_gates(spec: dict, gates: int) -> dict:
-    """An HKP spec with its dense rows spread over the cell's gates (top_groups = gates: the first r / G rows of
-    every gate block instead of r rows of the first gate) wherever the gate count divides them; any other spec
-    as it is. Measured better on MNIST rows (kpgen.studies.hkp_rows, docs/compression.md)."""
-    if spec.get("kind") != "hkp" or gates <= 1 or int(spec.get("dense_rows", 0)) % gates:
+def spread_over_gates(spec: dict, cell: str, where: str = "auto") -> dict:
+    """An HKP spec with its dense rows placed as kpgen.train.plan.hkp_row_groups says (top_groups > 1: r / G rows
+    of each of the cell's G gates instead of r rows of the first); any other spec as it is."""
+    if spec.get("kind") != "hkp":
         return spec
-    return {**spec, "top_groups": gates}
+    groups = hkp_row_groups(cell, int(spec.get("dense_rows", 0)), where)
+    out = {k: v for k, v in spec.items() if k != "top_groups"}
+    return out if groups == 1 else {**out, "top_groups": groups}
 
 
 def _specs_for(model: KPRNNClassifier, method: str, ratio: float | None,
@@ -358,7 +360,7 @@ def _specs_for(model: KPRNNClassifier, method: str, ratio: float | None,
             rows, cols = mat.out_features, mat.in_features
             if method in ("kp", "hkp"):
                 out.append(spread_over_gates(_matrix_spec(method, k, name, rows, cols, ratio, control),
-                                             rows // model.hidden_size))
+                                             model.cell, control.hkp_rows))
             elif method == "lowrank":
                 out.append({"kind": "lowrank", "rank": 1, "_size": (rows, cols)})
             else:

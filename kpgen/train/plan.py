@@ -398,6 +398,22 @@ class MatrixChoice:
                 f"({how})")
 
 
+HKP_ROWS = ("auto", "gates", "top")  # where HKP's dense rows go (kpgen train/compress --hkp-rows)
+SPREAD_CELLS = ("lstm",)  # "auto" spreads these cells' dense rows over the gates (docs/compression.md, "Hybrid KP")
+
+
+def hkp_row_groups(cell: str, dense_rows: int, where: str = "auto") -> int:
+    """top_groups of an HKP matrix of `cell` with `dense_rows` dense rows: the cell's gate count G where the rows
+    are spread over the gates, else 1 (on top). where: 'gates' spreads wherever G > 1 divides dense_rows; 'top'
+    never; 'auto' as 'gates' for the cells in SPREAD_CELLS (the LSTM: better on MNIST rows and BasicMotions) and
+    as 'top' for the rest (the GRU: worse on JapaneseVowels, docs/results.md)."""
+    if where not in HKP_ROWS:
+        raise ValueError(f"unknown HKP row placement {where!r}: expected one of {', '.join(HKP_ROWS)}")
+    g = cells.get(cell).gates
+    spread = where == "gates" or (where == "auto" and cell in SPREAD_CELLS)
+    return g if spread and dense_rows > 0 and g > 1 and dense_rows % g == 0 else 1
+
+
 def train_specs(
     cell: str,
     input_size: int,
@@ -408,6 +424,7 @@ def train_specs(
     dense_rows: int | None = None,
     preferred: tuple = (None, None),
     context: str = "",
+    hkp_rows: str = "auto",
 ) -> tuple[MatrixChoice, MatrixChoice]:
     """The Wx and Wh specs of a model `kpgen train` builds, checked; KpgenError (one line, with the fix) if bad.
 
@@ -415,7 +432,7 @@ def train_specs(
     where they make the matrix, else the planner's best unpadded 2-factor product (pick_kp: highest rank bound,
     then fewest parameters + MACs, or fewer predicted instructions). method: kp, hkp (dense_rows rows dense: the
     top ones, or dense_rows / G of each gate where a gated cell's G gates divide them; the factors make the rest)
-    or dense.
+    or dense; hkp_rows: where the dense rows go (hkp_row_groups).
     Layers after the first reuse Wh's spec for their input matrix (kpgen.train.nn.KPRNNClassifier), so checking the
     first layer's two matrices checks them all. context names the model in messages
     (" with --hidden 128 over the 28 inputs of mnist").
@@ -453,8 +470,9 @@ def train_specs(
         ("Wh", "--wh-factors", wh, hidden_size, preferred[1], "H"),
     ):
         what = f"{name} of {model} is {gh} x {side} = {rows}x{cols}"
+        groups = hkp_row_groups(cell, r, hkp_rows)
         if r:
-            where = f"{r // g} rows of each gate" if g > 1 and r % g == 0 else f"its top {r} rows"
+            where = f"{r // g} rows of each gate" if groups > 1 else f"its top {r} rows"
             what += f", {where} dense (--dense-rows {r}), so its Kronecker part is {rows - r}x{cols}"
         if value == "dense":
             out.append(MatrixChoice(name, rows, cols, {"kind": "dense"}, "given"))
@@ -480,8 +498,8 @@ def train_specs(
         spec: dict[str, object] = {"kind": "kp", "factors": shapes}
         if r:
             spec = {"kind": "hkp", "factors": shapes, "dense_rows": r}
-            if g > 1 and r % g == 0:  # spread over the gates (kpgen.train.compress.spread_over_gates)
-                spec["top_groups"] = g
+            if groups > 1:
+                spec["top_groups"] = groups
         out.append(MatrixChoice(name, rows, cols, spec, source))
     return out[0], out[1]
 
