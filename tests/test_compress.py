@@ -179,7 +179,8 @@ def test_hkp_rows_option_places_the_dense_rows():
     gru = dense_source("gru", hid=24)  # Wx: 3 dense rows, Wh: 4
     auto = build_compressed(gru, "hkp", 8)
     spread = build_compressed(gru, "hkp", 8, control=MatrixControl(hkp_rows="gates"))
-    rows = [(m.layers[0].wx_spec.get("dense_rows", 0), m.layers[0].wh_spec.get("dense_rows", 0)) for m in (auto, spread)]
+    rows = [(m.layers[0].wx_spec.get("dense_rows", 0), m.layers[0].wh_spec.get("dense_rows", 0))
+            for m in (auto, spread)]
     assert rows[0] == rows[1] and any(r % 3 == 0 and r for r in rows[0])  # the same rows, one count divisible
     assert all("top_groups" not in s for s in (auto.layers[0].wx_spec, auto.layers[0].wh_spec))
     assert any(s.get("top_groups") == 3 for s in (spread.layers[0].wx_spec, spread.layers[0].wh_spec))
