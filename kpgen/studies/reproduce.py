@@ -839,9 +839,9 @@ TRIED = (
     "the largest uniform per-matrix budget that keeps the network 8x smaller. On MNIST that is 32 dense rows of "
     "each 512-row matrix. Kept on top, as in the last run, they were the input gate of a quarter of the units and "
     "HKP recovered 0.6 of KP's 2.2 points; this run spreads them over the gates (8 units with every gate dense, "
-    "`top_groups`, docs/compression.md), as `kpgen compress` now does wherever the gate count divides the dense "
-    "rows, which the float study `python -m kpgen.studies.hkp_rows` measured first. On the 8x8 digits the biases "
-    "and the head leave no room for a dense row at all.",
+    "`top_groups`, docs/compression.md), as `kpgen compress` does for an LSTM by default, which the float study "
+    "`python -m kpgen.studies.hkp_rows` measured first (a GRU's stay on top: spread, the JapaneseVowels HKP "
+    "measured worse). On the 8x8 digits the biases and the head leave no room for a dense row at all.",
     "- *whole model >= 50x with int8*: the KP matrices are far below the budget. Gate biases are stored as int16 "
     "where every one fits (kpgen's default, `kpgen emit --bias-bits`; every network here), which halves them; what "
     "remains is mostly the int8 head and its int32 biases (the per-benchmark bytes above): on the 8x8 digits the "
