@@ -7,15 +7,6 @@ from click.testing import CliRunner
 from kpgen.studies import hkp_rows
 
 
-def test_with_groups_sets_and_clears_the_spread():
-    spec = {"kind": "hkp", "factors": [[15, 2], [32, 14]], "dense_rows": 32}
-    assert hkp_rows.with_groups(spec, 4) == {**spec, "top_groups": 4}
-    assert hkp_rows.with_groups({**spec, "top_groups": 4}, 1) == spec
-    assert hkp_rows.with_groups("dense", 4) == "dense"
-    kp = {"kind": "kp", "factors": [[32, 2], [16, 14]]}
-    assert hkp_rows.with_groups(kp, 4) == kp
-
-
 def test_table_reports_the_share_of_kps_loss():
     rows = [(0, {"dense": 0.98, "kp": 0.96, "hkp top": 0.965, "hkp spread": 0.975}),
             (1, {"dense": 0.98, "kp": 0.96, "hkp top": 0.965, "hkp spread": 0.975})]

@@ -21,20 +21,12 @@ import click
 import torch
 
 
-def with_groups(spec: dict | str, groups: int) -> dict | str:
-    """spec with its dense rows on top (groups 1) or spread over `groups` row blocks; non-HKP specs as they are."""
-    if not isinstance(spec, dict) or spec.get("kind") != "hkp":
-        return spec
-    out = {k: v for k, v in spec.items() if k != "top_groups"}
-    return out if groups == 1 else {**out, "top_groups": groups}
-
-
 def measure(bench_name: str, seeds: list[int], work: Path, log=click.echo) -> list[tuple[int, dict[str, float]]]:
     """Per seed: float test accuracy of dense and KP (kept checkpoints) and of HKP with its dense rows on top and
     spread over the gates (both trained here)."""
     from kpgen.frontend import datasets
     from kpgen.studies import reproduce
-    from kpgen.train.compress import with_matrices
+    from kpgen.train.compress import spread_over_gates, with_matrices
     from kpgen.train.loop import accuracy, fit, model_from_checkpoint
 
     by_name = {b.name: b for b in reproduce.BENCHMARKS}
@@ -63,9 +55,9 @@ def measure(bench_name: str, seeds: list[int], work: Path, log=click.echo) -> li
         ck = {m: torch.load(p, weights_only=True) for m, p in paths.items()}
         acc = {m: float(c["meta"]["float_test_accuracy"]) for m, c in ck.items()}
         _, x_tr, y_tr, x_te, y_te = reproduce.load_data(bench.dataset, seed, bench.max_train, bench.max_test)
-        for label, groups in (("hkp top", 1), ("hkp spread", gates)):
-            model = with_matrices(model_from_checkpoint(ck["dense"]), with_groups(hkp.wx, groups),
-                                  with_groups(hkp.wh, groups), seed)
+        for label, where in (("hkp top", "top"), ("hkp spread", "gates")):
+            specs = [s if isinstance(s, str) else spread_over_gates(s, bench.cell, where) for s in (hkp.wx, hkp.wh)]
+            model = with_matrices(model_from_checkpoint(ck["dense"]), specs[0], specs[1], seed)
             fit(model, x_tr, y_tr, x_te, y_te, epochs=bench.finetune_epochs, batch_size=bench.batch_size,
                 lr=bench.lr, seed=seed, max_shift=datasets.MAX_SHIFT.get(bench.dataset, 0), log=lambda s: None)
             acc[label] = float(accuracy(model, x_te, y_te))

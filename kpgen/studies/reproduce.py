@@ -309,20 +309,15 @@ def size_benchmark(bench: Benchmark, input_size: int, classes: int, steps: int, 
 
 
 def describe_spec(spec: str | dict) -> str:
-    """'16x2 (x) 32x14', '32 dense rows (8 per gate) + 15x2 (x) 32x14', 'rank 3', 'dense'."""
-    if isinstance(spec, str):
-        return spec
-    kind = spec.get("kind")
-    if kind == "lowrank":
-        return f"rank {spec['rank']}"
-    if kind in ("kp", "hkp"):
-        text = " (x) ".join(f"{m}x{n}" for m, n in spec["factors"])
-        if kind != "hkp":
-            return text
-        g = int(spec.get("top_groups", 1))
-        spread = f" ({spec['dense_rows'] // g} per gate)" if g > 1 else ""
-        return f"{spec['dense_rows']} dense rows{spread} + {text}"
-    return str(kind)
+    """'16x2 (x) 32x14', '32 dense rows (8 per gate) + 15x2 (x) 32x14', 'rank 3', 'dense': the planner's words
+    (kpgen.train.plan.describe_spec) without the kind in front."""
+    from kpgen.train.plan import describe_spec as planned
+
+    text = planned(spec)
+    for kind in ("kp ", "hkp ", "lowrank "):
+        if text.startswith(kind):
+            return text[len(kind):]
+    return text
 
 
 # --------------------------------------------------------------------------------------------- training
